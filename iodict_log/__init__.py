@@ -1,0 +1,15 @@
+"""iodict_log: a persistent, ordered, process-safe dict and durable queue on an append-only log."""
+
+from .errors import CorruptionError, CorruptionWarning, FormatVersionError, IODictLogError, StoreClosedError
+from .iodict import IODict, Record
+
+__all__ = [
+    "CorruptionError",
+    "CorruptionWarning",
+    "FormatVersionError",
+    "IODict",
+    "IODictLogError",
+    "Record",
+    "StoreClosedError",
+]
+__version__ = "0.1.0"

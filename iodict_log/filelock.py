@@ -1,0 +1,105 @@
+"""The inter-process write lock: one lock file per store, locked with flock.
+
+The OS drops the lock when its holder dies, so a ``kill -9`` never blocks the
+other processes. flock locks belong to the open file description, which a
+forked child shares with its parent: unlocking in the child would release the
+parent's lock. So after a fork the child opens its own description before it
+locks anything, and never touches the inherited one.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import portalocker
+
+if sys.platform != "win32":
+    import fcntl
+
+    # portalocker.lock on POSIX is fcntl.flock behind several layers of Python that
+    # cost ~6 us per lock/unlock pair against ~1 us for the call itself; every write
+    # takes this lock, so POSIX calls flock directly and portalocker serves elsewhere.
+    def _lock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def _unlock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+else:  # pragma: no cover - exercised on Windows only
+
+    def _lock(fd: int) -> None:
+        with open(fd, "rb", closefd=False) as f:
+            portalocker.lock(f, portalocker.LOCK_EX)
+
+    def _unlock(fd: int) -> None:
+        with open(fd, "rb", closefd=False) as f:
+            portalocker.unlock(f)
+
+
+_fork_generation = 0
+
+
+def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def fork_generation() -> int:
+    """A number that changes in a child after every fork: cheaper than getpid()."""
+    return _fork_generation
+
+
+class FileLock:
+    """An exclusive lock on ``path``, reentrant within one object (a depth count)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = -1
+        self._depth = 0
+        self._generation = -1
+        self._open()
+
+    def _open(self) -> None:
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._generation = _fork_generation
+        self._depth = 0
+
+    def _check_fork(self) -> None:
+        if self._generation != _fork_generation:
+            # Leave the inherited description alone: it may hold the parent's lock.
+            os.close(self._fd)
+            self._open()
+
+    @property
+    def held(self) -> bool:
+        return self._depth > 0 and self._generation == _fork_generation
+
+    def acquire(self) -> None:
+        self._check_fork()
+        if self._depth == 0:
+            _lock(self._fd)
+        self._depth += 1
+
+    def release(self) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            _unlock(self._fd)
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def close(self) -> None:
+        # Closing a descriptor shared with the parent does not release its lock:
+        # flock is released by LOCK_UN or when the last descriptor closes.
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

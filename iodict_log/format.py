@@ -1,0 +1,277 @@
+"""The on-disk format: segment headers, record frames, the manifest.
+
+Pure functions over bytes, no I/O, so every decoder can be fuzzed. docs/FORMAT.md
+is the specification in prose; every constant it names is defined here and
+nowhere else. All integers are little-endian.
+
+A record frame is a 36-byte header followed by the key and the stored value::
+
+    sync u16 | hcrc u32 | dcrc u32 | op u8 | flags u8 | key_len u32 |
+    value_len u32 | seq u64 | birthtime_ns u64 | key | value
+
+``hcrc`` covers header bytes 6..36 (so also ``dcrc`` and both lengths) and
+``dcrc`` covers key and value: a flip anywhere in a frame is detected, and a
+length is trusted only once ``hcrc`` has vouched for it.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Iterator, NamedTuple
+
+import lz4.block
+
+from .errors import CorruptionError, FormatVersionError
+
+FORMAT_VERSION = 1
+
+# --- segment header --------------------------------------------------------
+
+SEGMENT_MAGIC = b"\x89IODLOG\n"
+SEGMENT_HEADER = struct.Struct("<8sHBBI")  # magic, version, kind, reserved, crc
+SEGMENT_HEADER_SIZE = SEGMENT_HEADER.size  # 16
+
+KIND_LOG = 1  # records in sequence order, as appended
+KIND_COMPACTED = 2  # live records in birthtime (index) order, written by compaction
+
+
+def encode_segment_header(kind: int) -> bytes:
+    body = SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, kind, 0, 0)[:12]
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def decode_segment_header(data: bytes) -> int:
+    """Return the segment kind, or raise for a foreign, newer or damaged header.
+
+    Magic and version sit at fixed offsets in every format version, so a newer
+    file is recognised as such before anything else is trusted.
+    """
+    if len(data) < SEGMENT_HEADER_SIZE or not data.startswith(SEGMENT_MAGIC):
+        raise CorruptionError("not an iodict_log segment (bad magic)")
+    _, version, kind, _, crc = SEGMENT_HEADER.unpack_from(data)
+    if version != FORMAT_VERSION:
+        raise FormatVersionError(version)
+    if zlib.crc32(data[:12]) != crc:
+        raise CorruptionError("segment header checksum mismatch")
+    if kind not in (KIND_LOG, KIND_COMPACTED):
+        raise CorruptionError(f"unknown segment kind {kind}")
+    return kind
+
+
+# --- record frames ---------------------------------------------------------
+
+SYNC = b"\xd1\x0c"  # every frame starts with these two bytes; scans resync on them
+PREFIX = struct.Struct("<2sI")  # sync, hcrc
+FIELDS = struct.Struct("<IBBIIQQ")  # dcrc, op, flags, key_len, value_len, seq, birthtime
+HEADER_SIZE = PREFIX.size + FIELDS.size  # 36
+MAX_FIELD = 2**32 - 1  # largest key or stored value
+
+# Operation codes. 16..31 are reserved for queue operations.
+OP_SET = 1
+OP_DELETE = 2
+OP_BATCH_BEGIN = 3  # value: u32 count of the records that follow
+OP_BATCH_COMMIT = 4
+OP_SEAL = 5  # last frame of a segment: readers move on to the next one
+KNOWN_OPS = frozenset({OP_SET, OP_DELETE, OP_BATCH_BEGIN, OP_BATCH_COMMIT, OP_SEAL})
+DATA_OPS = frozenset({OP_SET, OP_DELETE})
+
+# Flag bits.
+FLAG_LZ4 = 0x01  # stored value is an lz4 block of the serialized value
+FLAG_PICKLE = 0x02  # serialized value is a pickle, not msgpack
+FLAG_BATCH = 0x04  # frame belongs to a batch: valid only between its BEGIN and COMMIT
+KNOWN_FLAGS = FLAG_LZ4 | FLAG_PICKLE | FLAG_BATCH
+
+COMPRESS_MIN = 256  # values shorter than this are never worth compressing
+COUNT = struct.Struct("<I")
+
+
+class Frame(NamedTuple):
+    """One decoded, checksum-verified frame."""
+
+    offset: int
+    length: int
+    op: int
+    flags: int
+    seq: int
+    birthtime_ns: int
+    key: bytes
+    value: bytes
+
+
+def encode_frame(op: int, flags: int, seq: int, birthtime_ns: int, key: bytes, value: bytes) -> bytes:
+    fields = FIELDS.pack(zlib.crc32(value, zlib.crc32(key)), op, flags, len(key), len(value), seq, birthtime_ns)
+    return b"".join((PREFIX.pack(SYNC, zlib.crc32(fields)), fields, key, value))
+
+
+def compress_value(value: bytes) -> tuple[int, bytes]:
+    """Return (flags, stored bytes): lz4 only when it saves space."""
+    if len(value) >= COMPRESS_MIN:
+        packed = lz4.block.compress(value, store_size=True)
+        if len(packed) < len(value):
+            return FLAG_LZ4, packed
+    return 0, value
+
+
+def stored_value(flags: int, stored: bytes) -> bytes:
+    """Undo compress_value."""
+    if flags & FLAG_LZ4:
+        try:
+            return lz4.block.decompress(stored)
+        except lz4.block.LZ4BlockError as exc:
+            raise CorruptionError(f"lz4 block does not decompress: {exc}") from None
+    return stored
+
+
+def _checked_fields(buf: bytes, pos: int) -> tuple | None:
+    """The header fields at ``pos`` if the header checksum holds, else None."""
+    if pos + HEADER_SIZE > len(buf) or buf[pos : pos + 2] != SYNC:
+        return None
+    if zlib.crc32(buf[pos + 6 : pos + HEADER_SIZE]) != PREFIX.unpack_from(buf, pos)[1]:
+        return None
+    return FIELDS.unpack_from(buf, pos + 6)
+
+
+def decode_frame(buf: bytes, pos: int) -> Frame | None:
+    """The frame at ``pos`` if it is whole and both checksums match, else None."""
+    fields = _checked_fields(buf, pos)
+    if fields is None:
+        return None
+    dcrc, op, flags, klen, vlen, seq, birthtime = fields
+    start = pos + HEADER_SIZE
+    stop = start + klen + vlen
+    if stop > len(buf) or op not in KNOWN_OPS or flags & ~KNOWN_FLAGS:
+        return None
+    key = buf[start : start + klen]
+    value = buf[start + klen : stop]
+    if zlib.crc32(value, zlib.crc32(key)) != dcrc:
+        return None
+    return Frame(pos, stop - pos, op, flags, seq, birthtime, key, value)
+
+
+def header_length(buf: bytes, pos: int) -> int | None:
+    """Length of the frame at ``pos`` if its header checksum holds (payload unchecked)."""
+    fields = _checked_fields(buf, pos)
+    return None if fields is None else HEADER_SIZE + fields[3] + fields[4]
+
+
+class Damage(NamedTuple):
+    offset: int
+    length: int
+    reason: str
+
+
+class Scan:
+    """Walk the frames of a buffer, yielding only committed data and seal frames.
+
+    Iterating yields each SET/DELETE outside a batch, each SEAL, and the records
+    of a batch only once its COMMIT frame has been read with the promised count.
+    Afterwards:
+
+    - ``end`` is the offset just past the last committed unit: where the next
+      append belongs. Bytes past it (``tail``) are an unfinished append, torn by
+      a crash or still being written by another process.
+    - ``damage`` lists regions skipped because something valid follows them:
+      damaged frames, and batches that lost a frame (dropped whole, so a batch
+      is all there or not at all). A damaged length is never followed; the scan
+      looks for the next frame whose checksums hold.
+    """
+
+    def __init__(self, buf: bytes, start: int = 0) -> None:
+        self.buf = buf
+        self.start = start
+        self.end = start
+        self.damage: list[Damage] = []
+
+    @property
+    def tail(self) -> int:
+        return len(self.buf) - self.end
+
+    def __iter__(self) -> Iterator[Frame]:
+        buf, pos = self.buf, self.start
+        batch: list[Frame] | None = None  # records of the open batch
+        begin = None  # its BEGIN frame
+        count = 0
+        while pos < len(buf):
+            frame = decode_frame(buf, pos)
+            if frame is None:
+                resume = self._resync(pos)
+                if resume is None:
+                    return  # nothing valid follows: an unfinished tail
+                self.damage.append(Damage(pos, resume - pos, "damaged frame"))
+                pos = resume
+                if batch is None:
+                    self.end = pos
+                continue  # an open batch stays open; its count tells if it lost a frame
+            pos += frame.length
+            op = frame.op
+            in_batch = frame.flags & FLAG_BATCH
+            if batch is not None:
+                if op in DATA_OPS and in_batch and len(batch) < count:
+                    batch.append(frame)
+                    continue
+                if op == OP_BATCH_COMMIT and len(batch) == count:
+                    yield from batch
+                    batch = None
+                    self.end = pos
+                    continue
+                self.damage.append(Damage(begin.offset, frame.offset - begin.offset, "incomplete batch"))
+                batch = None
+            if op == OP_BATCH_BEGIN:
+                batch, begin = [], frame
+                count = COUNT.unpack(frame.value)[0] if len(frame.value) == COUNT.size else -1
+                continue
+            if op == OP_BATCH_COMMIT or in_batch:
+                self.damage.append(Damage(frame.offset, frame.length, "batch frame outside its batch"))
+            else:
+                yield frame
+            self.end = pos
+
+    def _resync(self, pos: int) -> int | None:
+        """Where scanning resumes after the bad frame at ``pos``; None if nothing valid follows."""
+        buf = self.buf
+        length = header_length(buf, pos)
+        # Skip by the stored length only when the header checksum vouches for it.
+        pos += length if length is not None and pos + length <= len(buf) else 1
+        while (pos := buf.find(SYNC, pos)) >= 0:
+            if decode_frame(buf, pos) is not None:
+                return pos
+            pos += 1
+        return None
+
+
+# --- the manifest (file CURRENT) -------------------------------------------
+
+MANIFEST_MAGIC = b"\x89IODCUR\n"
+MANIFEST_HEAD = struct.Struct("<8sHHQQQI")  # magic, version, reserved, generation, seq floor, birthtime floor, count
+MANIFEST_NUMBER = struct.Struct("<Q")
+
+
+class Manifest(NamedTuple):
+    """Which segment files make up the store, in order, and the floors that keep
+    sequence numbers and birthtimes increasing after compaction drops records."""
+
+    generation: int
+    segments: tuple[int, ...]
+    seq_floor: int = 0
+    birthtime_floor: int = 0
+
+
+def encode_manifest(m: Manifest) -> bytes:
+    body = MANIFEST_HEAD.pack(
+        MANIFEST_MAGIC, FORMAT_VERSION, 0, m.generation, m.seq_floor, m.birthtime_floor, len(m.segments)
+    ) + b"".join(MANIFEST_NUMBER.pack(n) for n in m.segments)
+    return body + COUNT.pack(zlib.crc32(body))
+
+
+def decode_manifest(data: bytes) -> Manifest:
+    if not data.startswith(MANIFEST_MAGIC) or len(data) < MANIFEST_HEAD.size + COUNT.size:
+        raise CorruptionError("not an iodict_log manifest (bad magic or too short)")
+    _, version, _, generation, seq_floor, bt_floor, count = MANIFEST_HEAD.unpack_from(data)
+    if version != FORMAT_VERSION:
+        raise FormatVersionError(version)
+    size = MANIFEST_HEAD.size + count * MANIFEST_NUMBER.size
+    if len(data) != size + COUNT.size or zlib.crc32(data[:size]) != COUNT.unpack_from(data, size)[0]:
+        raise CorruptionError("manifest checksum mismatch")
+    numbers = tuple(MANIFEST_NUMBER.unpack_from(data, MANIFEST_HEAD.size + i * 8)[0] for i in range(count))
+    return Manifest(generation, numbers, seq_floor, bt_floor)

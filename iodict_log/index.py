@@ -1,0 +1,104 @@
+"""The in-memory index: key -> where its live record is, in birthtime order.
+
+A plain ``dict`` already has OrderedDict's order rules: overwriting a key keeps
+its place, deleting and re-inserting moves it to the end. Replaying the log in
+order therefore rebuilds the birthtime order exactly.
+
+Memory is the limit users hit first (Bitcask: ~91 B per key plus the key), so
+each entry's value is one int packing birthtime, segment slot, offset and
+length, instead of a tuple of four ints (~2.5x the size).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+from .format import OP_DELETE, OP_SET, Frame
+
+_LENGTH_BITS = 32
+_OFFSET_BITS = 32
+_SLOT_BITS = 16
+_LENGTH_MASK = (1 << _LENGTH_BITS) - 1
+_OFFSET_MASK = (1 << _OFFSET_BITS) - 1
+_SLOT_MASK = (1 << _SLOT_BITS) - 1
+_OFFSET_SHIFT = _LENGTH_BITS
+_SLOT_SHIFT = _OFFSET_SHIFT + _OFFSET_BITS
+_BIRTH_SHIFT = _SLOT_SHIFT + _SLOT_BITS
+
+MAX_SLOTS = 1 << _SLOT_BITS
+MAX_OFFSET = _OFFSET_MASK
+
+
+def pack_location(birthtime_ns: int, slot: int, offset: int, length: int) -> int:
+    """One int for a record's place; ``slot`` numbers the segment in the open store."""
+    return (((birthtime_ns << _SLOT_BITS | slot) << _OFFSET_BITS | offset) << _LENGTH_BITS) | length
+
+
+def location_birthtime(loc: int) -> int:
+    return loc >> _BIRTH_SHIFT
+
+
+def unpack_location(loc: int) -> tuple[int, int, int]:
+    """(slot, offset, length) of a packed location."""
+    return (loc >> _SLOT_SHIFT) & _SLOT_MASK, (loc >> _OFFSET_SHIFT) & _OFFSET_MASK, loc & _LENGTH_MASK
+
+
+class KeyIndex:
+    """Keys in birthtime order, each with its packed location, and live byte count."""
+
+    __slots__ = ("_locations", "_decode_key", "live_bytes")
+
+    def __init__(self, decode_key: Callable[[bytes], Any]) -> None:
+        self._locations: dict[Any, int] = {}
+        self._decode_key = decode_key
+        self.live_bytes = 0
+
+    # The log feeds every committed frame, in order, through these two.
+
+    def apply(self, frame: Frame, loc: int) -> None:
+        if frame.op == OP_SET:
+            self.set(self._decode_key(frame.key), loc)
+        elif frame.op == OP_DELETE:
+            self.delete(self._decode_key(frame.key))
+
+    def __len__(self) -> int:
+        return len(self._locations)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._locations
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._locations)
+
+    def __reversed__(self) -> Iterator[Any]:
+        return reversed(self._locations)
+
+    def get(self, key: Any) -> int | None:
+        return self._locations.get(key)
+
+    def set(self, key: Any, loc: int) -> None:
+        """Point ``key`` at a new record; a new key goes to the end of the order."""
+        old = self._locations.get(key)
+        if old is not None:
+            self.live_bytes -= old & _LENGTH_MASK
+        self._locations[key] = loc
+        self.live_bytes += loc & _LENGTH_MASK
+
+    def delete(self, key: Any) -> None:
+        old = self._locations.pop(key, None)
+        if old is not None:
+            self.live_bytes -= old & _LENGTH_MASK
+
+    def reset(self) -> None:
+        """Forget everything: the log is about to replay from the start."""
+        self._locations.clear()
+        self.live_bytes = 0
+
+    def first(self) -> Any:
+        """The oldest key; KeyError when empty."""
+        for key in self._locations:
+            return key
+        raise KeyError("index is empty")
+
+    def items(self) -> Iterator[tuple[Any, int]]:
+        return iter(self._locations.items())

@@ -1,0 +1,367 @@
+"""IODict: a persistent, ordered, process-safe dict on the record log."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, MutableMapping, ValuesView
+from typing import Any, Callable, NamedTuple, TypeVar
+
+from .errors import StoreClosedError
+from .format import OP_DELETE, OP_SET, Frame, compress_value, stored_value
+from .index import KeyIndex, location_birthtime
+from .log import Entry, Log
+from .serialize import Serializer, decode_key, encode_key
+
+_MISSING = object()
+_CHUNK = 1024  # keys read per lock hold while iterating values
+T = TypeVar("T")
+
+
+class Record(NamedTuple):
+    """One entry of the log, as replayed by ``IODict.records()``."""
+
+    seq: int
+    birthtime: float  # seconds since the epoch: the key's birthtime for a set
+    op: str  # "set" or "delete"
+    key: Any
+    value: Any  # None for a delete
+
+
+class _LockAdapter:
+    """Gives ``with`` to a lock that only has acquire() and release()."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def make_lock(lock: Any) -> Any:
+    """A context-manager lock from None, a lock instance, or a lock factory."""
+    if lock is None:
+        return threading.RLock()
+    if isinstance(lock, type) or not hasattr(lock, "acquire"):
+        if not callable(lock):
+            raise TypeError(f"lock must be a lock, a lock factory or None, not {type(lock).__name__!r}")
+        lock = lock()
+    if not (hasattr(lock, "acquire") and hasattr(lock, "release")):
+        raise TypeError(f"lock has no acquire()/release(): {lock!r}")
+    return lock if hasattr(lock, "__enter__") and hasattr(lock, "__exit__") else _LockAdapter(lock)
+
+
+def check_options(sync: Any, segment_bytes: Any) -> None:
+    if not (isinstance(sync, bool) or (isinstance(sync, (int, float)) and sync > 0)):
+        raise ValueError(f"sync must be False, True or a positive number of seconds, not {sync!r}")
+    if not isinstance(segment_bytes, int) or not 4096 <= segment_bytes <= 2**31:
+        raise ValueError(f"segment_bytes must be an int from 4096 to 2**31, not {segment_bytes!r}")
+
+
+class IODict(MutableMapping):
+    """A dict kept on disk in a log-structured store directory at ``path``.
+
+    See CONTRACT.md §2: dict behaviour, order by birthtime (an overwrite keeps
+    a key's place), every write handed to the OS before it returns, and any
+    number of threads and processes on one path.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        lock: Any = None,
+        *,
+        sync: bool | float = False,
+        serializer: str = "msgpack",
+        compression: str | None = "lz4",
+        segment_bytes: int = 64 * 2**20,
+        auto_compact: bool = True,
+    ) -> None:
+        check_options(sync, segment_bytes)
+        if compression not in ("lz4", None):
+            raise ValueError(f"compression must be 'lz4' or None, not {compression!r}")
+        self._serializer = Serializer(serializer)
+        self._lock = make_lock(lock)
+        self._compress = compression == "lz4"
+        self.auto_compact = auto_compact
+        self.path = os.fspath(path)
+        self._index = KeyIndex(decode_key)
+        self._log: Log | None = None
+        self._log = Log(self.path, self._index, sync=sync, segment_bytes=segment_bytes)
+
+    # --- plumbing -------------------------------------------------------------
+
+    def _open_log(self) -> Log:
+        log = self._log
+        if log is None:
+            raise StoreClosedError(f"{self.path}: the store is closed")
+        return log
+
+    def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(log, *args) on an up-to-date index."""
+        with self._lock:
+            log = self._open_log()
+            log.refresh()
+            return fn(log, *args)
+
+    def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(log, *args) holding the file lock, on an up-to-date index."""
+        with self._lock:
+            log = self._open_log()
+            with log.locked():
+                log.refresh()
+                return fn(log, *args)
+
+    def _encode_value(self, value: Any) -> tuple[int, bytes]:
+        data = self._serializer.dumps(value)
+        flags, stored = compress_value(data) if self._compress else (0, data)
+        return flags | self._serializer.flag, stored
+
+    def _decode_value(self, frame: Frame) -> Any:
+        return self._serializer.loads(frame.flags, stored_value(frame.flags, frame.value))
+
+    def _value_at(self, log: Log, key: Any) -> Any:
+        loc = self._index.get(key)
+        if loc is None:
+            raise KeyError(key)
+        return self._decode_value(log.read(loc))
+
+    def _put(self, log: Log, items: list[tuple[Any, bytes, int, bytes]]) -> None:
+        """Append sets of (key, key bytes, flags, stored value) as one write."""
+        index = self._index
+        born: dict[Any, int] = {}  # keys first set earlier in this same batch
+        entries: list[Entry] = []
+        for key, key_bytes, flags, stored in items:
+            birthtime = born.get(key)
+            if birthtime is None:
+                loc = index.get(key)
+                birthtime = born[key] = log.birthtime() if loc is None else location_birthtime(loc)
+            entries.append((OP_SET, flags, key_bytes, stored, birthtime))
+        for (key, *_), loc in zip(items, log.append(entries)):
+            index.set(key, loc)
+
+    def _remove(self, log: Log, keys: list[Any]) -> None:
+        """Append deletes of existing keys as one write."""
+        entries: list[Entry] = [(OP_DELETE, 0, encode_key(key), b"", log.birthtime()) for key in keys]
+        log.append(entries)
+        for key in keys:
+            self._index.delete(key)
+
+    def _encoded(self, key: Any, value: Any) -> tuple[Any, bytes, int, bytes]:
+        """Check and serialize before anything is written (TypeError on bad input)."""
+        return (key, encode_key(key), *self._encode_value(value))
+
+    # --- the mapping ----------------------------------------------------------
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._read(self._value_at, key)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._write(self._put, [self._encoded(key, value)])
+
+    def __delitem__(self, key: Any) -> None:
+        self._write(self._delete, key)
+
+    def _delete(self, log: Log, key: Any) -> None:
+        if key not in self._index:
+            raise KeyError(key)
+        self._remove(log, [key])
+
+    def __contains__(self, key: object) -> bool:
+        return self._read(lambda log: key in self._index)
+
+    def __len__(self) -> int:
+        return self._read(lambda log: len(self._index))
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._read(lambda log: list(self._index)))
+
+    def __reversed__(self) -> Iterator[Any]:
+        return iter(self._read(lambda log: list(reversed(self._index))))
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
+
+    def keys(self) -> KeysView:
+        return KeysView(self)
+
+    def values(self) -> ValuesView:
+        return _ValuesView(self)
+
+    def items(self) -> ItemsView:
+        return _ItemsView(self)
+
+    def _iter_items(self) -> Iterator[tuple[Any, Any]]:
+        """Items in order; keys deleted while iterating are skipped, not raised."""
+        keys = list(self)
+        for start in range(0, len(keys), _CHUNK):
+            yield from self._read(self._present_items, keys[start : start + _CHUNK])
+
+    def _present_items(self, log: Log, keys: list[Any]) -> list[tuple[Any, Any]]:
+        index, out = self._index, []
+        for key in keys:
+            loc = index.get(key)
+            if loc is not None:
+                out.append((key, self._decode_value(log.read(loc))))
+        return out
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def pop(self, key: Any, default: Any = _MISSING) -> Any:
+        return self._write(self._pop, key, default)
+
+    def _pop(self, log: Log, key: Any, default: Any) -> Any:
+        if key not in self._index:
+            if default is _MISSING:
+                raise KeyError(key)
+            return default
+        value = self._value_at(log, key)
+        self._remove(log, [key])
+        return value
+
+    def popitem(self, last: bool = True) -> tuple[Any, Any]:
+        """Remove and return the newest (``last=True``) or oldest item."""
+        return self._write(self._popitem, last)
+
+    def _popitem(self, log: Log, last: bool) -> tuple[Any, Any]:
+        if not len(self._index):
+            raise KeyError("popitem(): dictionary is empty")
+        key = next(reversed(self._index)) if last else self._index.first()
+        return key, self._pop(log, key, _MISSING)
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        return self._write(self._setdefault, key, default)
+
+    def _setdefault(self, log: Log, key: Any, default: Any) -> Any:
+        if key in self._index:
+            return self._value_at(log, key)
+        self._put(log, [self._encoded(key, default)])
+        return default
+
+    def update(self, other: Any = (), /, **kwargs: Any) -> None:
+        """Set many items as one atomic batch: after a crash all or none are there."""
+        if isinstance(other, Mapping):
+            pairs = [(key, other[key]) for key in other]
+        elif hasattr(other, "keys"):
+            pairs = [(key, other[key]) for key in other.keys()]  # noqa: SIM118 - dict.update's protocol
+        else:
+            pairs = [_pair(item) for item in other]
+        pairs.extend(kwargs.items())
+        items = [self._encoded(key, value) for key, value in pairs]
+        if items:
+            self._write(self._put, items)
+
+    def clear(self) -> None:
+        """Delete every key, as one atomic batch."""
+        self._write(lambda log: self._remove(log, list(self._index)) if len(self._index) else None)
+
+    def copy(self) -> dict:
+        """A plain dict with the same items (iodict returned the store itself)."""
+        return dict(self.items())
+
+    def fromkeys(self, iterable: Iterable[Any], value: Any = None) -> IODict:
+        """Set each key to ``value`` in this store (as iodict did) and return the store."""
+        self.update((key, value) for key in iterable)
+        return self
+
+    # --- beyond dict ----------------------------------------------------------
+
+    def birthtime(self, key: Any) -> float:
+        """When ``key`` was first set since it was last deleted, in seconds since the epoch."""
+        loc = self._read(lambda log: self._index.get(key))
+        if loc is None:
+            raise KeyError(key)
+        return location_birthtime(loc) / 1e9
+
+    def records(self, start: int = 0) -> Iterator[Record]:
+        """Every set and delete still in the log, in sequence order, from seq ``start``."""
+        frames = self._read(lambda log: log.frames(start))
+        return (self._record(frame) for frame in frames)
+
+    def _record(self, frame: Frame) -> Record:
+        key = decode_key(frame.key)
+        if frame.op == OP_SET:
+            return Record(frame.seq, frame.birthtime_ns / 1e9, "set", key, self._decode_value(frame))
+        return Record(frame.seq, frame.birthtime_ns / 1e9, "delete", key, None)
+
+    def stats(self) -> dict:
+        """Counts and sizes: keys, segments, live_bytes, dead_bytes, corrupt_records, ..."""
+        return self._read(self._stats)
+
+    def _stats(self, log: Log) -> dict:
+        stats = log.stats()
+        live = self._index.live_bytes
+        return {
+            "keys": len(self._index),
+            "segments": stats["segments"],
+            "live_bytes": live,
+            "dead_bytes": stats["disk_bytes"] - live,
+            "disk_bytes": stats["disk_bytes"],
+            "corrupt_records": stats["corrupt_records"],
+            "last_seq": stats["last_seq"],
+        }
+
+    def compact(self) -> dict:
+        """Rewrite the live keys into new segments, keeping order, birthtimes and seqs."""
+        return self._write(self._compact)
+
+    def _compact(self, log: Log) -> dict:
+        started = time.perf_counter()
+        before = log.stats()["disk_bytes"]
+        log.compact(loc for _, loc in self._index.items())
+        return {
+            "bytes_before": before,
+            "bytes_after": log.stats()["disk_bytes"],
+            "live_keys": len(self._index),
+            "seconds": time.perf_counter() - started,
+        }
+
+    def flush(self) -> None:
+        """Push everything to the OS: every write already has, so this only checks the store is open."""
+        self._read(lambda log: None)
+
+    def sync(self) -> None:
+        """fsync: what has been written survives a power loss."""
+        self._read(lambda log: log.sync())
+
+    def close(self) -> None:
+        """Close the files; the object is unusable afterwards. Idempotent."""
+        with self._lock:
+            log, self._log = self._log, None
+            if log is not None:
+                try:
+                    if log.sync_interval is not None:
+                        log.sync()
+                finally:
+                    log.close()
+
+    def __enter__(self) -> IODict:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _pair(item: Any) -> tuple[Any, Any]:
+    key, value = item  # the same ValueError/TypeError dict.update raises
+    return key, value
+
+
+class _ValuesView(ValuesView):
+    def __iter__(self) -> Iterator[Any]:
+        return (value for _, value in self._mapping._iter_items())
+
+
+class _ItemsView(ItemsView):
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        return self._mapping._iter_items()

@@ -1,0 +1,460 @@
+"""The log: a directory of segments that several processes read and append to.
+
+Theory of operation
+-------------------
+Files in a store directory: ``CURRENT`` (the manifest: the ordered list of live
+segments), ``NNNNNNNNNN.seg`` (segments) and ``LOCK`` (the write lock).
+
+Every process keeps its own index and remembers how far it has applied the
+last segment (``_end``). Before each operation it compares that with the
+segment's size; if another process appended, it scans just the new tail.
+Writers hold the file lock from that catch-up until their append has landed,
+so appends never interleave and every writer appends at the true end.
+
+Only the last segment is ever appended to. Rolling to a new segment happens
+under the lock in this order: (1) append a SEAL frame to the last segment,
+(2) create the next segment, (3) replace CURRENT to list it. A process that
+meets a SEAL re-reads CURRENT under the lock: if CURRENT still ends with the
+sealed segment, the roller died between (1) and (3) and the reader finishes
+the roll. Because a SEAL always comes before CURRENT changes, no process can
+append to a segment that is no longer the last one. Compaction follows the same
+rule: write the new segments, SEAL the old last one, replace CURRENT, delete
+the old files; a process whose list is not a prefix of the new CURRENT
+rebuilds its index from scratch.
+
+Bytes past the last committed frame of the last segment are an unfinished
+append: still being written by another process, or torn by a crash. Readers
+stop there; a writer, holding the lock, knows nobody is writing and truncates
+them before it appends.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from typing import Iterable, Iterator, Protocol
+
+from .errors import CorruptionError, CorruptionWarning, IODictLogError
+from .filelock import FileLock
+from .fileops import sync_directory
+from .format import (
+    COUNT,
+    FLAG_BATCH,
+    KIND_COMPACTED,
+    KIND_LOG,
+    OP_BATCH_BEGIN,
+    OP_BATCH_COMMIT,
+    OP_SEAL,
+    SEGMENT_HEADER_SIZE,
+    Frame,
+    Manifest,
+    Scan,
+    decode_frame,
+    encode_frame,
+)
+from .index import MAX_OFFSET, MAX_SLOTS, pack_location, unpack_location
+from .manifest import MANIFEST_NAME, read_manifest, write_manifest
+from .segment import Segment, parse_segment_name, segment_name
+
+LOCK_NAME = "LOCK"
+
+# (op, flags, key, stored value, birthtime_ns) of one record to append.
+Entry = tuple[int, int, bytes, bytes, int]
+
+
+class LogConsumer(Protocol):
+    """What the log feeds the frames it reads to (the dict's or the queue's index)."""
+
+    def reset(self) -> None: ...
+
+    def apply(self, frame: Frame, loc: int) -> None: ...
+
+
+def _is_store_file(name: str) -> bool:
+    return name in (MANIFEST_NAME, MANIFEST_NAME + ".tmp", LOCK_NAME) or parse_segment_name(name) is not None
+
+
+class Log:
+    """The segments of one store directory, kept in step with other processes.
+
+    The caller serialises calls (one thread at a time); the log serialises
+    processes. ``consumer`` receives every committed SET/DELETE frame in order.
+    """
+
+    def __init__(self, directory: str, consumer: LogConsumer, *, sync: bool | float, segment_bytes: int) -> None:
+        self.directory = directory
+        self.segment_bytes = segment_bytes
+        self.sync_interval: float | None = None if isinstance(sync, bool) else float(sync)
+        self.sync_always = sync is True
+        self.corrupt_records = 0
+        self.last_seq = 0
+        self.last_birthtime = 0
+        self._consumer = consumer
+        self._segments: list[Segment] = []
+        self._manifest = Manifest(0, ())
+        self._end = 0
+        self._last_sync = time.monotonic()
+        self._check_directory()
+        self._lock = FileLock(os.path.join(directory, LOCK_NAME))
+        try:
+            with self._lock:
+                self._load()
+        except BaseException:
+            self.close()
+            raise
+
+    # --- opening ----------------------------------------------------------
+
+    def _check_directory(self) -> None:
+        """Create the directory, or make sure it is a store this version can read."""
+        path = self.directory
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise NotADirectoryError(20, "not a directory (an iodict_log store is a directory)", path)
+        os.makedirs(path, exist_ok=True)
+        read_manifest(path)  # raises FormatVersionError before anything is written
+        if not os.path.exists(os.path.join(path, MANIFEST_NAME)):
+            foreign = sorted(name for name in os.listdir(path) if not _is_store_file(name))
+            if foreign:
+                raise IODictLogError(
+                    f"{path}: not an iodict_log store (no {MANIFEST_NAME}, and it holds other files such as "
+                    f"{foreign[0]!r})"
+                )
+
+    def _load(self) -> None:
+        """(Re)build all state from the files. Needs the lock."""
+        for segment in self._segments:
+            segment.close()
+        self._segments = []
+        self._consumer.reset()
+        self.corrupt_records = 0
+        manifest = read_manifest(self.directory)
+        if manifest is None:
+            self._remove_leftovers(())
+            first = Segment.create(self.directory, 1, KIND_LOG)
+            first.close()
+            manifest = Manifest(1, (1,))
+            write_manifest(self.directory, manifest)
+        self._manifest = manifest
+        self.last_seq = manifest.seq_floor
+        self.last_birthtime = manifest.birthtime_floor
+        numbers = manifest.segments
+        for i, number in enumerate(numbers):
+            self._segments.append(Segment.open(self.directory, number, writable=i == len(numbers) - 1))
+        for slot, segment in enumerate(self._segments[:-1]):
+            self._end = SEGMENT_HEADER_SIZE
+            self._scan(slot, segment.read_from(SEGMENT_HEADER_SIZE), stop_at_seal=False)
+        self._end = SEGMENT_HEADER_SIZE
+        self._catch_up()
+        self._remove_leftovers(numbers)
+
+    def _remove_leftovers(self, live: Iterable[int]) -> None:
+        """Delete segment files that no manifest lists: remains of an interrupted step."""
+        live = set(live)
+        removed = False
+        for name in os.listdir(self.directory):
+            number = parse_segment_name(name)
+            if (number is not None and number not in live) or name == MANIFEST_NAME + ".tmp":
+                os.unlink(os.path.join(self.directory, name))
+                removed = True
+        if removed:
+            sync_directory(self.directory)
+
+    # --- keeping up with other processes ------------------------------------
+
+    def refresh(self) -> None:
+        """Apply whatever other processes appended since our last look."""
+        if self._segments[-1].size() != self._end:
+            self._catch_up()
+
+    def _catch_up(self) -> None:
+        while True:
+            active = self._segments[-1]
+            size = active.size()
+            if size < self._end:  # cut back behind our back (repair): start over
+                with self._lock:
+                    self._load()
+                return
+            sealed = self._scan(len(self._segments) - 1, active.read_from(self._end), stop_at_seal=True)
+            if sealed:
+                with self._lock:
+                    self._follow_seal()
+                continue
+            if active.size() == self._end:
+                return
+            if not self._lock.held:
+                # An append in progress, or torn by a crash: wait for the writer, then look again.
+                with self._lock:
+                    self._catch_up()
+                return
+            active.truncate(self._end)  # torn by a crash: nobody else is writing
+            return
+
+    def _scan(self, slot: int, buf: bytes, stop_at_seal: bool) -> bool:
+        """Apply the committed frames of ``buf`` (segment bytes from ``_end``); True at a SEAL."""
+        base = self._end
+        segment = self._segments[slot]
+        scan = Scan(buf)
+        apply = self._consumer.apply
+        sealed = False
+        for frame in scan:
+            if frame.seq > self.last_seq:
+                self.last_seq = frame.seq
+            if frame.birthtime_ns > self.last_birthtime:
+                self.last_birthtime = frame.birthtime_ns
+            if frame.op == OP_SEAL:
+                sealed = True
+                if stop_at_seal:
+                    break
+                continue
+            apply(frame, pack_location(frame.birthtime_ns, slot, base + frame.offset, frame.length))
+        for damage in scan.damage:
+            self.corrupt_records += 1
+            warnings.warn(
+                f"{segment.path}: skipped {damage.length} bytes at offset {base + damage.offset} ({damage.reason})",
+                CorruptionWarning,
+                stacklevel=4,
+            )
+        self._end = base + scan.end
+        return sealed
+
+    def _follow_seal(self) -> None:
+        """The last segment is sealed: move on to the next one, or rebuild. Needs the lock."""
+        manifest = read_manifest(self.directory)
+        mine = self._manifest.segments
+        if manifest is None or manifest.segments[: len(mine)] != mine:
+            self._load()  # compaction replaced our segments
+            return
+        if manifest.segments == mine:
+            self._roll_after_seal()  # the roller died after sealing
+            return
+        for number in manifest.segments[len(mine) :]:
+            self._segments.append(Segment.open(self.directory, number, writable=number == manifest.segments[-1]))
+        # Sealed segments between ours and the last are read whole; the last from its start.
+        for slot in range(len(mine), len(self._segments) - 1):
+            self._end = SEGMENT_HEADER_SIZE
+            self._scan(slot, self._segments[slot].read_from(SEGMENT_HEADER_SIZE), stop_at_seal=False)
+        self._manifest = manifest
+        self._end = SEGMENT_HEADER_SIZE
+
+    # --- writing ------------------------------------------------------------
+
+    def locked(self) -> FileLock:
+        """The write lock; hold it around refresh() + append() (reentrant)."""
+        return self._lock
+
+    def birthtime(self) -> int:
+        """A fresh birthtime in ns, later than every one in the log. Needs the lock."""
+        now = time.time_ns()
+        self.last_birthtime = now if now > self.last_birthtime else self.last_birthtime + 1
+        return self.last_birthtime
+
+    def append(self, entries: list[Entry]) -> list[int]:
+        """Append entries in one write (a batch if more than one); their locations.
+
+        Needs the lock and a refresh() under it. On error nothing of the write
+        stays in the file and the error propagates.
+        """
+        if self._end >= self.segment_bytes:
+            self._roll()
+        slot = len(self._segments) - 1
+        if len(entries) == 1:
+            op, flags, key, value, birthtime_ns = entries[0]
+            seq = self.last_seq + 1
+            data = encode_frame(op, flags, seq, birthtime_ns, key, value)
+            locs = [pack_location(birthtime_ns, slot, self._end, len(data))]
+        else:
+            data, locs, seq = self._encode_batch(entries, slot)
+        if self._end + len(data) > MAX_OFFSET:
+            raise IODictLogError("a segment may not grow past 4 GiB; lower segment_bytes")
+        active = self._segments[slot]
+        active.append(data, self._end)
+        try:
+            self._maybe_sync(active)
+        except BaseException:
+            active.truncate(self._end)
+            raise
+        self._end += len(data)
+        self.last_seq = seq
+        return locs
+
+    def _encode_batch(self, entries: list[Entry], slot: int) -> tuple[bytes, list[int], int]:
+        """BEGIN, the entries flagged as batch members, COMMIT: (bytes, locations, last seq)."""
+        seq = self.last_seq + 1
+        parts = [encode_frame(OP_BATCH_BEGIN, 0, seq, self.birthtime(), b"", COUNT.pack(len(entries)))]
+        offset = self._end + len(parts[0])
+        locs = []
+        for op, flags, key, value, birthtime_ns in entries:
+            seq += 1
+            data = encode_frame(op, flags | FLAG_BATCH, seq, birthtime_ns, key, value)
+            locs.append(pack_location(birthtime_ns, slot, offset, len(data)))
+            parts.append(data)
+            offset += len(data)
+        seq += 1
+        parts.append(encode_frame(OP_BATCH_COMMIT, 0, seq, self.birthtime(), b"", b""))
+        return b"".join(parts), locs, seq
+
+    def _maybe_sync(self, active: Segment) -> None:
+        if self.sync_always:
+            active.sync()
+        elif self.sync_interval is not None and time.monotonic() - self._last_sync >= self.sync_interval:
+            active.sync()
+            self._last_sync = time.monotonic()
+
+    def _roll(self) -> None:
+        """Seal the last segment and start the next one. Needs the lock."""
+        self._seal()
+        self._roll_after_seal()
+
+    def _seal(self) -> None:
+        """Append the SEAL frame that tells every process to re-read CURRENT."""
+        self.last_seq += 1
+        frame = encode_frame(OP_SEAL, 0, self.last_seq, self.birthtime(), b"", b"")
+        self._segments[-1].append(frame, self._end)
+        self._end += len(frame)
+
+    def _roll_after_seal(self) -> None:
+        if len(self._segments) >= MAX_SLOTS:
+            raise IODictLogError(f"{self.directory}: too many segments; compact the store")
+        self._segments[-1].sync()
+        self._remove_leftovers(self._manifest.segments)
+        number = self._manifest.segments[-1] + 1
+        segment = Segment.create(self.directory, number, KIND_LOG)
+        manifest = self._manifest._replace(
+            generation=self._manifest.generation + 1, segments=self._manifest.segments + (number,)
+        )
+        try:
+            write_manifest(self.directory, manifest)
+        except BaseException:
+            segment.close()
+            raise
+        self._segments.append(segment)
+        self._manifest = manifest
+        self._end = SEGMENT_HEADER_SIZE
+
+    # --- reading --------------------------------------------------------------
+
+    def read(self, loc: int) -> Frame:
+        """The frame at ``loc``, checksums verified."""
+        slot, offset, length = unpack_location(loc)
+        segment = self._segments[slot]
+        frame = decode_frame(segment.read(offset, length), 0)
+        if frame is None:
+            raise CorruptionError(f"{segment.path}: record at offset {offset} fails its checksum")
+        return frame
+
+    def frames(self, start_seq: int = 0) -> Iterator[Frame]:
+        """Committed SET/DELETE frames with seq >= start_seq, in sequence order.
+
+        Takes its snapshot now, on duplicates of the file descriptors, so the
+        iterator may be consumed while the store is written, compacted or closed.
+        """
+        snapshot = [(os.dup(s.fd), s.kind) for s in self._segments]
+        ends = [None] * (len(snapshot) - 1) + [self._end]
+        return self._frames(snapshot, ends, start_seq)
+
+    @staticmethod
+    def _frames(snapshot: list[tuple[int, int]], ends: list[int | None], start_seq: int) -> Iterator[Frame]:
+        try:
+            for (fd, kind), end in zip(snapshot, ends):
+                size = os.fstat(fd).st_size if end is None else end
+                buf = os.pread(fd, size - SEGMENT_HEADER_SIZE, SEGMENT_HEADER_SIZE)
+                found = [f for f in Scan(buf) if f.op != OP_SEAL and f.seq >= start_seq]
+                if kind == KIND_COMPACTED:
+                    found.sort(key=lambda f: f.seq)  # compaction wrote them in birthtime order
+                yield from found
+        finally:
+            for fd, _ in snapshot:
+                os.close(fd)
+
+    # --- compaction ---------------------------------------------------------
+
+    def compact(self, live: Iterable[int]) -> None:
+        """Rewrite the records at ``live`` (in order) into new segments and drop the rest.
+
+        Needs the lock and a refresh() under it. Steps: write and fsync the new
+        segments (unlisted, so a crash leaves them as leftovers to delete), SEAL
+        the old last segment so other processes notice, replace CURRENT (the
+        single commit point), delete the old segments, rebuild the index.
+        """
+        directory = self.directory
+        self._remove_leftovers(self._manifest.segments)
+        number = self._manifest.segments[-1]
+        outputs: list[Segment] = []
+        try:
+            pending: list[bytes] = []
+            size = 0
+            for loc in live:
+                slot, offset, length = unpack_location(loc)
+                if not outputs or (size + length > self.segment_bytes and size > SEGMENT_HEADER_SIZE):
+                    self._flush_into(outputs, pending)
+                    number += 1
+                    outputs.append(Segment.create(directory, number, KIND_COMPACTED))
+                    size = SEGMENT_HEADER_SIZE
+                pending.append(self._compacted_frame(slot, offset, length))
+                size += length
+                if len(pending) >= 4096:
+                    self._flush_into(outputs, pending)
+            self._flush_into(outputs, pending)
+            for out in outputs:
+                out.sync()
+            outputs.append(Segment.create(directory, number + 1, KIND_LOG))
+        finally:
+            for out in outputs:
+                out.close()
+        self._seal()
+        old = self._manifest.segments
+        write_manifest(
+            directory,
+            Manifest(
+                self._manifest.generation + 1, tuple(s.number for s in outputs), self.last_seq, self.last_birthtime
+            ),
+        )
+        for n in old:
+            os.unlink(os.path.join(directory, segment_name(n)))
+        sync_directory(directory)
+        self._load()
+
+    def _compacted_frame(self, slot: int, offset: int, length: int) -> bytes:
+        """A live frame's bytes for a compacted segment: verified, and outside any batch."""
+        segment = self._segments[slot]
+        data = segment.read(offset, length)
+        frame = decode_frame(data, 0)
+        if frame is None:
+            raise CorruptionError(f"{segment.path}: record at offset {offset} fails its checksum; run repair")
+        if frame.flags & FLAG_BATCH:
+            flags = frame.flags & ~FLAG_BATCH
+            return encode_frame(frame.op, flags, frame.seq, frame.birthtime_ns, frame.key, frame.value)
+        return data
+
+    @staticmethod
+    def _flush_into(outputs: list[Segment], pending: list[bytes]) -> None:
+        if pending:
+            out = outputs[-1]
+            out.append(b"".join(pending), out.size())
+            pending.clear()
+
+    # --- housekeeping ---------------------------------------------------------
+
+    def stats(self) -> dict:
+        total = sum(s.size() for s in self._segments)
+        return {
+            "segments": len(self._segments),
+            "disk_bytes": total,
+            "corrupt_records": self.corrupt_records,
+            "last_seq": self.last_seq,
+            "generation": self._manifest.generation,
+        }
+
+    def sync(self) -> None:
+        if self._segments:
+            self._segments[-1].sync()
+            self._last_sync = time.monotonic()
+
+    def close(self) -> None:
+        for segment in self._segments:
+            segment.close()
+        self._segments = []
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.close()

@@ -1,0 +1,114 @@
+"""Turning keys and values into bytes and back.
+
+msgpack with two twists: tuples are an extension type so they come back as
+tuples (lists stay lists), and ``strict_types`` so subclasses (IntEnum, str
+subclasses, ...) are refused instead of silently losing their type. Keys are
+restricted to str, bytes, int and tuples of these, so equal keys always encode
+to equal bytes. bool is refused as a key: ``True == 1`` in a dict, but msgpack
+would store them as different keys.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from typing import Any, Callable
+
+import msgpack
+
+from .errors import IODictLogError
+from .format import FLAG_PICKLE
+
+EXT_TUPLE = 1
+
+
+_OPTIONS = {"use_bin_type": True, "strict_types": True}
+_local = threading.local()  # one Packer per thread: a Packer is not thread-safe
+
+
+def _default(obj: Any) -> msgpack.ExtType:
+    if type(obj) is tuple:
+        # A fresh Packer: the calling one is busy (nested packb is ~10x slower).
+        return msgpack.ExtType(EXT_TUPLE, msgpack.Packer(default=_default, **_OPTIONS).pack(list(obj)))
+    raise TypeError(f"cannot serialize {type(obj).__name__!r} object with msgpack")
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == EXT_TUPLE:
+        return tuple(_unpack(data))
+    return msgpack.ExtType(code, data)
+
+
+def _pack(obj: Any) -> bytes:
+    try:
+        packer = _local.packer
+    except AttributeError:
+        packer = _local.packer = msgpack.Packer(default=_default, **_OPTIONS)
+    return packer.pack(obj)
+
+
+def _unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_ext_hook)
+
+
+def check_key(key: Any) -> None:
+    """Raise TypeError unless ``key`` is a str, bytes, int or a tuple of these."""
+    kind = type(key)
+    if kind is str or kind is bytes:
+        return
+    if kind is int:
+        if -(2**63) <= key < 2**64:
+            return
+        raise TypeError(f"int key {key} is out of range (-2**63 .. 2**64-1)")
+    if kind is tuple:
+        for part in key:
+            check_key(part)
+        return
+    raise TypeError(f"keys must be str, bytes, int or tuples of these, not {kind.__name__!r}")
+
+
+def encode_key(key: Any) -> bytes:
+    check_key(key)
+    return _pack(key)
+
+
+def decode_key(data: bytes) -> Any:
+    return _unpack(data)
+
+
+class Serializer:
+    """Values to bytes and back, plus the record flag that names the format."""
+
+    def __init__(self, name: str) -> None:
+        if name not in ("msgpack", "pickle"):
+            raise ValueError(f"serializer must be 'msgpack' or 'pickle', not {name!r}")
+        self.name = name
+        self.flag = FLAG_PICKLE if name == "pickle" else 0
+        self._dumps: Callable[[Any], bytes] = _pickle_dumps if self.flag else _msgpack_dumps
+
+    def dumps(self, value: Any) -> bytes:
+        return self._dumps(value)
+
+    def loads(self, flags: int, data: bytes) -> Any:
+        if flags & FLAG_PICKLE:
+            if not self.flag:
+                raise IODictLogError(
+                    "this value was written with serializer='pickle'; open the store with "
+                    "serializer='pickle' to read it (only for files you trust)"
+                )
+            return pickle.loads(data)
+        return _unpack(data)
+
+
+def _msgpack_dumps(value: Any) -> bytes:
+    try:
+        return _pack(value)
+    except (OverflowError, ValueError) as exc:
+        raise TypeError(f"cannot serialize value with msgpack: {exc}") from None
+
+
+def _pickle_dumps(value: Any) -> bytes:
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:
+        raise TypeError(f"cannot pickle value: {exc}") from None
