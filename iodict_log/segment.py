@@ -58,7 +58,10 @@ class Segment:
     @classmethod
     def open(cls, directory: str, number: int, writable: bool = False) -> Segment:
         path = os.path.join(directory, segment_name(number))
-        fd = os.open(path, (os.O_RDWR | os.O_APPEND) if writable else os.O_RDONLY)
+        try:
+            fd = os.open(path, (os.O_RDWR | os.O_APPEND) if writable else os.O_RDONLY)
+        except FileNotFoundError:
+            raise CorruptionError(f"{path}: segment listed in the manifest is missing") from None
         try:
             header = os.pread(fd, SEGMENT_HEADER_SIZE, 0)
             try:
