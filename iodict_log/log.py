@@ -129,12 +129,13 @@ class Log:
         self._consumer.reset()
         self.corrupt_records = 0
         manifest = read_manifest(self.directory)
-        if manifest is None:
+        if manifest is None:  # a new store, or one whose creation crashed half-way
             self._remove_leftovers(())
-            first = Segment.create(self.directory, 1, KIND_LOG)
-            first.close()
+            Segment.create(self.directory, 1, KIND_LOG).close()
             manifest = Manifest(1, (1,))
             write_manifest(self.directory, manifest)
+        else:
+            self._remove_leftovers(manifest.segments)
         self._manifest = manifest
         self.last_seq = manifest.seq_floor
         self.last_birthtime = manifest.birthtime_floor
@@ -146,7 +147,6 @@ class Log:
             self._scan(slot, segment.read_from(SEGMENT_HEADER_SIZE), stop_at_seal=False)
         self._end = SEGMENT_HEADER_SIZE
         self._catch_up()
-        self._remove_leftovers(numbers)
 
     def _remove_leftovers(self, live: Iterable[int]) -> None:
         """Delete segment files that no manifest lists: remains of an interrupted step."""
