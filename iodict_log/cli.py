@@ -12,7 +12,7 @@ import random
 import sys
 import tempfile
 import time
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from .errors import IODictLogError
 from .iodict import IODict
@@ -93,8 +93,15 @@ class _UsageError(Exception):
     """A mistake in how the command was called: exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr (and exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="iodict-log", description="Inspect, maintain and try out iodict_log stores.")
+    parser = _Parser(prog="iodict-log", description="Inspect, maintain and try out iodict_log stores.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser("demo", help="write, read, replay and compact a sample store, with timings")
     demo.add_argument("--path", help="store directory (new or empty); default: a temporary directory")
