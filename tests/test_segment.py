@@ -7,8 +7,7 @@ import os
 
 import pytest
 
-from iodict_log import CorruptionError, FormatVersionError
-from iodict_log import fileops
+from iodict_log import CorruptionError, FormatVersionError, fileops
 from iodict_log.format import KIND_COMPACTED, KIND_LOG, SEGMENT_HEADER_SIZE, Manifest, encode_frame
 from iodict_log.manifest import MANIFEST_NAME, read_manifest, write_manifest
 from iodict_log.segment import Segment, parse_segment_name, segment_name
