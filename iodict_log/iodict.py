@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, MutableMapping, ValuesView
 from typing import Any, Callable, NamedTuple, TypeVar
@@ -12,6 +11,7 @@ from .errors import StoreClosedError
 from .format import OP_DELETE, OP_SET, Frame, compress_value, stored_value
 from .index import KeyIndex, location_birthtime
 from .log import Entry, Log
+from .objectlock import make_lock
 from .serialize import Serializer, decode_key, encode_key
 
 _MISSING = object()
@@ -27,34 +27,6 @@ class Record(NamedTuple):
     op: str  # "set" or "delete"
     key: Any
     value: Any  # None for a delete
-
-
-class _LockAdapter:
-    """Gives ``with`` to a lock that only has acquire() and release()."""
-
-    __slots__ = ("_lock",)
-
-    def __init__(self, lock: Any) -> None:
-        self._lock = lock
-
-    def __enter__(self) -> None:
-        self._lock.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()
-
-
-def make_lock(lock: Any) -> Any:
-    """A context-manager lock from None, a lock instance, or a lock factory."""
-    if lock is None:
-        return threading.RLock()
-    if isinstance(lock, type) or not hasattr(lock, "acquire"):
-        if not callable(lock):
-            raise TypeError(f"lock must be a lock, a lock factory or None, not {type(lock).__name__!r}")
-        lock = lock()
-    if not (hasattr(lock, "acquire") and hasattr(lock, "release")):
-        raise TypeError(f"lock has no acquire()/release(): {lock!r}")
-    return lock if hasattr(lock, "__enter__") and hasattr(lock, "__exit__") else _LockAdapter(lock)
 
 
 def check_options(sync: Any, segment_bytes: Any) -> None:
@@ -87,7 +59,7 @@ class IODict(MutableMapping):
         if compression not in ("lz4", None):
             raise ValueError(f"compression must be 'lz4' or None, not {compression!r}")
         self._serializer = Serializer(serializer)
-        self._lock = make_lock(lock)
+        self._lock = make_lock(lock, self)
         self._compress = compression == "lz4"
         self.auto_compact = auto_compact
         self.path = os.fspath(path)
@@ -339,11 +311,7 @@ class IODict(MutableMapping):
         with self._lock:
             log, self._log = self._log, None
             if log is not None:
-                try:
-                    if log.sync_interval is not None:
-                        log.sync()
-                finally:
-                    log.close()
+                log.close()
 
     def __enter__(self) -> IODict:
         return self

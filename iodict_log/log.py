@@ -31,6 +31,7 @@ them before it appends.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import warnings
 from typing import Iterable, Iterator, Protocol
@@ -94,7 +95,8 @@ class Log:
         self._segments: list[Segment] = []
         self._manifest = Manifest(0, ())
         self._end = 0
-        self._last_sync = time.monotonic()
+        self._sync_timer: threading.Timer | None = None
+        self._sync_error: OSError | None = None  # from a group-commit fsync, raised by the next call
         self._check_directory()
         self._lock = FileLock(os.path.join(directory, LOCK_NAME))
         try:
@@ -295,11 +297,32 @@ class Log:
         return b"".join(parts), locs, seq
 
     def _maybe_sync(self, active: Segment) -> None:
+        """fsync now (sync=True), or make sure a group commit is due within the interval."""
         if self.sync_always:
             active.sync()
-        elif self.sync_interval is not None and time.monotonic() - self._last_sync >= self.sync_interval:
-            active.sync()
-            self._last_sync = time.monotonic()
+        elif self.sync_interval is not None:
+            self._raise_sync_error()
+            timer = self._sync_timer
+            if timer is None or not timer.is_alive():  # (no timer survives a fork: it is not alive)
+                # The timer syncs a duplicate descriptor, so it needs no lock and cannot
+                # race with close(); a roll fsyncs the sealed segment itself.
+                timer = threading.Timer(self.sync_interval, self._group_commit, (os.dup(active.fd),))
+                timer.daemon = True
+                timer.start()
+                self._sync_timer = timer
+
+    def _group_commit(self, fd: int) -> None:
+        try:
+            os.fdatasync(fd) if hasattr(os, "fdatasync") else os.fsync(fd)
+        except OSError as exc:
+            self._sync_error = exc
+        finally:
+            os.close(fd)
+
+    def _raise_sync_error(self) -> None:
+        error, self._sync_error = self._sync_error, None
+        if error is not None:
+            raise OSError(error.errno, f"a group-commit fsync failed; recent writes may not be durable: {error}")
 
     def _roll(self) -> None:
         """Seal the last segment and start the next one. Needs the lock."""
@@ -447,14 +470,18 @@ class Log:
         }
 
     def sync(self) -> None:
-        if self._segments:
-            self._segments[-1].sync()
-            self._last_sync = time.monotonic()
+        self._raise_sync_error()
+        self._segments[-1].sync()
 
     def close(self) -> None:
-        for segment in self._segments:
-            segment.close()
-        self._segments = []
-        lock = getattr(self, "_lock", None)
-        if lock is not None:
-            lock.close()
+        """Close the files; with group commit, fsync first (its error propagates)."""
+        try:
+            if self.sync_interval is not None and self._segments:
+                self.sync()
+        finally:
+            for segment in self._segments:
+                segment.close()
+            self._segments = []
+            lock = getattr(self, "_lock", None)
+            if lock is not None:
+                lock.close()
