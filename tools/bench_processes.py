@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""What cross-process coordination costs: one process alone vs. with a second process on the path.
+
+Three runs on the same machine in one invocation, each on N keys with 100-byte
+values (median of --repeat runs):
+
+- alone:        this process is the only one with the store open;
+- second idle:  another process has the same path open and does nothing;
+- second busy:  another process writes its own keys at the same time.
+
+Every call catches up with the log's end (one lseek) and every write takes the
+file lock (one flock pair) in all three; "second busy" adds the real cost of
+sharing: lock waits and reading the other's appends.
+
+    python tools/bench_processes.py [--keys 100000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from iodict_log import IODict
+
+SECOND = """
+import sys
+from iodict_log import IODict
+path, mode, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+d = IODict(path)
+print("ready", flush=True)
+if mode == "busy":
+    value = b"w" * 100
+    i = 0
+    while sys.stdin.readable():
+        d[f"other-{i % n}"] = value
+        i += 1
+        if i % 1000 == 0 and d.get("stop"):
+            break
+    print(i, flush=True)
+else:
+    sys.stdin.readline()
+"""
+
+
+def run(path: str, keys: list[str], second: str | None) -> tuple[float, float, int]:
+    d = IODict(path)
+    proc = None
+    if second:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SECOND, path, second, str(len(keys))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout.readline().strip() == "ready"
+    value = b"v" * 100
+    started = time.perf_counter()
+    for k in keys:
+        d[k] = value
+    t_set = time.perf_counter() - started
+    order = keys[:]
+    random.Random(1).shuffle(order)
+    started = time.perf_counter()
+    for k in order:
+        d[k]
+    t_get = time.perf_counter() - started
+    other_writes = 0
+    if proc:
+        d["stop"] = True
+        out, _ = proc.communicate("stop\n", timeout=600)
+        other_writes = int(out.strip() or 0)
+    d.close()
+    return len(keys) / t_set, len(keys) / t_get, other_writes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keys", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    keys = [f"key-{i:08d}" for i in range(args.keys)]
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, second in (("alone", None), ("second idle", "idle"), ("second busy", "busy")):
+            runs = [run(os.path.join(tmp, f"{name}-{r}".replace(" ", "-")), keys, second) for r in range(args.repeat)]
+            results[name] = [statistics.median(x) for x in zip(*runs)]
+    base_set, base_get, _ = results["alone"]
+    print(f"{args.keys:,} keys, 100-byte values, sync=False, median of {args.repeat}")
+    print("| run | sets/s | vs alone | gets/s | vs alone | the other process's sets |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, (s, g, other) in results.items():
+        print(f"| {name} | {s:,.0f} | {s / base_set:.2f} | {g:,.0f} | {g / base_get:.2f} | {other:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
