@@ -116,9 +116,13 @@ def compress_value(value: bytes) -> tuple[int, bytes]:
 def stored_value(flags: int, stored: bytes) -> bytes:
     """Undo compress_value."""
     if flags & FLAG_LZ4:
+        # A damaged size prefix must not make lz4 allocate gigabytes: lz4 never
+        # expands data more than 255-fold.
+        if len(stored) < 4 or COUNT.unpack_from(stored)[0] > 255 * len(stored):
+            raise CorruptionError("lz4 block has an impossible size prefix")
         try:
             return lz4.block.decompress(stored)
-        except lz4.block.LZ4BlockError as exc:
+        except (lz4.block.LZ4BlockError, ValueError) as exc:
             raise CorruptionError(f"lz4 block does not decompress: {exc}") from None
     return stored
 
@@ -210,8 +214,11 @@ class Scan:
                 if op in DATA_OPS and in_batch and len(batch) < count:
                     batch.append(frame)
                     continue
-                if op == OP_BATCH_COMMIT and len(batch) == count:
-                    yield from batch
+                if op == OP_BATCH_COMMIT:
+                    if len(batch) == count:
+                        yield from batch
+                    else:
+                        self.damage.append(Damage(begin.offset, pos - begin.offset, "incomplete batch"))
                     batch = None
                     self.end = pos
                     continue
@@ -231,8 +238,15 @@ class Scan:
         """Where scanning resumes after the bad frame at ``pos``; None if nothing valid follows."""
         buf = self.buf
         length = header_length(buf, pos)
-        # Skip by the stored length only when the header checksum vouches for it.
-        pos += length if length is not None and pos + length <= len(buf) else 1
+        if length is not None:
+            # The header checksum vouches for the length: skip exactly the bad payload,
+            # or, if the frame runs past the end, it is an unfinished append (never
+            # search inside it: its value may hold the bytes of other frames).
+            if pos + length > len(buf):
+                return None
+            pos += length
+        else:
+            pos += 1
         while (pos := buf.find(SYNC, pos)) >= 0:
             if decode_frame(buf, pos) is not None:
                 return pos

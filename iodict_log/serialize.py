@@ -2,7 +2,9 @@
 
 msgpack with two twists: tuples are an extension type so they come back as
 tuples (lists stay lists), and ``strict_types`` so subclasses (IntEnum, str
-subclasses, ...) are refused instead of silently losing their type. Keys are
+subclasses, ...) are refused instead of silently losing their type. The one
+type msgpack changes anyway: bytearray and memoryview are stored as binary
+and come back as bytes. Keys are
 restricted to str, bytes, int and tuples of these, so equal keys always encode
 to equal bytes. bool is refused as a key: ``True == 1`` in a dict, but msgpack
 would store them as different keys.
@@ -69,7 +71,10 @@ def check_key(key: Any) -> None:
 
 def encode_key(key: Any) -> bytes:
     check_key(key)
-    return _pack(key)
+    try:
+        return _pack(key)
+    except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from os.listdir()
+        raise TypeError(f"str key is not valid Unicode: {exc}") from None
 
 
 def decode_key(data: bytes) -> Any:
@@ -103,7 +108,7 @@ class Serializer:
 def _msgpack_dumps(value: Any) -> bytes:
     try:
         return _pack(value)
-    except (OverflowError, ValueError) as exc:
+    except (OverflowError, ValueError, RecursionError) as exc:
         raise TypeError(f"cannot serialize value with msgpack: {exc}") from None
 
 

@@ -1,0 +1,765 @@
+"""The on-disk format: frames, the Scan over a buffer of frames, segment headers, the manifest.
+
+Every decoder here is a pure function over bytes, so the damage tests are exhaustive
+where the input is small (every bit flip, every cut point) and use hypothesis elsewhere.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+import zlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from iodict_log.errors import CorruptionError, FormatVersionError, IODictLogError
+from iodict_log.format import (
+    COMPRESS_MIN,
+    COUNT,
+    FLAG_BATCH,
+    FLAG_LZ4,
+    FLAG_PICKLE,
+    FORMAT_VERSION,
+    HEADER_SIZE,
+    KIND_COMPACTED,
+    KIND_LOG,
+    KNOWN_FLAGS,
+    KNOWN_OPS,
+    OP_BATCH_BEGIN,
+    OP_BATCH_COMMIT,
+    OP_DELETE,
+    OP_SEAL,
+    OP_SET,
+    SEGMENT_HEADER_SIZE,
+    SEGMENT_MAGIC,
+    SYNC,
+    Frame,
+    Manifest,
+    Scan,
+    compress_value,
+    decode_frame,
+    decode_manifest,
+    decode_segment_header,
+    encode_frame,
+    encode_manifest,
+    encode_segment_header,
+    stored_value,
+)
+
+SETTINGS = settings(max_examples=200, deadline=None)
+FEW = settings(max_examples=40, deadline=None)
+
+U64 = st.integers(0, 2**64 - 1)
+
+# Byte offsets of the header fields (see the layout in iodict_log/format.py).
+KEY_LEN_AT = 12
+VALUE_LEN_AT = 16
+
+
+# --- helpers ----------------------------------------------------------------
+
+
+def flip(buf: bytes, bit: int) -> bytes:
+    """``buf`` with bit number ``bit`` (0 = lowest bit of byte 0) inverted."""
+    out = bytearray(buf)
+    out[bit // 8] ^= 1 << (bit % 8)
+    return bytes(out)
+
+
+def rec(seq: int, key: bytes = b"k", value: bytes = b"v", op: int = OP_SET, flags: int = 0) -> bytes:
+    return encode_frame(op, flags, seq, 1000 + seq, key, value)
+
+
+def begin(count: int, seq: int = 0) -> bytes:
+    return encode_frame(OP_BATCH_BEGIN, 0, seq, 0, b"", COUNT.pack(count))
+
+
+def commit(seq: int = 0) -> bytes:
+    return encode_frame(OP_BATCH_COMMIT, 0, seq, 0, b"", b"")
+
+
+def batch(*members: bytes) -> list[bytes]:
+    """A whole batch unit: BEGIN, the members (already flagged FLAG_BATCH), COMMIT."""
+    return [begin(len(members)), *members, commit()]
+
+
+def member(seq: int, key: bytes = b"k", value: bytes = b"v", op: int = OP_SET) -> bytes:
+    return rec(seq, key, value, op=op, flags=FLAG_BATCH)
+
+
+class Layout:
+    """Units (a standalone frame, or a whole batch) laid out in one buffer, with offsets."""
+
+    def __init__(self, units: list[list[bytes]], prefix: bytes = b"") -> None:
+        self.units = units
+        self.prefix = prefix
+        self.frame_spans: list[tuple[int, int, int]] = []  # (unit index, start, stop) of every frame
+        self.unit_spans: list[tuple[int, int]] = []
+        parts = [prefix]
+        pos = len(prefix)
+        for i, unit in enumerate(units):
+            unit_start = pos
+            for raw in unit:
+                self.frame_spans.append((i, pos, pos + len(raw)))
+                parts.append(raw)
+                pos += len(raw)
+            self.unit_spans.append((unit_start, pos))
+        self.buf = b"".join(parts)
+
+    def yielded_by(self, i: int) -> list[Frame]:
+        """The frames a Scan should yield for unit ``i`` when it is intact."""
+        start, stop = self.unit_spans[i]
+        frames = []
+        pos = start
+        while pos < stop:
+            frame = decode_frame(self.buf, pos)
+            assert frame is not None
+            frames.append(frame)
+            pos += frame.length
+        if frames[0].op == OP_BATCH_BEGIN:
+            return frames[1:-1]
+        return frames
+
+    def expected(self, skip: set[int] = frozenset(), upto: int | None = None) -> list[Frame]:
+        units = range(len(self.units) if upto is None else upto)
+        return [f for i in units if i not in skip for f in self.yielded_by(i)]
+
+    def unit_of_bit(self, bit: int) -> tuple[int, int, int]:
+        """(unit index, frame start, frame stop) of the frame holding ``bit``."""
+        byte = bit // 8
+        for unit, start, stop in self.frame_spans:
+            if start <= byte < stop:
+                return unit, start, stop
+        raise AssertionError(f"bit {bit} is outside every frame")
+
+
+def scan(buf: bytes, start: int = 0) -> tuple[list[Frame], Scan]:
+    s = Scan(buf, start)
+    return list(s), s
+
+
+def check_scan_invariants(buf: bytes, frames: list[Frame], s: Scan, start: int = 0) -> None:
+    """What holds for any buffer: yielded frames verify, lie before ``end``, regions are in range."""
+    assert start <= s.end <= len(buf)
+    assert s.tail == len(buf) - s.end
+    for frame in frames:
+        assert decode_frame(buf, frame.offset) == frame
+        assert frame.offset + frame.length <= s.end
+        assert frame.op in (OP_SET, OP_DELETE, OP_SEAL)
+    offsets = [f.offset for f in frames]
+    assert offsets == sorted(set(offsets))
+    for damage in s.damage:
+        assert start <= damage.offset and damage.offset + damage.length <= len(buf)
+        assert damage.length > 0
+
+
+# --- frames -----------------------------------------------------------------
+
+ops = st.sampled_from(sorted(KNOWN_OPS))
+flag_sets = st.sets(st.sampled_from([FLAG_LZ4, FLAG_PICKLE, FLAG_BATCH])).map(lambda s: sum(s))
+
+
+@SETTINGS
+@given(
+    op=ops,
+    flags=flag_sets,
+    seq=U64,
+    birthtime=U64,
+    key=st.binary(max_size=64),
+    value=st.binary(max_size=512),
+    prefix=st.binary(max_size=16),
+)
+def test_frame_round_trips_at_any_offset(op, flags, seq, birthtime, key, value, prefix):
+    raw = encode_frame(op, flags, seq, birthtime, key, value)
+    assert len(raw) == HEADER_SIZE + len(key) + len(value)
+    assert raw.startswith(SYNC)
+    buf = prefix + raw + b"trailing bytes are not part of the frame"
+    frame = decode_frame(buf, len(prefix))
+    assert frame == Frame(len(prefix), len(raw), op, flags, seq, birthtime, key, value)
+    assert type(frame.key) is bytes and type(frame.value) is bytes
+
+
+def test_frame_with_unknown_op_or_flag_is_not_decoded():
+    assert decode_frame(encode_frame(99, 0, 1, 1, b"k", b"v"), 0) is None
+    assert decode_frame(encode_frame(OP_SET, 0x80, 1, 1, b"k", b"v"), 0) is None
+    assert decode_frame(encode_frame(OP_SET, KNOWN_FLAGS, 1, 1, b"k", b"v"), 0) is not None
+
+
+SMALL_FRAMES = {
+    "set": encode_frame(OP_SET, FLAG_LZ4, 7, 123456789, b"key", b"value"),
+    "empty-key-and-value": encode_frame(OP_DELETE, 0, 0, 0, b"", b""),
+    "batch-begin": begin(3, seq=5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_FRAMES))
+def test_every_single_bit_flip_in_a_frame_is_detected(name):
+    raw = SMALL_FRAMES[name]
+    assert decode_frame(raw, 0) is not None
+    for bit in range(len(raw) * 8):
+        assert decode_frame(flip(raw, bit), 0) is None, f"bit {bit} flipped and the frame still decoded"
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_FRAMES))
+def test_every_truncation_of_a_frame_is_not_decoded(name):
+    raw = SMALL_FRAMES[name]
+    for cut in range(len(raw)):
+        assert decode_frame(raw[:cut], 0) is None, f"frame cut to {cut} bytes still decoded"
+
+
+def test_decode_frame_past_the_end_of_the_buffer_is_none():
+    raw = rec(1)
+    assert decode_frame(raw, len(raw)) is None
+    assert decode_frame(raw, len(raw) + 100) is None
+    assert decode_frame(b"", 0) is None
+
+
+# --- value compression --------------------------------------------------------
+
+
+@SETTINGS
+@given(value=st.one_of(st.binary(max_size=2048), st.binary(max_size=8).map(lambda b: b * 300)))
+def test_compress_value_only_when_it_saves_space_and_stored_value_undoes_it(value):
+    flags, stored = compress_value(value)
+    assert flags in (0, FLAG_LZ4)
+    if flags:
+        assert len(value) >= COMPRESS_MIN
+        assert len(stored) < len(value)
+    else:
+        assert stored == value
+    assert stored_value(flags, stored) == value
+
+
+def test_compressible_value_is_compressed_and_short_value_never_is():
+    long = b"abcd" * 1000
+    flags, stored = compress_value(long)
+    assert flags == FLAG_LZ4 and len(stored) < len(long)
+    short = b"a" * (COMPRESS_MIN - 1)
+    assert compress_value(short) == (0, short)
+
+
+def test_incompressible_value_is_stored_as_is():
+    value = random.Random(0).randbytes(4096)  # random bytes: lz4 cannot shrink them
+    assert compress_value(value) == (0, value)
+
+
+def test_stored_value_without_lz4_flag_is_returned_unchanged():
+    assert stored_value(0, b"\x00\x01 not lz4") == b"\x00\x01 not lz4"
+    assert stored_value(FLAG_PICKLE | FLAG_BATCH, b"raw") == b"raw"
+
+
+LZ4_SAMPLE = b"hello world, " * 100
+
+
+def _lz4_damages() -> dict[str, bytes]:
+    flags, packed = compress_value(LZ4_SAMPLE)
+    assert flags == FLAG_LZ4
+    (size,) = struct.unpack_from("<I", packed)
+    body = packed[4:]
+    return {
+        "truncated-by-5": packed[:-5],
+        "only-size-prefix": packed[:4],
+        "shorter-than-size-prefix": packed[:3],
+        "empty": b"",
+        "size-prefix-one-too-big": struct.pack("<I", size + 1) + body,
+        "size-prefix-one-too-small": struct.pack("<I", size - 1) + body,
+        "size-prefix-top-bit-flipped": struct.pack("<I", size | 0x80000000) + body,
+        "body-all-ff": packed[:4] + b"\xff" * len(body),
+    }
+
+
+@pytest.mark.parametrize("damage", sorted(_lz4_damages()))
+def test_damaged_lz4_block_raises_corruption_error(damage):
+    with pytest.raises(CorruptionError):
+        stored_value(FLAG_LZ4, _lz4_damages()[damage])
+
+
+def test_lz4_block_truncated_anywhere_raises_corruption_error():
+    _, packed = compress_value(LZ4_SAMPLE)
+    for cut in range(len(packed)):
+        with pytest.raises(CorruptionError):
+            stored_value(FLAG_LZ4, packed[:cut])
+
+
+# --- Scan: clean buffers ------------------------------------------------------
+
+
+def test_scan_of_empty_buffer_yields_nothing():
+    frames, s = scan(b"")
+    assert frames == [] and s.end == 0 and s.tail == 0 and s.damage == []
+
+
+@pytest.mark.parametrize("n", [1, 2, 10, 100])
+def test_scan_of_clean_buffer_yields_every_frame(n):
+    layout = Layout([[rec(i, key=b"key%d" % i, value=b"v" * i)] for i in range(n)])
+    frames, s = scan(layout.buf)
+    assert frames == layout.expected()
+    assert [f.seq for f in frames] == list(range(n))
+    assert s.end == len(layout.buf) and s.tail == 0 and s.damage == []
+
+
+def test_scan_yields_sets_deletes_and_seals_in_order():
+    layout = Layout([[rec(1)], [rec(2, op=OP_DELETE, value=b"")], [rec(3, op=OP_SEAL, key=b"", value=b"")]])
+    frames, s = scan(layout.buf)
+    assert [f.op for f in frames] == [OP_SET, OP_DELETE, OP_SEAL]
+    assert s.end == len(layout.buf)
+
+
+def test_scan_from_start_offset_skips_the_segment_header():
+    header = encode_segment_header(KIND_LOG)
+    layout = Layout([[rec(1)], [rec(2)]], prefix=header)
+    frames, s = scan(layout.buf, SEGMENT_HEADER_SIZE)
+    assert frames == layout.expected()
+    assert s.end == len(layout.buf) and s.damage == []
+    frames, s = scan(header, SEGMENT_HEADER_SIZE)
+    assert frames == [] and s.end == SEGMENT_HEADER_SIZE and s.tail == 0
+
+
+def test_scan_does_not_resync_inside_an_intact_frame_whose_value_holds_a_frame():
+    inner = rec(99, key=b"phantom", value=b"never written")
+    layout = Layout([[rec(1)], [rec(2, value=SYNC + inner + SYNC)], [rec(3, key=SYNC, value=inner)]])
+    frames, s = scan(layout.buf)
+    assert frames == layout.expected()
+    assert s.damage == [] and s.end == len(layout.buf)
+
+
+# --- Scan: damage in the middle -----------------------------------------------
+
+
+def _five_frames() -> Layout:
+    return Layout([[rec(i, key=b"key%d" % i, value=b"value %d" % i)] for i in range(5)])
+
+
+def test_frame_damaged_in_its_payload_is_skipped_and_reported_once():
+    layout = _five_frames()
+    _, start, stop = layout.frame_spans[2]
+    buf = flip(layout.buf, (stop - 1) * 8)  # last byte of the value
+    frames, s = scan(buf)
+    assert frames == layout.expected(skip={2})
+    assert len(s.damage) == 1
+    assert (s.damage[0].offset, s.damage[0].length) == (start, stop - start)
+    assert s.end == len(buf)
+
+
+def test_every_bit_flip_in_a_middle_frame_loses_only_that_frame():
+    layout = _five_frames()
+    _, start, stop = layout.frame_spans[2]
+    for bit in range(start * 8, stop * 8):
+        frames, s = scan(flip(layout.buf, bit))
+        assert frames == layout.expected(skip={2}), f"bit {bit}"
+        assert len(s.damage) == 1 and s.damage[0].offset == start, f"bit {bit}: {s.damage}"
+        assert s.end == len(layout.buf)
+
+
+@pytest.mark.parametrize("field_at", [KEY_LEN_AT, VALUE_LEN_AT], ids=["key_len", "value_len"])
+def test_damaged_length_field_is_not_trusted(field_at):
+    layout = _five_frames()
+    _, start, stop = layout.frame_spans[1]
+    for bit in range((start + field_at) * 8, (start + field_at + 4) * 8):
+        frames, s = scan(flip(layout.buf, bit))
+        assert frames == layout.expected(skip={1}), f"bit {bit}"
+        assert [(d.offset, d.length) for d in s.damage] == [(start, stop - start)], f"bit {bit}"
+        assert s.end == len(layout.buf)
+
+
+def test_huge_damaged_length_does_not_swallow_the_rest_of_the_buffer():
+    layout = _five_frames()
+    _, start, _ = layout.frame_spans[0]
+    buf = bytearray(layout.buf)
+    buf[start + VALUE_LEN_AT + 3] ^= 0x80  # value_len now claims ~2 GB
+    frames, s = scan(bytes(buf))
+    assert frames == layout.expected(skip={0})
+    assert s.end == len(buf)
+
+
+@SETTINGS
+@given(prefix=st.binary(min_size=1, max_size=200))
+def test_frames_after_a_garbage_prefix_are_exactly_the_real_ones(prefix):
+    layout = Layout([[rec(i, value=b"v%d" % i)] for i in range(3)], prefix=prefix)
+    frames, s = scan(layout.buf)
+    assert frames == layout.expected()
+    assert s.end == len(layout.buf)
+
+
+def test_frames_after_a_prefix_of_sync_bytes_are_exactly_the_real_ones():
+    for prefix in (SYNC, SYNC * 50, b"\xd1", b"\x0c" + SYNC * 3 + b"\xd1", SYNC + bytes(HEADER_SIZE)):
+        layout = Layout([[rec(1)], [rec(2)]], prefix=prefix)
+        frames, s = scan(layout.buf)
+        assert frames == layout.expected(), prefix
+        assert s.end == len(layout.buf)
+
+
+# --- Scan: torn tails -------------------------------------------------------
+
+
+def test_every_cut_in_the_last_frames_yields_only_the_whole_frames_before_it():
+    layout = Layout([[rec(i, key=b"k%d" % i, value=b"x" * (3 * i))] for i in range(6)])
+    first_cut = layout.unit_spans[3][0]
+    for cut in range(first_cut, len(layout.buf) + 1):
+        whole = [i for i, (_, stop) in enumerate(layout.unit_spans) if stop <= cut]
+        frames, s = scan(layout.buf[:cut])
+        assert frames == layout.expected(upto=len(whole)), f"cut {cut}"
+        assert s.end == layout.unit_spans[whole[-1]][1], f"cut {cut}"
+        assert s.tail == cut - s.end
+        assert s.damage == [], f"cut {cut}: a torn tail is not damage"
+
+
+def test_torn_frame_whose_value_embeds_a_frame_yields_no_phantom_record():
+    # A value may legitimately contain the bytes of a frame (say, a backup of another
+    # store). When the append of that record is torn after the embedded frame, the scan
+    # must still treat the partial record as a tail: not yield the embedded frame as a
+    # record that was never written, nor move ``end`` past the torn record's start.
+    inner = rec(99, key=b"admin", value=b"never written")
+    layout = Layout([[rec(1)], [rec(2, value=b"x" * 10 + inner + b"y" * 10)]])
+    torn_at = layout.unit_spans[1][0]
+    for cut in range(torn_at, len(layout.buf)):
+        frames, s = scan(layout.buf[:cut])
+        assert [f.seq for f in frames] == [1], f"cut {cut}: yielded {[(f.seq, f.key) for f in frames]}"
+        assert s.end == torn_at, f"cut {cut}"
+
+
+# --- Scan: batches ----------------------------------------------------------
+
+
+def _with_batch() -> Layout:
+    return Layout(
+        [
+            [rec(1, key=b"a")],
+            batch(member(2, key=b"b1"), member(3, key=b"b2", op=OP_DELETE, value=b""), member(4, key=b"b3")),
+            [rec(5, key=b"c")],
+        ]
+    )
+
+
+def test_complete_batch_yields_its_records_in_order():
+    layout = _with_batch()
+    frames, s = scan(layout.buf)
+    assert [f.seq for f in frames] == [1, 2, 3, 4, 5]
+    assert frames == layout.expected()
+    assert s.end == len(layout.buf) and s.damage == []
+    assert all(f.flags & FLAG_BATCH for f in frames[1:4])
+
+
+def test_empty_batch_yields_nothing_and_is_not_damage():
+    layout = Layout([[rec(1)], [begin(0), commit()], [rec(2)]])
+    frames, s = scan(layout.buf)
+    assert [f.seq for f in frames] == [1, 2]
+    assert s.end == len(layout.buf) and s.damage == []
+
+
+def test_batch_cut_anywhere_before_its_commit_yields_nothing_of_it():
+    layout = Layout([[rec(1)], batch(member(2), member(3), member(4))])
+    batch_start, batch_stop = layout.unit_spans[1]
+    for cut in range(batch_start, batch_stop):
+        frames, s = scan(layout.buf[:cut])
+        assert [f.seq for f in frames] == [1], f"cut {cut}"
+        assert s.end == batch_start, f"cut {cut}"
+        assert s.tail == cut - batch_start
+    frames, s = scan(layout.buf)
+    assert [f.seq for f in frames] == [1, 2, 3, 4] and s.end == batch_stop
+
+
+def test_unfinished_batch_with_a_damaged_member_keeps_end_before_begin():
+    layout = Layout([[rec(1)], [begin(3), member(2), member(3), member(4)]])  # no COMMIT yet
+    batch_start, _ = layout.unit_spans[1]
+    _, start, stop = layout.frame_spans[2]  # the first member
+    for bit in (start * 8, (stop - 1) * 8):
+        frames, s = scan(flip(layout.buf, bit))
+        assert [f.seq for f in frames] == [1]
+        assert s.end == batch_start, f"bit {bit}: end moved into the unfinished batch"
+
+
+def test_every_bit_flip_in_a_batch_drops_the_whole_batch_and_nothing_else():
+    layout = _with_batch()
+    batch_start, batch_stop = layout.unit_spans[1]
+    for bit in range(batch_start * 8, batch_stop * 8):
+        frames, s = scan(flip(layout.buf, bit))
+        assert [f.seq for f in frames] == [1, 5], f"bit {bit}"
+        assert frames == layout.expected(skip={1}), f"bit {bit}"
+        assert s.damage, f"bit {bit}: damage not reported"
+        assert s.end == len(layout.buf)
+
+
+def test_batch_with_damaged_member_mid_file_is_dropped_whole():
+    layout = _with_batch()
+    _, start, stop = layout.frame_spans[3]  # the second member
+    buf = flip(layout.buf, (stop - 1) * 8)
+    frames, s = scan(buf)
+    assert [f.key for f in frames] == [b"a", b"c"]
+    assert any(d.reason == "incomplete batch" for d in s.damage)
+    assert any(d.offset == start for d in s.damage)
+
+
+@pytest.mark.parametrize("where", ["payload", "sync", "header"])
+def test_batch_members_after_a_damaged_begin_are_not_yielded(where):
+    layout = _with_batch()
+    _, start, stop = layout.frame_spans[1]  # BEGIN
+    bit = {"payload": (stop - 1) * 8, "sync": start * 8, "header": (start + 10) * 8}[where]
+    frames, s = scan(flip(layout.buf, bit))
+    assert [f.key for f in frames] == [b"a", b"c"]
+    assert not any(f.flags & FLAG_BATCH for f in frames)
+    assert s.end == len(layout.buf)
+
+
+def test_batch_frames_outside_a_batch_are_not_yielded():
+    layout = Layout([[rec(1)], [member(2)], [commit()], [rec(3)]])
+    frames, s = scan(layout.buf)
+    assert [f.seq for f in frames] == [1, 3]
+    assert [d.reason for d in s.damage] == ["batch frame outside its batch"] * 2
+
+
+def test_batch_whose_count_does_not_match_its_members_is_dropped():
+    for begin_count, members in ((2, 3), (4, 3), (0, 1)):
+        units = [[rec(1)], [begin(begin_count), *(member(10 + i) for i in range(members)), commit()], [rec(2)]]
+        frames, s = scan(Layout(units).buf)
+        assert [f.seq for f in frames] == [1, 2], (begin_count, members)
+        assert s.damage
+
+
+def test_batch_with_malformed_count_is_dropped():
+    bad_begin = encode_frame(OP_BATCH_BEGIN, 0, 0, 0, b"", b"\x01\x00")
+    layout = Layout([[rec(1)], [bad_begin, member(2), commit()], [rec(3)]])
+    frames, _ = scan(layout.buf)
+    assert [f.seq for f in frames] == [1, 3]
+
+
+def test_unflagged_record_inside_a_batch_breaks_it_and_is_yielded_alone():
+    layout = Layout([[begin(2), member(1), rec(2), member(3), commit()]])
+    frames, s = scan(layout.buf)
+    assert [f.seq for f in frames] == [2]
+    assert s.damage
+
+
+def test_batch_interrupted_by_a_new_batch_is_dropped_and_the_new_one_kept():
+    layout = Layout([[begin(2), member(1)], batch(member(2)), [rec(3)]])
+    frames, s = scan(layout.buf)
+    assert [f.seq for f in frames] == [2, 3]
+    assert [d.reason for d in s.damage] == ["incomplete batch"]
+    assert s.end == len(layout.buf)
+
+
+# --- Scan: a model over random units, cuts and flips ------------------------------
+
+unit_strategy = st.one_of(
+    st.tuples(st.just("record"), st.sampled_from([OP_SET, OP_DELETE, OP_SEAL]), st.binary(max_size=40)),
+    st.tuples(st.just("batch"), st.integers(0, 4), st.binary(max_size=40)),
+)
+
+
+def _build(spec: list[tuple]) -> Layout:
+    units = []
+    seq = 0
+    for kind, arg, value in spec:
+        if kind == "record":
+            seq += 1
+            units.append([rec(seq, key=b"k%d" % seq, value=value, op=arg)])
+        else:
+            members = []
+            for _ in range(arg):
+                seq += 1
+                members.append(member(seq, key=b"k%d" % seq, value=value))
+            units.append(batch(*members))
+    return Layout(units)
+
+
+@SETTINGS
+@given(spec=st.lists(unit_strategy, min_size=1, max_size=8), data=st.data())
+def test_scan_model_torn_anywhere_keeps_exactly_the_whole_units(spec, data):
+    layout = _build(spec)
+    cut = data.draw(st.integers(0, len(layout.buf)), label="cut")
+    whole = [i for i, (_, stop) in enumerate(layout.unit_spans) if stop <= cut]
+    frames, s = scan(layout.buf[:cut])
+    assert frames == layout.expected(upto=len(whole))
+    assert s.end == (layout.unit_spans[whole[-1]][1] if whole else 0)
+    assert s.damage == []
+
+
+@SETTINGS
+@given(spec=st.lists(unit_strategy, min_size=1, max_size=8), data=st.data())
+def test_scan_model_single_bit_flip_loses_only_the_damaged_unit(spec, data):
+    layout = _build(spec)
+    bit = data.draw(st.integers(0, len(layout.buf) * 8 - 1), label="bit")
+    unit, _, frame_stop = layout.unit_of_bit(bit)
+    frames, s = scan(flip(layout.buf, bit))
+    check_scan_invariants(layout.buf, frames, s)
+    assert frames == layout.expected(skip={unit})
+    if frame_stop == len(layout.buf):  # the last frame: indistinguishable from a torn tail
+        assert s.end == layout.unit_spans[unit][0]
+    else:
+        assert s.end == len(layout.buf)
+        assert s.damage
+
+
+# --- Scan: garbage never raises or hangs -------------------------------------------
+
+
+@SETTINGS
+@given(buf=st.binary(max_size=2048), start=st.integers(0, 64))
+def test_scan_of_arbitrary_bytes_never_raises(buf, start):
+    start = min(start, len(buf))
+    frames, s = scan(buf, start)
+    check_scan_invariants(buf, frames, s, start)
+
+
+@SETTINGS
+@given(
+    chunks=st.lists(
+        st.one_of(st.sampled_from([SYNC, SYNC * 4, b"\xd1", b"\x0c", bytes(HEADER_SIZE)]), st.binary(max_size=40)),
+        max_size=60,
+    )
+)
+def test_scan_of_sync_heavy_garbage_never_raises(chunks):
+    buf = b"".join(chunks)
+    frames, s = scan(buf)
+    check_scan_invariants(buf, frames, s)
+    assert frames == []
+
+
+def test_scan_of_a_megabyte_of_sync_bytes_returns():
+    for buf in (SYNC * 2**19, b"\xd1" + SYNC * 2**19, SYNC * 2**19 + rec(1)):
+        frames, s = scan(buf)
+        check_scan_invariants(buf, frames, s)
+        assert len(frames) == (1 if buf.endswith(rec(1)) else 0)
+
+
+def test_scan_of_many_checksummed_headers_with_lying_lengths_returns():
+    # Headers whose checksum holds but whose payload does not: each one is skipped by
+    # its (vouched-for) length, which here points into the middle of the next header.
+    raw = encode_frame(OP_SET, 0, 1, 1, b"k" * 20, b"v" * 20)
+    header_only = raw[:HEADER_SIZE]
+    buf = header_only * 20000
+    frames, s = scan(buf)
+    check_scan_invariants(buf, frames, s)
+    assert frames == [] and s.end == 0
+
+
+# --- segment header -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [KIND_LOG, KIND_COMPACTED])
+def test_segment_header_round_trips(kind):
+    header = encode_segment_header(kind)
+    assert len(header) == SEGMENT_HEADER_SIZE
+    assert header.startswith(SEGMENT_MAGIC)
+    assert decode_segment_header(header) == kind
+    assert decode_segment_header(header + rec(1)) == kind
+
+
+def _header_with_version(version: int, fix_crc: bool) -> bytes:
+    body = SEGMENT_MAGIC + struct.pack("<HBB", version, KIND_LOG, 0)
+    crc = zlib.crc32(body) if fix_crc else 0xDEADBEEF
+    return body + struct.pack("<I", crc)
+
+
+@pytest.mark.parametrize("fix_crc", [True, False], ids=["good-crc", "bad-crc"])
+@pytest.mark.parametrize("version", [FORMAT_VERSION + 1, 0xFFFF])
+def test_segment_header_of_newer_version_raises_format_version_error(version, fix_crc):
+    with pytest.raises(FormatVersionError) as info:
+        decode_segment_header(_header_with_version(version, fix_crc))
+    assert info.value.version == version
+    assert isinstance(info.value, IODictLogError)
+    assert str(FORMAT_VERSION) in str(info.value)
+
+
+def test_format_version_error_is_not_a_corruption_error():
+    assert issubclass(FormatVersionError, IODictLogError)
+    assert not issubclass(FormatVersionError, CorruptionError)
+    assert issubclass(CorruptionError, IODictLogError)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        SEGMENT_MAGIC,
+        b"\x89IODLOX\n" + encode_segment_header(KIND_LOG)[8:],
+        b"\x00" * SEGMENT_HEADER_SIZE,
+        encode_manifest(Manifest(1, (1,))),
+    ],
+    ids=["empty", "magic-only", "bad-magic", "zeros", "a-manifest"],
+)
+def test_segment_header_with_bad_magic_or_too_short_raises_corruption_error(data):
+    with pytest.raises(CorruptionError):
+        decode_segment_header(data)
+
+
+def test_segment_header_with_bad_checksum_raises_corruption_error():
+    header = encode_segment_header(KIND_LOG)
+    with pytest.raises(CorruptionError, match="checksum"):
+        decode_segment_header(header[:12] + bytes(4))
+
+
+def test_segment_header_with_unknown_kind_raises_corruption_error():
+    body = SEGMENT_MAGIC + struct.pack("<HBB", FORMAT_VERSION, 9, 0)
+    with pytest.raises(CorruptionError):
+        decode_segment_header(body + struct.pack("<I", zlib.crc32(body)))
+
+
+def test_every_bit_flip_in_a_segment_header_raises():
+    header = encode_segment_header(KIND_COMPACTED)
+    for bit in range(SEGMENT_HEADER_SIZE * 8):
+        with pytest.raises((CorruptionError, FormatVersionError)):
+            decode_segment_header(flip(header, bit))
+    for cut in range(SEGMENT_HEADER_SIZE):
+        with pytest.raises(CorruptionError):
+            decode_segment_header(header[:cut])
+
+
+# --- manifest -----------------------------------------------------------------
+
+manifests = st.builds(Manifest, U64, st.lists(U64, max_size=20).map(tuple), U64, U64)
+
+
+@SETTINGS
+@given(m=manifests)
+def test_manifest_round_trips(m):
+    decoded = decode_manifest(encode_manifest(m))
+    assert decoded == m
+    assert type(decoded.segments) is tuple
+
+
+def test_manifest_defaults_floors_to_zero():
+    assert decode_manifest(encode_manifest(Manifest(3, (1, 2)))) == Manifest(3, (1, 2), 0, 0)
+
+
+@FEW
+@given(m=manifests)
+def test_every_bit_flip_in_a_manifest_raises(m):
+    data = encode_manifest(m)
+    for bit in range(len(data) * 8):
+        with pytest.raises((CorruptionError, FormatVersionError)):
+            decode_manifest(flip(data, bit))
+
+
+@FEW
+@given(m=manifests, extra=st.binary(min_size=1, max_size=16))
+def test_every_truncation_or_extension_of_a_manifest_raises_corruption_error(m, extra):
+    data = encode_manifest(m)
+    for cut in range(len(data)):
+        with pytest.raises(CorruptionError):
+            decode_manifest(data[:cut])
+    with pytest.raises(CorruptionError):
+        decode_manifest(data + extra)
+
+
+@pytest.mark.parametrize("fix_crc", [True, False], ids=["good-crc", "bad-crc"])
+def test_manifest_of_newer_version_raises_format_version_error(fix_crc):
+    data = bytearray(encode_manifest(Manifest(1, (1, 2))))
+    struct.pack_into("<H", data, 8, FORMAT_VERSION + 1)
+    if fix_crc:
+        struct.pack_into("<I", data, len(data) - 4, zlib.crc32(data[:-4]))
+    with pytest.raises(FormatVersionError) as info:
+        decode_manifest(bytes(data))
+    assert info.value.version == FORMAT_VERSION + 1
+
+
+@SETTINGS
+@given(data=st.binary(max_size=300))
+def test_manifest_decoder_on_arbitrary_bytes_raises_only_corruption_errors(data):
+    for candidate in (data, b"\x89IODCUR\n" + data):
+        try:
+            decode_manifest(candidate)
+        except (CorruptionError, FormatVersionError):
+            pass
