@@ -11,7 +11,9 @@ A record frame is a 36-byte header followed by the key and the stored value::
 
 ``hcrc`` covers header bytes 6..36 (so also ``dcrc`` and both lengths) and
 ``dcrc`` covers key and value: a flip anywhere in a frame is detected, and a
-length is trusted only once ``hcrc`` has vouched for it.
+length is trusted only once ``hcrc`` has vouched for it. Both CRCs start from
+a random per-store ``salt`` (kept in every segment header), so the bytes of a
+frame from another store, stored inside a value, never pass for a frame here.
 """
 
 from __future__ import annotations
@@ -29,34 +31,34 @@ FORMAT_VERSION = 1
 # --- segment header --------------------------------------------------------
 
 SEGMENT_MAGIC = b"\x89IODLOG\n"
-SEGMENT_HEADER = struct.Struct("<8sHBBI")  # magic, version, kind, reserved, crc
-SEGMENT_HEADER_SIZE = SEGMENT_HEADER.size  # 16
+SEGMENT_HEADER = struct.Struct("<8sHBBII")  # magic, version, kind, reserved, salt, crc
+SEGMENT_HEADER_SIZE = SEGMENT_HEADER.size  # 20
 
 KIND_LOG = 1  # records in sequence order, as appended
 KIND_COMPACTED = 2  # live records in birthtime (index) order, written by compaction
 
 
-def encode_segment_header(kind: int) -> bytes:
-    body = SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, kind, 0, 0)[:12]
-    return body + struct.pack("<I", zlib.crc32(body))
+def encode_segment_header(kind: int, salt: int) -> bytes:
+    body = SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, kind, 0, salt, 0)[:16]
+    return body + COUNT.pack(zlib.crc32(body))
 
 
-def decode_segment_header(data: bytes) -> int:
-    """Return the segment kind, or raise for a foreign, newer or damaged header.
+def decode_segment_header(data: bytes) -> tuple[int, int]:
+    """Return (kind, salt), or raise for a foreign, newer or damaged header.
 
     Magic and version sit at fixed offsets in every format version, so a newer
     file is recognised as such before anything else is trusted.
     """
     if len(data) < SEGMENT_HEADER_SIZE or not data.startswith(SEGMENT_MAGIC):
         raise CorruptionError("not an iodict_log segment (bad magic)")
-    _, version, kind, _, crc = SEGMENT_HEADER.unpack_from(data)
+    _, version, kind, _, salt, crc = SEGMENT_HEADER.unpack_from(data)
     if version != FORMAT_VERSION:
         raise FormatVersionError(version)
-    if zlib.crc32(data[:12]) != crc:
+    if zlib.crc32(data[:16]) != crc:
         raise CorruptionError("segment header checksum mismatch")
     if kind not in (KIND_LOG, KIND_COMPACTED):
         raise CorruptionError(f"unknown segment kind {kind}")
-    return kind
+    return kind, salt
 
 
 # --- record frames ---------------------------------------------------------
@@ -99,9 +101,10 @@ class Frame(NamedTuple):
     value: bytes
 
 
-def encode_frame(op: int, flags: int, seq: int, birthtime_ns: int, key: bytes, value: bytes) -> bytes:
-    fields = FIELDS.pack(zlib.crc32(value, zlib.crc32(key)), op, flags, len(key), len(value), seq, birthtime_ns)
-    return b"".join((PREFIX.pack(SYNC, zlib.crc32(fields)), fields, key, value))
+def encode_frame(op: int, flags: int, seq: int, birthtime_ns: int, key: bytes, value: bytes, *, salt: int) -> bytes:
+    """A frame's bytes; both checksums start from the store's ``salt``."""
+    fields = FIELDS.pack(zlib.crc32(value, zlib.crc32(key, salt)), op, flags, len(key), len(value), seq, birthtime_ns)
+    return b"".join((PREFIX.pack(SYNC, zlib.crc32(fields, salt)), fields, key, value))
 
 
 def compress_value(value: bytes) -> tuple[int, bytes]:
@@ -127,18 +130,18 @@ def stored_value(flags: int, stored: bytes) -> bytes:
     return stored
 
 
-def _checked_fields(buf: bytes, pos: int) -> tuple | None:
+def _checked_fields(buf: bytes, pos: int, salt: int) -> tuple | None:
     """The header fields at ``pos`` if the header checksum holds, else None."""
     if pos + HEADER_SIZE > len(buf) or buf[pos : pos + 2] != SYNC:
         return None
-    if zlib.crc32(buf[pos + 6 : pos + HEADER_SIZE]) != PREFIX.unpack_from(buf, pos)[1]:
+    if zlib.crc32(buf[pos + 6 : pos + HEADER_SIZE], salt) != PREFIX.unpack_from(buf, pos)[1]:
         return None
     return FIELDS.unpack_from(buf, pos + 6)
 
 
-def decode_frame(buf: bytes, pos: int) -> Frame | None:
+def decode_frame(buf: bytes, pos: int, salt: int) -> Frame | None:
     """The frame at ``pos`` if it is whole and both checksums match, else None."""
-    fields = _checked_fields(buf, pos)
+    fields = _checked_fields(buf, pos, salt)
     if fields is None:
         return None
     dcrc, op, flags, klen, vlen, seq, birthtime = fields
@@ -148,14 +151,14 @@ def decode_frame(buf: bytes, pos: int) -> Frame | None:
         return None
     key = buf[start : start + klen]
     value = buf[start + klen : stop]
-    if zlib.crc32(value, zlib.crc32(key)) != dcrc:
+    if zlib.crc32(value, zlib.crc32(key, salt)) != dcrc:
         return None
     return Frame(pos, stop - pos, op, flags, seq, birthtime, key, value)
 
 
-def header_length(buf: bytes, pos: int) -> int | None:
+def header_length(buf: bytes, pos: int, salt: int) -> int | None:
     """Length of the frame at ``pos`` if its header checksum holds (payload unchecked)."""
-    fields = _checked_fields(buf, pos)
+    fields = _checked_fields(buf, pos, salt)
     return None if fields is None else HEADER_SIZE + fields[3] + fields[4]
 
 
@@ -181,8 +184,9 @@ class Scan:
       looks for the next frame whose checksums hold.
     """
 
-    def __init__(self, buf: bytes, start: int = 0) -> None:
+    def __init__(self, buf: bytes, salt: int, start: int = 0) -> None:
         self.buf = buf
+        self.salt = salt
         self.start = start
         self.end = start
         self.damage: list[Damage] = []
@@ -192,12 +196,12 @@ class Scan:
         return len(self.buf) - self.end
 
     def __iter__(self) -> Iterator[Frame]:
-        buf, pos = self.buf, self.start
+        buf, pos, salt = self.buf, self.start, self.salt
         batch: list[Frame] | None = None  # records of the open batch
         begin = None  # its BEGIN frame
         count = 0
         while pos < len(buf):
-            frame = decode_frame(buf, pos)
+            frame = decode_frame(buf, pos, salt)
             if frame is None:
                 resume = self._resync(pos)
                 if resume is None:
@@ -236,8 +240,8 @@ class Scan:
 
     def _resync(self, pos: int) -> int | None:
         """Where scanning resumes after the bad frame at ``pos``; None if nothing valid follows."""
-        buf = self.buf
-        length = header_length(buf, pos)
+        buf, salt = self.buf, self.salt
+        length = header_length(buf, pos, salt)
         if length is not None:
             # The header checksum vouches for the length: skip exactly the bad payload,
             # or, if the frame runs past the end, it is an unfinished append (never
@@ -248,7 +252,7 @@ class Scan:
         else:
             pos += 1
         while (pos := buf.find(SYNC, pos)) >= 0:
-            if decode_frame(buf, pos) is not None:
+            if decode_frame(buf, pos, salt) is not None:
                 return pos
             pos += 1
         return None

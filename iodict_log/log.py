@@ -48,6 +48,7 @@ from .format import (
     OP_BATCH_COMMIT,
     OP_SEAL,
     SEGMENT_HEADER_SIZE,
+    Damage,
     Frame,
     Manifest,
     Scan,
@@ -133,7 +134,7 @@ class Log:
         manifest = read_manifest(self.directory)
         if manifest is None:  # a new store, or one whose creation crashed half-way
             self._remove_leftovers(())
-            Segment.create(self.directory, 1, KIND_LOG).close()
+            Segment.create(self.directory, 1, KIND_LOG, int.from_bytes(os.urandom(4), "little")).close()
             manifest = Manifest(1, (1,))
             write_manifest(self.directory, manifest)
         else:
@@ -144,9 +145,8 @@ class Log:
         numbers = manifest.segments
         for i, number in enumerate(numbers):
             self._segments.append(Segment.open(self.directory, number, writable=i == len(numbers) - 1))
-        for slot, segment in enumerate(self._segments[:-1]):
-            self._end = SEGMENT_HEADER_SIZE
-            self._scan(slot, segment.read_from(SEGMENT_HEADER_SIZE), stop_at_seal=False)
+        for slot in range(len(self._segments) - 1):
+            self._scan_complete(slot)
         self._end = SEGMENT_HEADER_SIZE
         self._catch_up()
 
@@ -177,7 +177,7 @@ class Log:
                 with self._lock:
                     self._load()
                 return
-            sealed = self._scan(len(self._segments) - 1, active.read_from(self._end), stop_at_seal=True)
+            sealed = self._scan(len(self._segments) - 1, active.read_from(self._end))
             if sealed:
                 with self._lock:
                     self._follow_seal()
@@ -192,11 +192,17 @@ class Log:
             active.truncate(self._end)  # torn by a crash: nobody else is writing
             return
 
-    def _scan(self, slot: int, buf: bytes, stop_at_seal: bool) -> bool:
-        """Apply the committed frames of ``buf`` (segment bytes from ``_end``); True at a SEAL."""
+    def _scan(self, slot: int, buf: bytes, complete: bool = False) -> bool:
+        """Apply the committed frames of ``buf`` (segment bytes from ``_end``); True if sealed.
+
+        In the last segment a SEAL ends the scan, and bytes past the last whole
+        frame are an unfinished append. A ``complete`` (earlier, sealed or
+        compacted) segment has no unfinished append: bytes it ends with that
+        hold no whole frame are damage.
+        """
         base = self._end
         segment = self._segments[slot]
-        scan = Scan(buf)
+        scan = Scan(buf, segment.salt)
         apply = self._consumer.apply
         sealed = False
         for frame in scan:
@@ -206,19 +212,26 @@ class Log:
                 self.last_birthtime = frame.birthtime_ns
             if frame.op == OP_SEAL:
                 sealed = True
-                if stop_at_seal:
+                if not complete:
                     break
                 continue
             apply(frame, pack_location(frame.birthtime_ns, slot, base + frame.offset, frame.length))
-        for damage in scan.damage:
+        damage = list(scan.damage)
+        if complete and scan.tail:
+            damage.append(Damage(scan.end, scan.tail, "damaged end of a finished segment"))
+        for region in damage:
             self.corrupt_records += 1
             warnings.warn(
-                f"{segment.path}: skipped {damage.length} bytes at offset {base + damage.offset} ({damage.reason})",
+                f"{segment.path}: skipped {region.length} bytes at offset {base + region.offset} ({region.reason})",
                 CorruptionWarning,
                 stacklevel=4,
             )
         self._end = base + scan.end
         return sealed
+
+    def _scan_complete(self, slot: int) -> None:
+        self._end = SEGMENT_HEADER_SIZE
+        self._scan(slot, self._segments[slot].read_from(SEGMENT_HEADER_SIZE), complete=True)
 
     def _follow_seal(self) -> None:
         """The last segment is sealed: move on to the next one, or rebuild. Needs the lock."""
@@ -234,8 +247,7 @@ class Log:
             self._segments.append(Segment.open(self.directory, number, writable=number == manifest.segments[-1]))
         # Sealed segments between ours and the last are read whole; the last from its start.
         for slot in range(len(mine), len(self._segments) - 1):
-            self._end = SEGMENT_HEADER_SIZE
-            self._scan(slot, self._segments[slot].read_from(SEGMENT_HEADER_SIZE), stop_at_seal=False)
+            self._scan_complete(slot)
         self._manifest = manifest
         self._end = SEGMENT_HEADER_SIZE
 
@@ -260,16 +272,16 @@ class Log:
         if self._end >= self.segment_bytes:
             self._roll()
         slot = len(self._segments) - 1
+        active = self._segments[slot]
         if len(entries) == 1:
             op, flags, key, value, birthtime_ns = entries[0]
             seq = self.last_seq + 1
-            data = encode_frame(op, flags, seq, birthtime_ns, key, value)
+            data = encode_frame(op, flags, seq, birthtime_ns, key, value, salt=active.salt)
             locs = [pack_location(birthtime_ns, slot, self._end, len(data))]
         else:
-            data, locs, seq = self._encode_batch(entries, slot)
+            data, locs, seq = self._encode_batch(entries, slot, active.salt)
         if self._end + len(data) > MAX_OFFSET:
             raise IODictLogError("a segment may not grow past 4 GiB; lower segment_bytes")
-        active = self._segments[slot]
         active.append(data, self._end)
         try:
             self._maybe_sync(active)
@@ -280,20 +292,20 @@ class Log:
         self.last_seq = seq
         return locs
 
-    def _encode_batch(self, entries: list[Entry], slot: int) -> tuple[bytes, list[int], int]:
+    def _encode_batch(self, entries: list[Entry], slot: int, salt: int) -> tuple[bytes, list[int], int]:
         """BEGIN, the entries flagged as batch members, COMMIT: (bytes, locations, last seq)."""
         seq = self.last_seq + 1
-        parts = [encode_frame(OP_BATCH_BEGIN, 0, seq, self.birthtime(), b"", COUNT.pack(len(entries)))]
+        parts = [encode_frame(OP_BATCH_BEGIN, 0, seq, self.birthtime(), b"", COUNT.pack(len(entries)), salt=salt)]
         offset = self._end + len(parts[0])
         locs = []
         for op, flags, key, value, birthtime_ns in entries:
             seq += 1
-            data = encode_frame(op, flags | FLAG_BATCH, seq, birthtime_ns, key, value)
+            data = encode_frame(op, flags | FLAG_BATCH, seq, birthtime_ns, key, value, salt=salt)
             locs.append(pack_location(birthtime_ns, slot, offset, len(data)))
             parts.append(data)
             offset += len(data)
         seq += 1
-        parts.append(encode_frame(OP_BATCH_COMMIT, 0, seq, self.birthtime(), b"", b""))
+        parts.append(encode_frame(OP_BATCH_COMMIT, 0, seq, self.birthtime(), b"", b"", salt=salt))
         return b"".join(parts), locs, seq
 
     def _maybe_sync(self, active: Segment) -> None:
@@ -332,7 +344,7 @@ class Log:
     def _seal(self) -> None:
         """Append the SEAL frame that tells every process to re-read CURRENT."""
         self.last_seq += 1
-        frame = encode_frame(OP_SEAL, 0, self.last_seq, self.birthtime(), b"", b"")
+        frame = encode_frame(OP_SEAL, 0, self.last_seq, self.birthtime(), b"", b"", salt=self._segments[-1].salt)
         self._segments[-1].append(frame, self._end)
         self._end += len(frame)
 
@@ -342,7 +354,7 @@ class Log:
         self._segments[-1].sync()
         self._remove_leftovers(self._manifest.segments)
         number = self._manifest.segments[-1] + 1
-        segment = Segment.create(self.directory, number, KIND_LOG)
+        segment = Segment.create(self.directory, number, KIND_LOG, self._segments[-1].salt)
         manifest = self._manifest._replace(
             generation=self._manifest.generation + 1, segments=self._manifest.segments + (number,)
         )
@@ -361,7 +373,7 @@ class Log:
         """The frame at ``loc``, checksums verified."""
         slot, offset, length = unpack_location(loc)
         segment = self._segments[slot]
-        frame = decode_frame(segment.read(offset, length), 0)
+        frame = decode_frame(segment.read(offset, length), 0, segment.salt)
         if frame is None:
             raise CorruptionError(f"{segment.path}: record at offset {offset} fails its checksum")
         return frame
@@ -372,22 +384,22 @@ class Log:
         Takes its snapshot now, on duplicates of the file descriptors, so the
         iterator may be consumed while the store is written, compacted or closed.
         """
-        snapshot = [(os.dup(s.fd), s.kind) for s in self._segments]
+        snapshot = [(os.dup(s.fd), s.kind, s.salt) for s in self._segments]
         ends = [None] * (len(snapshot) - 1) + [self._end]
         return self._frames(snapshot, ends, start_seq)
 
     @staticmethod
-    def _frames(snapshot: list[tuple[int, int]], ends: list[int | None], start_seq: int) -> Iterator[Frame]:
+    def _frames(snapshot: list[tuple[int, int, int]], ends: list[int | None], start_seq: int) -> Iterator[Frame]:
         try:
-            for (fd, kind), end in zip(snapshot, ends):
+            for (fd, kind, salt), end in zip(snapshot, ends):
                 size = os.fstat(fd).st_size if end is None else end
                 buf = os.pread(fd, size - SEGMENT_HEADER_SIZE, SEGMENT_HEADER_SIZE)
-                found = [f for f in Scan(buf) if f.op != OP_SEAL and f.seq >= start_seq]
+                found = [f for f in Scan(buf, salt) if f.op != OP_SEAL and f.seq >= start_seq]
                 if kind == KIND_COMPACTED:
                     found.sort(key=lambda f: f.seq)  # compaction wrote them in birthtime order
                 yield from found
         finally:
-            for fd, _ in snapshot:
+            for fd, _, _ in snapshot:
                 os.close(fd)
 
     # --- compaction ---------------------------------------------------------
@@ -401,6 +413,7 @@ class Log:
         single commit point), delete the old segments, rebuild the index.
         """
         directory = self.directory
+        salt = self._segments[-1].salt
         self._remove_leftovers(self._manifest.segments)
         number = self._manifest.segments[-1]
         outputs: list[Segment] = []
@@ -412,16 +425,16 @@ class Log:
                 if not outputs or (size + length > self.segment_bytes and size > SEGMENT_HEADER_SIZE):
                     self._flush_into(outputs, pending)
                     number += 1
-                    outputs.append(Segment.create(directory, number, KIND_COMPACTED))
+                    outputs.append(Segment.create(directory, number, KIND_COMPACTED, salt))
                     size = SEGMENT_HEADER_SIZE
-                pending.append(self._compacted_frame(slot, offset, length))
+                pending.append(self._compacted_frame(slot, offset, length, salt))
                 size += length
                 if len(pending) >= 4096:
                     self._flush_into(outputs, pending)
             self._flush_into(outputs, pending)
             for out in outputs:
                 out.sync()
-            outputs.append(Segment.create(directory, number + 1, KIND_LOG))
+            outputs.append(Segment.create(directory, number + 1, KIND_LOG, salt))
         finally:
             for out in outputs:
                 out.close()
@@ -438,16 +451,16 @@ class Log:
         sync_directory(directory)
         self._load()
 
-    def _compacted_frame(self, slot: int, offset: int, length: int) -> bytes:
-        """A live frame's bytes for a compacted segment: verified, and outside any batch."""
+    def _compacted_frame(self, slot: int, offset: int, length: int, salt: int) -> bytes:
+        """A live frame's bytes for a compacted segment: verified, outside any batch, under ``salt``."""
         segment = self._segments[slot]
         data = segment.read(offset, length)
-        frame = decode_frame(data, 0)
+        frame = decode_frame(data, 0, segment.salt)
         if frame is None:
             raise CorruptionError(f"{segment.path}: record at offset {offset} fails its checksum; run repair")
-        if frame.flags & FLAG_BATCH:
+        if frame.flags & FLAG_BATCH or segment.salt != salt:
             flags = frame.flags & ~FLAG_BATCH
-            return encode_frame(frame.op, flags, frame.seq, frame.birthtime_ns, frame.key, frame.value)
+            return encode_frame(frame.op, flags, frame.seq, frame.birthtime_ns, frame.key, frame.value, salt=salt)
         return data
 
     @staticmethod

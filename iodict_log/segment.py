@@ -29,31 +29,32 @@ def parse_segment_name(name: str) -> int | None:
 
 
 class Segment:
-    """An open segment file; appends need ``writable``."""
+    """An open segment file; appends need ``writable``. ``salt`` seeds its frames' CRCs."""
 
-    __slots__ = ("number", "path", "fd", "kind", "writable")
+    __slots__ = ("number", "path", "fd", "kind", "salt", "writable")
 
-    def __init__(self, number: int, path: str, fd: int, kind: int, writable: bool) -> None:
+    def __init__(self, number: int, path: str, fd: int, kind: int, salt: int, writable: bool) -> None:
         self.number = number
         self.path = path
         self.fd = fd
         self.kind = kind
+        self.salt = salt
         self.writable = writable
 
     @classmethod
-    def create(cls, directory: str, number: int, kind: int) -> Segment:
+    def create(cls, directory: str, number: int, kind: int, salt: int) -> Segment:
         """Create a new segment holding only its header, durably."""
         path = os.path.join(directory, segment_name(number))
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         try:
-            write_all(fd, encode_segment_header(kind))
+            write_all(fd, encode_segment_header(kind, salt))
             os.fsync(fd)
             sync_directory(directory)
         except BaseException:
             os.close(fd)
             os.unlink(path)
             raise
-        return cls(number, path, fd, kind, True)
+        return cls(number, path, fd, kind, salt, True)
 
     @classmethod
     def open(cls, directory: str, number: int, writable: bool = False) -> Segment:
@@ -65,7 +66,7 @@ class Segment:
         try:
             header = os.pread(fd, SEGMENT_HEADER_SIZE, 0)
             try:
-                kind = decode_segment_header(header)
+                kind, salt = decode_segment_header(header)
             except FormatVersionError as exc:
                 raise FormatVersionError(exc.version, path) from None
             except CorruptionError as exc:
@@ -73,7 +74,7 @@ class Segment:
         except BaseException:
             os.close(fd)
             raise
-        return cls(number, path, fd, kind, writable)
+        return cls(number, path, fd, kind, salt, writable)
 
     def size(self) -> int:
         return os.lseek(self.fd, 0, os.SEEK_END)  # 4x cheaper than fstat; offsets are never used

@@ -48,6 +48,8 @@ from iodict_log.format import (
     stored_value,
 )
 
+SALT = 0x5EED5A17  # any per-store salt; the codec takes it as given
+
 SETTINGS = settings(max_examples=200, deadline=None)
 FEW = settings(max_examples=40, deadline=None)
 
@@ -69,15 +71,15 @@ def flip(buf: bytes, bit: int) -> bytes:
 
 
 def rec(seq: int, key: bytes = b"k", value: bytes = b"v", op: int = OP_SET, flags: int = 0) -> bytes:
-    return encode_frame(op, flags, seq, 1000 + seq, key, value)
+    return encode_frame(op, flags, seq, 1000 + seq, key, value, salt=SALT)
 
 
 def begin(count: int, seq: int = 0) -> bytes:
-    return encode_frame(OP_BATCH_BEGIN, 0, seq, 0, b"", COUNT.pack(count))
+    return encode_frame(OP_BATCH_BEGIN, 0, seq, 0, b"", COUNT.pack(count), salt=SALT)
 
 
 def commit(seq: int = 0) -> bytes:
-    return encode_frame(OP_BATCH_COMMIT, 0, seq, 0, b"", b"")
+    return encode_frame(OP_BATCH_COMMIT, 0, seq, 0, b"", b"", salt=SALT)
 
 
 def batch(*members: bytes) -> list[bytes]:
@@ -114,7 +116,7 @@ class Layout:
         frames = []
         pos = start
         while pos < stop:
-            frame = decode_frame(self.buf, pos)
+            frame = decode_frame(self.buf, pos, SALT)
             assert frame is not None
             frames.append(frame)
             pos += frame.length
@@ -136,7 +138,7 @@ class Layout:
 
 
 def scan(buf: bytes, start: int = 0) -> tuple[list[Frame], Scan]:
-    s = Scan(buf, start)
+    s = Scan(buf, SALT, start)
     return list(s), s
 
 
@@ -145,7 +147,7 @@ def check_scan_invariants(buf: bytes, frames: list[Frame], s: Scan, start: int =
     assert start <= s.end <= len(buf)
     assert s.tail == len(buf) - s.end
     for frame in frames:
-        assert decode_frame(buf, frame.offset) == frame
+        assert decode_frame(buf, frame.offset, SALT) == frame
         assert frame.offset + frame.length <= s.end
         assert frame.op in (OP_SET, OP_DELETE, OP_SEAL)
     offsets = [f.offset for f in frames]
@@ -172,24 +174,24 @@ flag_sets = st.sets(st.sampled_from([FLAG_LZ4, FLAG_PICKLE, FLAG_BATCH])).map(la
     prefix=st.binary(max_size=16),
 )
 def test_frame_round_trips_at_any_offset(op, flags, seq, birthtime, key, value, prefix):
-    raw = encode_frame(op, flags, seq, birthtime, key, value)
+    raw = encode_frame(op, flags, seq, birthtime, key, value, salt=SALT)
     assert len(raw) == HEADER_SIZE + len(key) + len(value)
     assert raw.startswith(SYNC)
     buf = prefix + raw + b"trailing bytes are not part of the frame"
-    frame = decode_frame(buf, len(prefix))
+    frame = decode_frame(buf, len(prefix), SALT)
     assert frame == Frame(len(prefix), len(raw), op, flags, seq, birthtime, key, value)
     assert type(frame.key) is bytes and type(frame.value) is bytes
 
 
 def test_frame_with_unknown_op_or_flag_is_not_decoded():
-    assert decode_frame(encode_frame(99, 0, 1, 1, b"k", b"v"), 0) is None
-    assert decode_frame(encode_frame(OP_SET, 0x80, 1, 1, b"k", b"v"), 0) is None
-    assert decode_frame(encode_frame(OP_SET, KNOWN_FLAGS, 1, 1, b"k", b"v"), 0) is not None
+    assert decode_frame(encode_frame(99, 0, 1, 1, b"k", b"v", salt=SALT), 0, SALT) is None
+    assert decode_frame(encode_frame(OP_SET, 0x80, 1, 1, b"k", b"v", salt=SALT), 0, SALT) is None
+    assert decode_frame(encode_frame(OP_SET, KNOWN_FLAGS, 1, 1, b"k", b"v", salt=SALT), 0, SALT) is not None
 
 
 SMALL_FRAMES = {
-    "set": encode_frame(OP_SET, FLAG_LZ4, 7, 123456789, b"key", b"value"),
-    "empty-key-and-value": encode_frame(OP_DELETE, 0, 0, 0, b"", b""),
+    "set": encode_frame(OP_SET, FLAG_LZ4, 7, 123456789, b"key", b"value", salt=SALT),
+    "empty-key-and-value": encode_frame(OP_DELETE, 0, 0, 0, b"", b"", salt=SALT),
     "batch-begin": begin(3, seq=5),
 }
 
@@ -197,23 +199,23 @@ SMALL_FRAMES = {
 @pytest.mark.parametrize("name", sorted(SMALL_FRAMES))
 def test_every_single_bit_flip_in_a_frame_is_detected(name):
     raw = SMALL_FRAMES[name]
-    assert decode_frame(raw, 0) is not None
+    assert decode_frame(raw, 0, SALT) is not None
     for bit in range(len(raw) * 8):
-        assert decode_frame(flip(raw, bit), 0) is None, f"bit {bit} flipped and the frame still decoded"
+        assert decode_frame(flip(raw, bit), 0, SALT) is None, f"bit {bit} flipped and the frame still decoded"
 
 
 @pytest.mark.parametrize("name", sorted(SMALL_FRAMES))
 def test_every_truncation_of_a_frame_is_not_decoded(name):
     raw = SMALL_FRAMES[name]
     for cut in range(len(raw)):
-        assert decode_frame(raw[:cut], 0) is None, f"frame cut to {cut} bytes still decoded"
+        assert decode_frame(raw[:cut], 0, SALT) is None, f"frame cut to {cut} bytes still decoded"
 
 
 def test_decode_frame_past_the_end_of_the_buffer_is_none():
     raw = rec(1)
-    assert decode_frame(raw, len(raw)) is None
-    assert decode_frame(raw, len(raw) + 100) is None
-    assert decode_frame(b"", 0) is None
+    assert decode_frame(raw, len(raw), SALT) is None
+    assert decode_frame(raw, len(raw) + 100, SALT) is None
+    assert decode_frame(b"", 0, SALT) is None
 
 
 # --- value compression --------------------------------------------------------
@@ -308,7 +310,7 @@ def test_scan_yields_sets_deletes_and_seals_in_order():
 
 
 def test_scan_from_start_offset_skips_the_segment_header():
-    header = encode_segment_header(KIND_LOG)
+    header = encode_segment_header(KIND_LOG, SALT)
     layout = Layout([[rec(1)], [rec(2)]], prefix=header)
     frames, s = scan(layout.buf, SEGMENT_HEADER_SIZE)
     assert frames == layout.expected()
@@ -519,7 +521,7 @@ def test_batch_whose_count_does_not_match_its_members_is_dropped():
 
 
 def test_batch_with_malformed_count_is_dropped():
-    bad_begin = encode_frame(OP_BATCH_BEGIN, 0, 0, 0, b"", b"\x01\x00")
+    bad_begin = encode_frame(OP_BATCH_BEGIN, 0, 0, 0, b"", b"\x01\x00", salt=SALT)
     layout = Layout([[rec(1)], [bad_begin, member(2), commit()], [rec(3)]])
     frames, _ = scan(layout.buf)
     assert [f.seq for f in frames] == [1, 3]
@@ -627,7 +629,7 @@ def test_scan_of_a_megabyte_of_sync_bytes_returns():
 def test_scan_of_many_checksummed_headers_with_lying_lengths_returns():
     # Headers whose checksum holds but whose payload does not: each one is skipped by
     # its (vouched-for) length, which here points into the middle of the next header.
-    raw = encode_frame(OP_SET, 0, 1, 1, b"k" * 20, b"v" * 20)
+    raw = encode_frame(OP_SET, 0, 1, 1, b"k" * 20, b"v" * 20, salt=SALT)
     header_only = raw[:HEADER_SIZE]
     buf = header_only * 20000
     frames, s = scan(buf)
@@ -640,15 +642,15 @@ def test_scan_of_many_checksummed_headers_with_lying_lengths_returns():
 
 @pytest.mark.parametrize("kind", [KIND_LOG, KIND_COMPACTED])
 def test_segment_header_round_trips(kind):
-    header = encode_segment_header(kind)
+    header = encode_segment_header(kind, SALT)
     assert len(header) == SEGMENT_HEADER_SIZE
     assert header.startswith(SEGMENT_MAGIC)
-    assert decode_segment_header(header) == kind
-    assert decode_segment_header(header + rec(1)) == kind
+    assert decode_segment_header(header) == (kind, SALT)
+    assert decode_segment_header(header + rec(1)) == (kind, SALT)
 
 
 def _header_with_version(version: int, fix_crc: bool) -> bytes:
-    body = SEGMENT_MAGIC + struct.pack("<HBB", version, KIND_LOG, 0)
+    body = SEGMENT_MAGIC + struct.pack("<HBBI", version, KIND_LOG, 0, SALT)
     crc = zlib.crc32(body) if fix_crc else 0xDEADBEEF
     return body + struct.pack("<I", crc)
 
@@ -674,7 +676,7 @@ def test_format_version_error_is_not_a_corruption_error():
     [
         b"",
         SEGMENT_MAGIC,
-        b"\x89IODLOX\n" + encode_segment_header(KIND_LOG)[8:],
+        b"\x89IODLOX\n" + encode_segment_header(KIND_LOG, SALT)[8:],
         b"\x00" * SEGMENT_HEADER_SIZE,
         encode_manifest(Manifest(1, (1,))),
     ],
@@ -686,19 +688,19 @@ def test_segment_header_with_bad_magic_or_too_short_raises_corruption_error(data
 
 
 def test_segment_header_with_bad_checksum_raises_corruption_error():
-    header = encode_segment_header(KIND_LOG)
+    header = encode_segment_header(KIND_LOG, SALT)
     with pytest.raises(CorruptionError, match="checksum"):
-        decode_segment_header(header[:12] + bytes(4))
+        decode_segment_header(header[:16] + bytes(4))
 
 
 def test_segment_header_with_unknown_kind_raises_corruption_error():
-    body = SEGMENT_MAGIC + struct.pack("<HBB", FORMAT_VERSION, 9, 0)
+    body = SEGMENT_MAGIC + struct.pack("<HBBI", FORMAT_VERSION, 9, 0, SALT)
     with pytest.raises(CorruptionError):
         decode_segment_header(body + struct.pack("<I", zlib.crc32(body)))
 
 
 def test_every_bit_flip_in_a_segment_header_raises():
-    header = encode_segment_header(KIND_COMPACTED)
+    header = encode_segment_header(KIND_COMPACTED, SALT)
     for bit in range(SEGMENT_HEADER_SIZE * 8):
         with pytest.raises((CorruptionError, FormatVersionError)):
             decode_segment_header(flip(header, bit))

@@ -28,6 +28,8 @@ from iodict_log.index import (
 )
 from iodict_log.serialize import decode_key, encode_key
 
+SALT = 0x5EED5A17  # any per-store salt; the codec takes it as given
+
 SETTINGS = settings(max_examples=200, deadline=None)
 
 MAX_LENGTH = 2**32 - 1
@@ -207,8 +209,8 @@ def test_index_matches_an_ordered_dict_model(ops):
 
 
 def frame(op: int, key, value: bytes = b"", seq: int = 0) -> Frame:
-    raw = encode_frame(op, 0, seq, seq, encode_key(key), value)
-    decoded = decode_frame(raw, 0)
+    raw = encode_frame(op, 0, seq, seq, encode_key(key), value, salt=SALT)
+    decoded = decode_frame(raw, 0, SALT)
     assert decoded is not None
     return decoded
 
@@ -253,6 +255,6 @@ def test_apply_decodes_keys_with_the_given_decoder():
 def test_apply_ignores_bookkeeping_frames(op):
     index = KeyIndex(decode_key)
     index.set("a", loc(3))
-    bookkeeping = decode_frame(encode_frame(op, 0, 1, 1, b"", b"\x00\x00\x00\x00"), 0)
+    bookkeeping = decode_frame(encode_frame(op, 0, 1, 1, b"", b"\x00\x00\x00\x00", salt=SALT), 0, SALT)
     index.apply(bookkeeping, loc(99))
     assert list(index) == ["a"] and index.live_bytes == 3

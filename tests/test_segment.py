@@ -12,6 +12,8 @@ from iodict_log.format import KIND_COMPACTED, KIND_LOG, SEGMENT_HEADER_SIZE, Man
 from iodict_log.manifest import MANIFEST_NAME, read_manifest, write_manifest
 from iodict_log.segment import Segment, parse_segment_name, segment_name
 
+SALT = 0x5EED5A17  # any per-store salt; the codec takes it as given
+
 
 def test_segment_names_round_trip_and_foreign_names_are_not_segments():
     assert parse_segment_name(segment_name(42)) == 42
@@ -20,23 +22,23 @@ def test_segment_names_round_trip_and_foreign_names_are_not_segments():
 
 
 def test_created_segment_holds_its_header_and_reopens_with_its_kind(tmp_path):
-    seg = Segment.create(str(tmp_path), 7, KIND_COMPACTED)
+    seg = Segment.create(str(tmp_path), 7, KIND_COMPACTED, SALT)
     assert seg.size() == SEGMENT_HEADER_SIZE
     seg.close()
     again = Segment.open(str(tmp_path), 7)
-    assert again.kind == KIND_COMPACTED and again.number == 7
+    assert (again.kind, again.salt, again.number) == (KIND_COMPACTED, SALT, 7)
     again.close()
 
 
 def test_create_refuses_to_overwrite_an_existing_segment(tmp_path):
-    Segment.create(str(tmp_path), 1, KIND_LOG).close()
+    Segment.create(str(tmp_path), 1, KIND_LOG, SALT).close()
     with pytest.raises(FileExistsError):
-        Segment.create(str(tmp_path), 1, KIND_LOG)
+        Segment.create(str(tmp_path), 1, KIND_LOG, SALT)
 
 
 def test_append_then_read_returns_the_same_bytes(tmp_path):
-    seg = Segment.create(str(tmp_path), 1, KIND_LOG)
-    frame = encode_frame(1, 0, 1, 1, b"k", b"v" * 50)
+    seg = Segment.create(str(tmp_path), 1, KIND_LOG, SALT)
+    frame = encode_frame(1, 0, 1, 1, b"k", b"v" * 50, salt=SALT)
     seg.append(frame, seg.size())
     assert seg.read(SEGMENT_HEADER_SIZE, len(frame)) == frame
     assert seg.read_from(SEGMENT_HEADER_SIZE) == frame
@@ -44,14 +46,14 @@ def test_append_then_read_returns_the_same_bytes(tmp_path):
 
 
 def test_read_past_the_end_is_corruption_not_short_data(tmp_path):
-    seg = Segment.create(str(tmp_path), 1, KIND_LOG)
+    seg = Segment.create(str(tmp_path), 1, KIND_LOG, SALT)
     with pytest.raises(CorruptionError):
         seg.read(SEGMENT_HEADER_SIZE, 10)
     seg.close()
 
 
 def test_failed_partial_append_leaves_the_file_as_it_was(tmp_path, monkeypatch):
-    seg = Segment.create(str(tmp_path), 1, KIND_LOG)
+    seg = Segment.create(str(tmp_path), 1, KIND_LOG, SALT)
     before = seg.size()
     real_write = os.write
 
@@ -73,7 +75,7 @@ def test_open_rejects_a_foreign_file_and_a_newer_version(tmp_path):
     path.write_bytes(b"this is not a segment at all")
     with pytest.raises(CorruptionError, match="bad magic"):
         Segment.open(str(tmp_path), 1)
-    Segment.create(str(tmp_path), 2, KIND_LOG).close()
+    Segment.create(str(tmp_path), 2, KIND_LOG, SALT).close()
     data = bytearray((tmp_path / segment_name(2)).read_bytes())
     data[8] = 2  # version field
     (tmp_path / segment_name(2)).write_bytes(bytes(data))

@@ -34,7 +34,7 @@ def timed(fn) -> float:
 
 def floor_run(directory: str, keys: list[str], value: bytes) -> tuple[float, float]:
     """Raw floor: pre-framed records appended with os.write, read back with os.pread."""
-    frames = [encode_frame(1, 0, i, i, k.encode(), value) for i, k in enumerate(keys)]
+    frames = [encode_frame(1, 0, i, i, k.encode(), value, salt=0) for i, k in enumerate(keys)]
     path = os.path.join(directory, "floor.log")
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o644)
     offsets = {}
