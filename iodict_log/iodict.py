@@ -106,6 +106,8 @@ class IODict(MutableMapping):
 
     def _put(self, log: Log, items: list[tuple[Any, bytes, int, bytes]]) -> None:
         """Append sets of (key, key bytes, flags, stored value) as one write."""
+        if not items:
+            return
         index = self._index
         born: dict[Any, int] = {}  # keys first set earlier in this same batch
         entries: list[Entry] = []
@@ -161,7 +163,7 @@ class IODict(MutableMapping):
         return repr(dict(self.items()))
 
     def keys(self) -> KeysView:
-        return KeysView(self)
+        return _KeysView(self)
 
     def values(self) -> ValuesView:
         return _ValuesView(self)
@@ -169,9 +171,9 @@ class IODict(MutableMapping):
     def items(self) -> ItemsView:
         return _ItemsView(self)
 
-    def _iter_items(self) -> Iterator[tuple[Any, Any]]:
+    def _iter_items(self, reverse: bool = False) -> Iterator[tuple[Any, Any]]:
         """Items in order; keys deleted while iterating are skipped, not raised."""
-        keys = list(self)
+        keys = list(reversed(self) if reverse else self)
         for start in range(0, len(keys), _CHUNK):
             yield from self._read(self._present_items, keys[start : start + _CHUNK])
 
@@ -229,9 +231,7 @@ class IODict(MutableMapping):
         else:
             pairs = [_pair(item) for item in other]
         pairs.extend(kwargs.items())
-        items = [self._encoded(key, value) for key, value in pairs]
-        if items:
-            self._write(self._put, items)
+        self._write(self._put, [self._encoded(key, value) for key, value in pairs])
 
     def clear(self) -> None:
         """Delete every key, as one atomic batch."""
@@ -325,11 +325,25 @@ def _pair(item: Any) -> tuple[Any, Any]:
     return key, value
 
 
+# Live views like dict's: iteration skips keys deleted meanwhile, and reversed() works.
+
+
+class _KeysView(KeysView):
+    def __reversed__(self) -> Iterator[Any]:
+        return reversed(self._mapping)
+
+
 class _ValuesView(ValuesView):
     def __iter__(self) -> Iterator[Any]:
         return (value for _, value in self._mapping._iter_items())
+
+    def __reversed__(self) -> Iterator[Any]:
+        return (value for _, value in self._mapping._iter_items(reverse=True))
 
 
 class _ItemsView(ItemsView):
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         return self._mapping._iter_items()
+
+    def __reversed__(self) -> Iterator[tuple[Any, Any]]:
+        return self._mapping._iter_items(reverse=True)

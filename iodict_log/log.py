@@ -258,9 +258,14 @@ class Log:
         return self._lock
 
     def birthtime(self) -> int:
-        """A fresh birthtime in ns, later than every one in the log. Needs the lock."""
-        now = time.time_ns()
-        self.last_birthtime = now if now > self.last_birthtime else self.last_birthtime + 1
+        """A fresh birthtime in ns, later than every one in the log. Needs the lock.
+
+        Whole microseconds, at least one apart: users see birthtimes as float
+        seconds, whose resolution today is about 0.24 us, so nanosecond steps
+        would make distinct birthtimes compare equal.
+        """
+        now = time.time_ns() // 1000 * 1000
+        self.last_birthtime = now if now > self.last_birthtime else self.last_birthtime + 1000
         return self.last_birthtime
 
     def append(self, entries: list[Entry]) -> list[int]:
@@ -390,14 +395,30 @@ class Log:
 
     @staticmethod
     def _frames(snapshot: list[tuple[int, int, int]], ends: list[int | None], start_seq: int) -> Iterator[Frame]:
+        def scan(fd: int, salt: int, end: int | None) -> Scan:
+            size = os.fstat(fd).st_size if end is None else end
+            return Scan(os.pread(fd, size - SEGMENT_HEADER_SIZE, SEGMENT_HEADER_SIZE), salt)
+
         try:
+            # Compacted segments hold their frames in birthtime order: sort them all
+            # by seq, remembering only where each frame is, then read them back.
+            compacted = []
             for (fd, kind, salt), end in zip(snapshot, ends):
-                size = os.fstat(fd).st_size if end is None else end
-                buf = os.pread(fd, size - SEGMENT_HEADER_SIZE, SEGMENT_HEADER_SIZE)
-                found = [f for f in Scan(buf, salt) if f.op != OP_SEAL and f.seq >= start_seq]
                 if kind == KIND_COMPACTED:
-                    found.sort(key=lambda f: f.seq)  # compaction wrote them in birthtime order
-                yield from found
+                    compacted += [
+                        (f.seq, fd, SEGMENT_HEADER_SIZE + f.offset, f.length, salt)
+                        for f in scan(fd, salt, end)
+                        if f.seq >= start_seq
+                    ]
+            compacted.sort()
+            for _, fd, offset, length, salt in compacted:
+                frame = decode_frame(os.pread(fd, length, offset), 0, salt)
+                if frame is None:
+                    raise CorruptionError(f"record at offset {offset} changed on disk while being replayed")
+                yield frame
+            for (fd, kind, salt), end in zip(snapshot, ends):
+                if kind == KIND_LOG:
+                    yield from (f for f in scan(fd, salt, end) if f.op != OP_SEAL and f.seq >= start_seq)
         finally:
             for fd, _, _ in snapshot:
                 os.close(fd)
