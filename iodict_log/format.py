@@ -69,14 +69,17 @@ FIELDS = struct.Struct("<IBBIIQQ")  # dcrc, op, flags, key_len, value_len, seq, 
 HEADER_SIZE = PREFIX.size + FIELDS.size  # 36
 MAX_FIELD = 2**32 - 1  # largest key or stored value
 
-# Operation codes. 16..31 are reserved for queue operations.
+# Operation codes. 16..31 are for queues.
 OP_SET = 1
 OP_DELETE = 2
 OP_BATCH_BEGIN = 3  # value: u32 count of the records that follow
 OP_BATCH_COMMIT = 4
 OP_SEAL = 5  # last frame of a segment: readers move on to the next one
-KNOWN_OPS = frozenset({OP_SET, OP_DELETE, OP_BATCH_BEGIN, OP_BATCH_COMMIT, OP_SEAL})
-DATA_OPS = frozenset({OP_SET, OP_DELETE})
+OP_PUT = 16  # queue: key empty, value the item
+OP_TAKE = 17  # queue: key the u64 seq of the PUT taken, value empty
+KNOWN_OPS = frozenset({OP_SET, OP_DELETE, OP_BATCH_BEGIN, OP_BATCH_COMMIT, OP_SEAL, OP_PUT, OP_TAKE})
+DATA_OPS = frozenset({OP_SET, OP_DELETE, OP_PUT, OP_TAKE})
+SEQ = struct.Struct("<Q")
 
 # Flag bits.
 FLAG_LZ4 = 0x01  # stored value is an lz4 block of the serialized value

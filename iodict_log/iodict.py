@@ -117,7 +117,7 @@ class IODict(MutableMapping):
                 loc = index.get(key)
                 birthtime = born[key] = log.birthtime() if loc is None else location_birthtime(loc)
             entries.append((OP_SET, flags, key_bytes, stored, birthtime))
-        for (key, *_), loc in zip(items, log.append(entries)):
+        for (key, *_), (_, loc) in zip(items, log.append(entries)):
             index.set(key, loc)
 
     def _remove(self, log: Log, keys: list[Any]) -> None:
@@ -258,7 +258,7 @@ class IODict(MutableMapping):
     def records(self, start: int = 0) -> Iterator[Record]:
         """Every set and delete still in the log, in sequence order, from seq ``start``."""
         frames = self._read(lambda log: log.frames(start))
-        return (self._record(frame) for frame in frames)
+        return (self._record(frame) for frame in frames if frame.op in (OP_SET, OP_DELETE))
 
     def _record(self, frame: Frame) -> Record:
         key = decode_key(frame.key)

@@ -30,6 +30,7 @@ them before it appends.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -93,7 +94,8 @@ class Log:
         self.last_seq = 0
         self.last_birthtime = 0
         self._consumer = consumer
-        self._segments: list[Segment] = []
+        self._segments: list[Segment | None] = []  # by slot; None once dropped
+        self._first_live = 0
         self._manifest = Manifest(0, ())
         self._end = 0
         self._sync_timer: threading.Timer | None = None
@@ -126,9 +128,7 @@ class Log:
 
     def _load(self) -> None:
         """(Re)build all state from the files. Needs the lock."""
-        for segment in self._segments:
-            segment.close()
-        self._segments = []
+        self._close_segments()
         self._consumer.reset()
         self.corrupt_records = 0
         manifest = read_manifest(self.directory)
@@ -149,6 +149,13 @@ class Log:
             self._scan_complete(slot)
         self._end = SEGMENT_HEADER_SIZE
         self._catch_up()
+
+    def _close_segments(self) -> None:
+        for segment in self._segments:
+            if segment is not None:
+                segment.close()
+        self._segments = []
+        self._first_live = 0  # slot of the first segment not dropped
 
     def _remove_leftovers(self, live: Iterable[int]) -> None:
         """Delete segment files that no manifest lists: remains of an interrupted step."""
@@ -236,20 +243,37 @@ class Log:
     def _follow_seal(self) -> None:
         """The last segment is sealed: move on to the next one, or rebuild. Needs the lock."""
         manifest = read_manifest(self.directory)
-        mine = self._manifest.segments
-        if manifest is None or manifest.segments[: len(mine)] != mine:
+        listed = manifest.segments if manifest else ()
+        mine = tuple(s.number for s in self._segments if s is not None)
+        # Leading segments CURRENT no longer lists were dropped as fully consumed (a queue).
+        gone = 0
+        while gone < len(mine) - 1 and mine[gone] not in listed:
+            gone += 1
+        kept = mine[gone:]
+        if listed[: len(kept)] != kept:
             self._load()  # compaction replaced our segments
             return
-        if manifest.segments == mine:
+        self._forget(mine[:gone])
+        if listed == kept:
             self._roll_after_seal()  # the roller died after sealing
             return
-        for number in manifest.segments[len(mine) :]:
-            self._segments.append(Segment.open(self.directory, number, writable=number == manifest.segments[-1]))
-        # Sealed segments between ours and the last are read whole; the last from its start.
-        for slot in range(len(mine), len(self._segments) - 1):
-            self._scan_complete(slot)
+        first_new = len(self._segments)
+        for number in listed[len(kept) :]:
+            self._segments.append(Segment.open(self.directory, number, writable=number == listed[-1]))
+        for slot in range(first_new, len(self._segments) - 1):
+            self._scan_complete(slot)  # sealed in the meantime: read whole
         self._manifest = manifest
         self._end = SEGMENT_HEADER_SIZE
+
+    def _forget(self, numbers: Iterable[int]) -> None:
+        """Close dropped segments; their slots stay taken so locations elsewhere keep meaning."""
+        numbers = set(numbers)
+        for slot, segment in enumerate(self._segments):
+            if segment is not None and segment.number in numbers:
+                segment.close()
+                self._segments[slot] = None
+        while self._segments[self._first_live] is None:
+            self._first_live += 1
 
     # --- writing ------------------------------------------------------------
 
@@ -268,8 +292,8 @@ class Log:
         self.last_birthtime = now if now > self.last_birthtime else self.last_birthtime + 1000
         return self.last_birthtime
 
-    def append(self, entries: list[Entry]) -> list[int]:
-        """Append entries in one write (a batch if more than one); their locations.
+    def append(self, entries: list[Entry]) -> list[tuple[int, int]]:
+        """Append entries in one write (a batch if more than one); their (seq, location)s.
 
         Needs the lock and a refresh() under it. On error nothing of the write
         stays in the file and the error propagates.
@@ -282,7 +306,7 @@ class Log:
             op, flags, key, value, birthtime_ns = entries[0]
             seq = self.last_seq + 1
             data = encode_frame(op, flags, seq, birthtime_ns, key, value, salt=active.salt)
-            locs = [pack_location(birthtime_ns, slot, self._end, len(data))]
+            locs = [(seq, pack_location(birthtime_ns, slot, self._end, len(data)))]
         else:
             data, locs, seq = self._encode_batch(entries, slot, active.salt)
         if self._end + len(data) > MAX_OFFSET:
@@ -297,8 +321,8 @@ class Log:
         self.last_seq = seq
         return locs
 
-    def _encode_batch(self, entries: list[Entry], slot: int, salt: int) -> tuple[bytes, list[int], int]:
-        """BEGIN, the entries flagged as batch members, COMMIT: (bytes, locations, last seq)."""
+    def _encode_batch(self, entries: list[Entry], slot: int, salt: int) -> tuple[bytes, list[tuple[int, int]], int]:
+        """BEGIN, the entries flagged as batch members, COMMIT: (bytes, (seq, location)s, last seq)."""
         seq = self.last_seq + 1
         parts = [encode_frame(OP_BATCH_BEGIN, 0, seq, self.birthtime(), b"", COUNT.pack(len(entries)), salt=salt)]
         offset = self._end + len(parts[0])
@@ -306,7 +330,7 @@ class Log:
         for op, flags, key, value, birthtime_ns in entries:
             seq += 1
             data = encode_frame(op, flags | FLAG_BATCH, seq, birthtime_ns, key, value, salt=salt)
-            locs.append(pack_location(birthtime_ns, slot, offset, len(data)))
+            locs.append((seq, pack_location(birthtime_ns, slot, offset, len(data))))
             parts.append(data)
             offset += len(data)
         seq += 1
@@ -354,15 +378,15 @@ class Log:
         self._end += len(frame)
 
     def _roll_after_seal(self) -> None:
-        if len(self._segments) >= MAX_SLOTS:
-            raise IODictLogError(f"{self.directory}: too many segments; compact the store")
-        self._segments[-1].sync()
-        self._remove_leftovers(self._manifest.segments)
-        number = self._manifest.segments[-1] + 1
-        segment = Segment.create(self.directory, number, KIND_LOG, self._segments[-1].salt)
-        manifest = self._manifest._replace(
-            generation=self._manifest.generation + 1, segments=self._manifest.segments + (number,)
-        )
+        active = self._segments[-1]
+        active.sync()
+        manifest = read_manifest(self.directory)  # under the lock: the latest
+        if manifest is None or manifest.segments[-1:] != (active.number,):
+            raise CorruptionError(f"{self.directory}: {MANIFEST_NAME} does not end with the segment being rolled")
+        self._remove_leftovers(manifest.segments)
+        number = manifest.segments[-1] + 1
+        segment = Segment.create(self.directory, number, KIND_LOG, active.salt)
+        manifest = manifest._replace(generation=manifest.generation + 1, segments=manifest.segments + (number,))
         try:
             write_manifest(self.directory, manifest)
         except BaseException:
@@ -371,6 +395,33 @@ class Log:
         self._segments.append(segment)
         self._manifest = manifest
         self._end = SEGMENT_HEADER_SIZE
+        if len(self._segments) >= MAX_SLOTS:
+            self._load()  # renumber the slots, which dropped segments still hold
+
+    def release_before(self, loc: int | None) -> None:
+        """Delete the segments before the one holding ``loc`` (every sealed one if None).
+
+        For a queue: every record in them has been consumed, so nothing is
+        rewritten, the files just go (as in Kafka's retention). Needs the lock.
+        """
+        stop = len(self._segments) - 1 if loc is None else unpack_location(loc)[0]
+        if stop <= self._first_live:
+            return  # (the common case, checked on every get)
+        doomed = [s.number for s in self._segments[:stop] if s is not None]
+        manifest = read_manifest(self.directory)
+        manifest = manifest._replace(
+            generation=manifest.generation + 1,
+            segments=tuple(n for n in manifest.segments if n not in doomed),
+            seq_floor=self.last_seq,  # the frames holding the latest may be among the dropped
+            birthtime_floor=self.last_birthtime,
+        )
+        write_manifest(self.directory, manifest)
+        self._manifest = manifest
+        self._forget(doomed)
+        for number in doomed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.directory, segment_name(number)))
+        sync_directory(self.directory)
 
     # --- reading --------------------------------------------------------------
 
@@ -389,7 +440,8 @@ class Log:
         Takes its snapshot now, on duplicates of the file descriptors, so the
         iterator may be consumed while the store is written, compacted or closed.
         """
-        snapshot = [(os.dup(s.fd), s.kind, s.salt) for s in self._segments]
+        live = [s for s in self._segments if s is not None]
+        snapshot = [(os.dup(s.fd), s.kind, s.salt) for s in live]
         ends = [None] * (len(snapshot) - 1) + [self._end]
         return self._frames(snapshot, ends, start_seq)
 
@@ -435,8 +487,9 @@ class Log:
         """
         directory = self.directory
         salt = self._segments[-1].salt
-        self._remove_leftovers(self._manifest.segments)
-        number = self._manifest.segments[-1]
+        manifest = read_manifest(directory)  # under the lock: the latest
+        self._remove_leftovers(manifest.segments)
+        number = manifest.segments[-1]
         outputs: list[Segment] = []
         try:
             pending: list[bytes] = []
@@ -460,14 +513,9 @@ class Log:
             for out in outputs:
                 out.close()
         self._seal()
-        old = self._manifest.segments
-        write_manifest(
-            directory,
-            Manifest(
-                self._manifest.generation + 1, tuple(s.number for s in outputs), self.last_seq, self.last_birthtime
-            ),
-        )
-        for n in old:
+        numbers = tuple(s.number for s in outputs)
+        write_manifest(directory, Manifest(manifest.generation + 1, numbers, self.last_seq, self.last_birthtime))
+        for n in manifest.segments:
             os.unlink(os.path.join(directory, segment_name(n)))
         sync_directory(directory)
         self._load()
@@ -494,9 +542,10 @@ class Log:
     # --- housekeeping ---------------------------------------------------------
 
     def stats(self) -> dict:
-        total = sum(s.size() for s in self._segments)
+        live = [s for s in self._segments if s is not None]
+        total = sum(s.size() for s in live)
         return {
-            "segments": len(self._segments),
+            "segments": len(live),
             "disk_bytes": total,
             "corrupt_records": self.corrupt_records,
             "last_seq": self.last_seq,
@@ -513,9 +562,7 @@ class Log:
             if self.sync_interval is not None and self._segments:
                 self.sync()
         finally:
-            for segment in self._segments:
-                segment.close()
-            self._segments = []
+            self._close_segments()
             lock = getattr(self, "_lock", None)
             if lock is not None:
                 lock.close()
