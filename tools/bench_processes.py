@@ -10,7 +10,8 @@ values (median of --repeat runs):
 
 Every call catches up with the log's end (one lseek) and every write takes the
 file lock (one flock pair) in all three; "second busy" adds the real cost of
-sharing: lock waits and reading the other's appends.
+sharing: lock waits and reading the other's appends. A fourth, reference run
+stubs the lock and the catch-up out, to show what coordination costs per call.
 
     python tools/bench_processes.py [--keys 100000] [--repeat 3]
 """
@@ -48,8 +49,25 @@ else:
 """
 
 
+class _NoLock:
+    """Stands in for the file lock in the 'no coordination' reference run."""
+
+    held = True
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
 def run(path: str, keys: list[str], second: str | None) -> tuple[float, float, int]:
     d = IODict(path)
+    if second == "none":  # reference: what the same calls cost with no coordination at all
+        d._log._lock.close()
+        d._log._lock = _NoLock()
+        d._log.refresh = lambda: None
+        second = None
     proc = None
     if second:
         proc = subprocess.Popen(
@@ -87,8 +105,14 @@ def main() -> None:
     keys = [f"key-{i:08d}" for i in range(args.keys)]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, second in (("alone", None), ("second idle", "idle"), ("second busy", "busy")):
-            runs = [run(os.path.join(tmp, f"{name}-{r}".replace(" ", "-")), keys, second) for r in range(args.repeat)]
+        runs_wanted = (
+            ("alone", None),
+            ("alone, no coordination (reference)", "none"),
+            ("second idle", "idle"),
+            ("second busy", "busy"),
+        )
+        for name, second in runs_wanted:
+            runs = [run(os.path.join(tmp, f"run-{len(results)}-{r}"), keys, second) for r in range(args.repeat)]
             results[name] = [statistics.median(x) for x in zip(*runs)]
     base_set, base_get, _ = results["alone"]
     print(f"{args.keys:,} keys, 100-byte values, sync=False, median of {args.repeat}")
