@@ -172,19 +172,22 @@ class Damage(NamedTuple):
 
 
 class Scan:
-    """Walk the frames of a buffer, yielding only committed data and seal frames.
+    """Walk the frames of a buffer, yielding committed data frames and SEALs.
 
-    Iterating yields each SET/DELETE outside a batch, each SEAL, and the records
-    of a batch only once its COMMIT frame has been read with the promised count.
-    Afterwards:
+    A batch (BEGIN, members flagged BATCH, COMMIT) is one write() by its
+    writer, so anything valid found after a batch proves the batch was
+    written whole: its members are held back until then, and if the buffer
+    ends first they are an unfinished append and are not yielded. Atomicity
+    is about crashes: a batch cut short by a crash is dropped whole; a batch
+    written whole and damaged later loses only its damaged frames, like any
+    other record. Afterwards:
 
     - ``end`` is the offset just past the last committed unit: where the next
       append belongs. Bytes past it (``tail``) are an unfinished append, torn by
       a crash or still being written by another process.
-    - ``damage`` lists regions skipped because something valid follows them:
-      damaged frames, and batches that lost a frame (dropped whole, so a batch
-      is all there or not at all). A damaged length is never followed; the scan
-      looks for the next frame whose checksums hold.
+    - ``damage`` lists regions skipped because something valid follows them.
+      A damaged length is never followed; the scan looks for the next frame
+      whose checksums hold.
     """
 
     def __init__(self, buf: bytes, salt: int, start: int = 0) -> None:
@@ -200,44 +203,32 @@ class Scan:
 
     def __iter__(self) -> Iterator[Frame]:
         buf, pos, salt = self.buf, self.start, self.salt
-        batch: list[Frame] | None = None  # records of the open batch
-        begin = None  # its BEGIN frame
-        count = 0
+        batch: list[Frame] | None = None  # members of a batch not yet known to be whole
         while pos < len(buf):
             frame = decode_frame(buf, pos, salt)
             if frame is None:
                 resume = self._resync(pos)
                 if resume is None:
-                    return  # nothing valid follows: an unfinished tail
+                    return  # nothing valid follows: an unfinished tail (with any open batch)
                 self.damage.append(Damage(pos, resume - pos, "damaged frame"))
                 pos = resume
                 if batch is None:
                     self.end = pos
-                continue  # an open batch stays open; its count tells if it lost a frame
-            pos += frame.length
-            op = frame.op
-            in_batch = frame.flags & FLAG_BATCH
-            if batch is not None:
-                if op in DATA_OPS and in_batch and len(batch) < count:
-                    batch.append(frame)
-                    continue
-                if op == OP_BATCH_COMMIT:
-                    if len(batch) == count:
-                        yield from batch
-                    else:
-                        self.damage.append(Damage(begin.offset, pos - begin.offset, "incomplete batch"))
-                    batch = None
-                    self.end = pos
-                    continue
-                self.damage.append(Damage(begin.offset, frame.offset - begin.offset, "incomplete batch"))
-                batch = None
-            if op == OP_BATCH_BEGIN:
-                batch, begin = [], frame
-                count = COUNT.unpack(frame.value)[0] if len(frame.value) == COUNT.size else -1
                 continue
-            if op == OP_BATCH_COMMIT or in_batch:
-                self.damage.append(Damage(frame.offset, frame.length, "batch frame outside its batch"))
-            else:
+            pos += frame.length
+            if frame.flags & FLAG_BATCH:
+                if batch is None:
+                    batch = []  # its BEGIN was damaged
+                batch.append(frame)
+                continue
+            if batch is not None:
+                yield from batch  # something valid follows the batch: it was written whole
+                batch = None
+                self.end = frame.offset
+            if frame.op == OP_BATCH_BEGIN:
+                batch = []
+                continue
+            if frame.op != OP_BATCH_COMMIT:
                 yield frame
             self.end = pos
 
