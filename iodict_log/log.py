@@ -82,7 +82,7 @@ class Log:
     """The segments of one store directory, kept in step with other processes.
 
     The caller serialises calls (one thread at a time); the log serialises
-    processes. ``consumer`` receives every committed SET/DELETE frame in order.
+    processes. ``consumer`` receives every committed data frame, in order.
     """
 
     def __init__(self, directory: str, consumer: LogConsumer, *, sync: bool | float, segment_bytes: int) -> None:
