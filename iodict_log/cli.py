@@ -7,6 +7,7 @@ line on stderr and exit with status 2; damaged data exits 1; no tracebacks.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import sys
@@ -15,6 +16,7 @@ import time
 from typing import Callable, NoReturn, Sequence
 
 from .errors import IODictLogError
+from .inspection import Census, open_log, require_store, to_json_record, verify
 from .iodict import IODict
 
 
@@ -93,6 +95,86 @@ class _UsageError(Exception):
     """A mistake in how the command was called: exit status 2."""
 
 
+def _progress(label: str) -> Callable[[int, int], None] | None:
+    """A one-line progress bar on stderr, only when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        share = done / total if total else 1.0
+        bar = "#" * int(share * 30)
+        end = "\n" if done >= total else ""
+        print(f"\r{label} [{bar:<30}] {share:6.1%}", end=end, file=sys.stderr, flush=True)
+
+    return show
+
+
+def _stats(args: argparse.Namespace) -> int:
+    census = Census()
+    log = open_log(args.path, census)
+    try:
+        stats = log.stats()
+    finally:
+        log.close()
+    live = census.keys.live_bytes + census.items.live_bytes
+    report = {
+        "path": args.path,
+        "keys": len(census.keys),
+        "queue_items": len(census.items),
+        "segments": stats["segments"],
+        "disk_bytes": stats["disk_bytes"],
+        "live_bytes": live,
+        "dead_bytes": stats["disk_bytes"] - live,
+        "corrupt_records": stats["corrupt_records"],
+        "last_seq": stats["last_seq"],
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        width = max(map(len, report))
+        for name, value in report.items():
+            print(
+                f"{name.replace('_', ' '):<{width}}  {value:,}"
+                if isinstance(value, int)
+                else f"{name:<{width}}  {value}"
+            )
+    return 0
+
+
+def _compact(args: argparse.Namespace) -> int:
+    require_store(args.path)
+    with IODict(args.path) as d:
+        summary = d.compact()
+    print(
+        f"{args.path}: {summary['bytes_before']:,} bytes before, {summary['bytes_after']:,} after, "
+        f"{summary['live_keys']:,} live keys, {summary['seconds']:.2f} s"
+    )
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    damaged = 0
+    for finding in verify(args.path, _progress("verify")):
+        kind = "damaged" if finding.damage else "note"
+        print(f"{kind}: {finding.path}: offset {finding.offset}: {finding.length} bytes: {finding.reason}")
+        damaged += finding.damage
+    print(f"{args.path}: {'no damage found' if not damaged else f'{damaged} damaged region(s)'}")
+    return 1 if damaged else 0
+
+
+def _dump(args: argparse.Namespace) -> int:
+    if args.start < 0:
+        raise _UsageError("--start must be 0 or more")
+    log = open_log(args.path, Census())
+    try:
+        frames = log.frames(args.start)
+    finally:
+        log.close()
+    for frame in frames:
+        print(json.dumps(to_json_record(frame)))
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line on stderr (and exit status 2)."""
 
@@ -107,6 +189,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--path", help="store directory (new or empty); default: a temporary directory")
     demo.add_argument("--events", type=int, default=100_000, help="number of events to write (default 100000)")
     demo.set_defaults(run=_demo)
+
+    stats = sub.add_parser("stats", help="counts and sizes of a store")
+    stats.add_argument("path", help="the store directory")
+    stats.add_argument("--json", action="store_true", help="one JSON object instead of lines")
+    stats.set_defaults(run=_stats)
+
+    compact = sub.add_parser("compact", help="rewrite a dict store's live keys and drop dead bytes")
+    compact.add_argument("path", help="the store directory")
+    compact.set_defaults(run=_compact)
+
+    check = sub.add_parser("verify", help="check every record; exit 1 and say where if any is damaged")
+    check.add_argument("path", help="the store directory")
+    check.set_defaults(run=_verify)
+
+    dump = sub.add_parser("dump", help="replay the log in order as JSON lines (see docs/OPERATIONS.md)")
+    dump.add_argument("path", help="the store directory")
+    dump.add_argument("--start", type=int, default=0, metavar="SEQ", help="first sequence number to show")
+    dump.set_defaults(run=_dump)
     return parser
 
 
@@ -115,6 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
+    except BrokenPipeError:  # e.g. `iodict-log dump PATH | head`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (_UsageError, IODictLogError, OSError) as exc:
         print(f"iodict-log {args.command}: {exc}", file=sys.stderr)
         return 2

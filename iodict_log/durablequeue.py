@@ -34,6 +34,7 @@ from typing import Any, Iterable
 
 from .errors import CorruptionError, CorruptionWarning, StoreClosedError
 from .format import OP_PUT, OP_TAKE, SEQ, Frame, compress_value, stored_value
+from .index import unpack_location
 from .iodict import check_options
 from .log import Log
 from .objectlock import make_lock
@@ -45,16 +46,18 @@ MAX_POLL = 0.05  # seconds between looks at the log while blocked
 class PendingItems:
     """The PUTs not yet taken, oldest first: (seq, location) pairs. A log consumer."""
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "live_bytes")
 
     def __init__(self) -> None:
         self._items: collections.deque[tuple[int, int]] = collections.deque()
+        self.live_bytes = 0
 
     def __len__(self) -> int:
         return len(self._items)
 
     def reset(self) -> None:
         self._items.clear()
+        self.live_bytes = 0
 
     def apply(self, frame: Frame, loc: int) -> None:
         if frame.op == OP_PUT:
@@ -64,6 +67,7 @@ class PendingItems:
 
     def add(self, seq: int, loc: int) -> None:
         self._items.append((seq, loc))
+        self.live_bytes += unpack_location(loc)[2]
 
     def head(self) -> tuple[int, int] | None:
         return self._items[0] if self._items else None
@@ -72,11 +76,12 @@ class PendingItems:
         """Forget the PUT with this seq: the head, except after damage reordered things."""
         items = self._items
         if items and items[0][0] == seq:
-            items.popleft()
+            self.live_bytes -= unpack_location(items.popleft()[1])[2]
             return
-        for i, (pending, _) in enumerate(items):
+        for i, (pending, loc) in enumerate(items):
             if pending == seq:
                 del items[i]
+                self.live_bytes -= unpack_location(loc)[2]
                 return
 
 

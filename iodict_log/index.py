@@ -46,12 +46,13 @@ def unpack_location(loc: int) -> tuple[int, int, int]:
 class KeyIndex:
     """Keys in birthtime order, each with its packed location, and live byte count."""
 
-    __slots__ = ("_locations", "_decode_key", "live_bytes")
+    __slots__ = ("_locations", "_decode_key", "live_bytes", "other_frames")
 
     def __init__(self, decode_key: Callable[[bytes], Any]) -> None:
         self._locations: dict[Any, int] = {}
         self._decode_key = decode_key
         self.live_bytes = 0
+        self.other_frames = 0  # data frames that are not the dict's (a queue's), seen since reset
 
     # The log feeds every committed frame, in order, through these two.
 
@@ -60,6 +61,8 @@ class KeyIndex:
             self.set(self._decode_key(frame.key), loc)
         elif frame.op == OP_DELETE:
             self.delete(self._decode_key(frame.key))
+        else:
+            self.other_frames += 1
 
     def __len__(self) -> int:
         return len(self._locations)
@@ -93,6 +96,7 @@ class KeyIndex:
         """Forget everything: the log is about to replay from the start."""
         self._locations.clear()
         self.live_bytes = 0
+        self.other_frames = 0
 
     def first(self) -> Any:
         """The oldest key; KeyError when empty."""

@@ -7,7 +7,7 @@ import time
 from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, MutableMapping, ValuesView
 from typing import Any, Callable, NamedTuple, TypeVar
 
-from .errors import StoreClosedError
+from .errors import IODictLogError, StoreClosedError
 from .format import OP_DELETE, OP_SET, Frame, compress_value, stored_value
 from .index import KeyIndex, location_birthtime
 from .log import Entry, Log
@@ -288,6 +288,8 @@ class IODict(MutableMapping):
         return self._write(self._compact)
 
     def _compact(self, log: Log) -> dict:
+        if self._index.other_frames:
+            raise IODictLogError(f"{self.path}: the store holds queue items; compacting it as a dict would drop them")
         started = time.perf_counter()
         before = log.stats()["disk_bytes"]
         log.compact(loc for _, loc in self._index.items())

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 import sys
 from pathlib import Path
 
-from iodict_log import IODict
+from iodict_log import DurableQueue, IODict
 from iodict_log.cli import main
 
 
@@ -52,6 +54,119 @@ def test_bad_arguments_exit_2_with_one_line_and_no_traceback(tmp_path):
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-def test_every_subcommand_has_help():
-    result = run("demo", "--help")
-    assert result.returncode == 0 and "--events" in result.stdout
+def make_store(path) -> None:
+    with IODict(path, compression=None) as d:
+        d["a"] = b"\x00\x01"
+        d[("t", 1)] = {"n": (1, 2), 3: [b"x"]}
+        for i in range(50):
+            d[f"k{i}"] = "v" * 100
+        for i in range(40):
+            d[f"k{i}"] = "w" * 100  # overwrites: dead bytes
+        del d["k0"]
+
+
+def test_stats_reports_counts_and_sizes_as_lines_and_json(tmp_path):
+    make_store(tmp_path / "s")
+    result = run("stats", str(tmp_path / "s"), "--json")
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)
+    assert stats["keys"] == 51 and stats["queue_items"] == 0 and stats["corrupt_records"] == 0
+    assert stats["dead_bytes"] > 0 and stats["live_bytes"] + stats["dead_bytes"] == stats["disk_bytes"]
+    text = run("stats", str(tmp_path / "s")).stdout
+    assert "keys" in text and "51" in text
+
+
+def test_stats_counts_the_items_of_a_queue(tmp_path):
+    with DurableQueue(tmp_path / "q") as q:
+        q.put_many([1, 2, 3])
+        q.get()
+    stats = json.loads(run("stats", "--json", str(tmp_path / "q")).stdout)
+    assert stats["queue_items"] == 2 and stats["keys"] == 0
+
+
+def test_compact_shrinks_a_dict_store_and_keeps_its_contents(tmp_path):
+    make_store(tmp_path / "s")
+    with IODict(tmp_path / "s") as d:
+        before = list(d.items())
+    result = run("compact", str(tmp_path / "s"))
+    assert result.returncode == 0, result.stderr
+    with IODict(tmp_path / "s") as d:
+        assert list(d.items()) == before
+        assert d.stats()["dead_bytes"] < 100
+
+
+def test_compact_refuses_a_queue_rather_than_drop_its_items(tmp_path):
+    with DurableQueue(tmp_path / "q") as q:
+        q.put("keep me")
+    result = run("compact", str(tmp_path / "q"))
+    assert result.returncode == 2 and "queue" in result.stderr
+    with DurableQueue(tmp_path / "q") as q:
+        assert q.get_nowait() == "keep me"
+
+
+def test_verify_exits_0_on_a_clean_store_and_1_naming_file_and_offset_of_damage(tmp_path):
+    path = tmp_path / "s"
+    make_store(path)
+    clean = run("verify", str(path))
+    assert clean.returncode == 0 and "no damage" in clean.stdout
+    segment = next(path.glob("*.seg"))
+    data = bytearray(segment.read_bytes())
+    at = data.find(b"v" * 100)  # a value in the middle of the file
+    data[at + 10] ^= 0x40
+    segment.write_bytes(bytes(data))
+    damaged = run("verify", str(path))
+    assert damaged.returncode == 1
+    line = next(line for line in damaged.stdout.splitlines() if line.startswith("damaged:"))
+    assert str(segment) in line
+    offset = int(line.split("offset ")[1].split(":")[0])
+    assert offset <= at + 10 < offset + int(line.split(": ")[3].split()[0])
+
+
+def test_verify_calls_a_torn_tail_a_note_not_damage(tmp_path):
+    path = tmp_path / "s"
+    make_store(path)
+    segment = max(path.glob("*.seg"))
+    segment.write_bytes(segment.read_bytes()[:-7])  # a crash in the middle of the last append
+    result = run("verify", str(path))
+    assert result.returncode == 0
+    assert "note:" in result.stdout and "unfinished append" in result.stdout
+
+
+def test_dump_replays_every_record_in_order_as_json_lines(tmp_path):
+    make_store(tmp_path / "s")
+    lines = [json.loads(line) for line in run("dump", str(tmp_path / "s")).stdout.splitlines()]
+    seqs = [r["seq"] for r in lines]
+    assert seqs == sorted(seqs) and len(lines) == 2 + 50 + 40 + 1
+    assert lines[0] == {**lines[0], "op": "set", "key": "a", "value": {"$bytes": base64.b64encode(b"\0\1").decode()}}
+    assert lines[1]["key"] == {"$tuple": ["t", 1]}
+    assert lines[1]["value"] == {"$map": [["n", {"$tuple": [1, 2]}], [3, [{"$bytes": "eA=="}]]]}
+    assert lines[-1]["op"] == "delete" and lines[-1]["key"] == "k0" and "value" not in lines[-1]
+    later = [
+        json.loads(line) for line in run("dump", str(tmp_path / "s"), "--start", str(seqs[50])).stdout.splitlines()
+    ]
+    assert [r["seq"] for r in later] == seqs[50:]
+
+
+def test_dump_never_unpickles(tmp_path):
+    with DurableQueue(tmp_path / "q") as q:
+        q.put({1, 2})  # pickled
+    (line,) = run("dump", str(tmp_path / "q")).stdout.splitlines()
+    record = json.loads(line)
+    assert record["op"] == "put" and set(record["value"]) == {"$pickle"}
+
+
+def test_commands_on_a_missing_path_or_a_non_store_exit_2_without_creating_anything(tmp_path):
+    (tmp_path / "plain").mkdir()
+    for command in ("stats", "compact", "verify", "dump"):
+        for path in (tmp_path / "missing", tmp_path / "plain"):
+            result = run(command, str(path))
+            assert result.returncode == 2, (command, path)
+            assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "missing").exists()
+    assert list((tmp_path / "plain").iterdir()) == []
+
+
+def test_every_command_has_help():
+    for command in ("demo", "stats", "compact", "verify", "dump"):
+        result = run(command, "--help")
+        assert result.returncode == 0 and "usage:" in result.stdout
