@@ -33,7 +33,7 @@ import warnings
 from typing import Any, Iterable
 
 from .errors import CorruptionError, CorruptionWarning, StoreClosedError
-from .format import OP_PUT, OP_TAKE, SEQ, Frame, compress_value, stored_value
+from .format import OP_PUT, OP_TAKE, SEQ, Frame
 from .index import unpack_location
 from .iodict import check_options
 from .log import Log
@@ -126,10 +126,6 @@ class DurableQueue(queue.Queue):
             raise StoreClosedError(f"{self.path}: the queue is closed")
         return log
 
-    def _encode(self, item: Any) -> tuple[int, bytes]:
-        flags, stored = compress_value(self._serializer.dumps(item))
-        return flags | self._serializer.flag, stored
-
     def _try_put(self, encoded: list[tuple[int, bytes]]) -> bool:
         """Append the items as one write if they fit under maxsize."""
         with self._store_lock:
@@ -162,7 +158,8 @@ class DurableQueue(queue.Queue):
                         return False, None
                     seq, loc = head
                     try:
-                        item = self._decode(log.read(loc))
+                        frame = log.read(loc)
+                        item = self._serializer.decode(frame.flags, frame.value)
                     except CorruptionError as exc:
                         item, damaged = None, exc
                     else:
@@ -180,9 +177,6 @@ class DurableQueue(queue.Queue):
         if self.maxsize > 0:
             self._notify_not_full()
         return True, item
-
-    def _decode(self, frame: Frame) -> Any:
-        return self._serializer.loads(frame.flags, stored_value(frame.flags, frame.value))
 
     def _notify_not_full(self) -> None:
         with self.not_full:
@@ -219,7 +213,7 @@ class DurableQueue(queue.Queue):
     def put_many(self, items: Iterable[Any], block: bool = True, timeout: float | None = None) -> None:
         """Put all ``items`` as one atomic batch: after a crash all of them are there or none."""
         deadline = self._deadline(block, timeout)
-        encoded = [self._encode(item) for item in items]
+        encoded = [self._serializer.encode(item) for item in items]
         if not encoded:
             self._open_log()
             return

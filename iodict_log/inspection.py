@@ -130,11 +130,10 @@ def to_json_record(frame: Frame) -> dict:
     if frame.op == OP_TAKE:
         record["taken"] = SEQ.unpack(frame.key)[0]
     if frame.op in (OP_SET, OP_PUT):
-        data = stored_value(frame.flags, frame.value)
-        if frame.flags & FLAG_PICKLE:
-            record["value"] = {"$pickle": base64.b64encode(data).decode()}  # never unpickled here
+        if frame.flags & FLAG_PICKLE:  # never unpickled here
+            record["value"] = {"$pickle": base64.b64encode(stored_value(frame.flags, frame.value)).decode()}
         else:
-            record["value"] = to_json(Serializer("msgpack").loads(frame.flags, data))
+            record["value"] = to_json(Serializer("msgpack").decode(frame.flags, frame.value))
     return record
 
 

@@ -8,7 +8,7 @@ from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, Mu
 from typing import Any, Callable, NamedTuple, TypeVar
 
 from .errors import IODictLogError, StoreClosedError
-from .format import OP_DELETE, OP_SET, Frame, compress_value, stored_value
+from .format import OP_DELETE, OP_SET, Frame
 from .index import KeyIndex, location_birthtime
 from .log import Entry, Log
 from .objectlock import make_lock
@@ -90,13 +90,8 @@ class IODict(MutableMapping):
                 log.refresh()
                 return fn(log, *args)
 
-    def _encode_value(self, value: Any) -> tuple[int, bytes]:
-        data = self._serializer.dumps(value)
-        flags, stored = compress_value(data) if self._compress else (0, data)
-        return flags | self._serializer.flag, stored
-
     def _decode_value(self, frame: Frame) -> Any:
-        return self._serializer.loads(frame.flags, stored_value(frame.flags, frame.value))
+        return self._serializer.decode(frame.flags, frame.value)
 
     def _value_at(self, log: Log, key: Any) -> Any:
         loc = self._index.get(key)
@@ -129,7 +124,7 @@ class IODict(MutableMapping):
 
     def _encoded(self, key: Any, value: Any) -> tuple[Any, bytes, int, bytes]:
         """Check and serialize before anything is written (TypeError on bad input)."""
-        return (key, encode_key(key), *self._encode_value(value))
+        return (key, encode_key(key), *self._serializer.encode(value, self._compress))
 
     # --- the mapping ----------------------------------------------------------
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import msgpack
 
 from .errors import IODictLogError
-from .format import FLAG_PICKLE
+from .format import FLAG_PICKLE, compress_value, stored_value
 
 EXT_TUPLE = 1
 
@@ -93,6 +93,16 @@ class Serializer:
 
     def dumps(self, value: Any) -> bytes:
         return self._dumps(value)
+
+    def encode(self, value: Any, compress: bool = True) -> tuple[int, bytes]:
+        """(record flags, stored bytes) for a value: serialized, lz4-compressed if that pays."""
+        data = self._dumps(value)
+        flags, stored = compress_value(data) if compress else (0, data)
+        return flags | self.flag, stored
+
+    def decode(self, flags: int, stored: bytes) -> Any:
+        """Undo encode()."""
+        return self.loads(flags, stored_value(flags, stored))
 
     def loads(self, flags: int, data: bytes) -> Any:
         if flags & FLAG_PICKLE:
