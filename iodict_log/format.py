@@ -216,7 +216,7 @@ class Scan:
                     self.end = pos
                 continue
             pos += frame.length
-            if frame.flags & FLAG_BATCH:
+            if frame.flags & FLAG_BATCH and frame.op in DATA_OPS:
                 if batch is None:
                     batch = []  # its BEGIN was damaged
                 batch.append(frame)

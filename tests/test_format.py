@@ -35,6 +35,7 @@ from iodict_log.format import (
     SEGMENT_HEADER_SIZE,
     SEGMENT_MAGIC,
     SYNC,
+    Damage,
     Frame,
     Manifest,
     Scan,
@@ -473,73 +474,188 @@ def test_unfinished_batch_with_a_damaged_member_keeps_end_before_begin():
         assert s.end == batch_start, f"bit {bit}: end moved into the unfinished batch"
 
 
-def test_every_bit_flip_in_a_batch_drops_the_whole_batch_and_nothing_else():
+def _frame_at(layout: Layout, offset: int) -> Frame:
+    """The frame written at ``offset`` of the intact buffer."""
+    frame = decode_frame(layout.buf, offset, SALT)
+    assert frame is not None
+    return frame
+
+
+def test_every_bit_flip_in_a_batch_mid_buffer_loses_only_the_damaged_frame():
     layout = _with_batch()
     batch_start, batch_stop = layout.unit_spans[1]
     for bit in range(batch_start * 8, batch_stop * 8):
+        _, start, stop = layout.unit_of_bit(bit)
+        lost = _frame_at(layout, start)
         frames, s = scan(flip(layout.buf, bit))
-        assert [f.seq for f in frames] == [1, 5], f"bit {bit}"
-        assert frames == layout.expected(skip={1}), f"bit {bit}"
-        assert s.damage, f"bit {bit}: damage not reported"
-        assert s.end == len(layout.buf)
+        lost_seqs = {lost.seq} if lost.op in (OP_SET, OP_DELETE) else set()
+        assert frames == [f for f in layout.expected() if f.offset != start], f"bit {bit}"
+        assert [f.seq for f in frames] == [seq for seq in (1, 2, 3, 4, 5) if seq not in lost_seqs], f"bit {bit}"
+        assert s.damage == [Damage(start, stop - start, "damaged frame")], f"bit {bit}: {s.damage}"
+        assert s.end == len(layout.buf), f"bit {bit}"
 
 
-def test_batch_with_damaged_member_mid_file_is_dropped_whole():
+def test_every_bit_flip_in_a_batch_at_the_end_of_the_buffer_loses_the_frame_or_holds_the_batch_back():
+    # Only a damaged COMMIT leaves the members with nothing valid after them: then the
+    # batch cannot be told from a torn append and is held back whole, as a tail.
+    layout = Layout([[rec(1, key=b"a")], batch(member(2, key=b"b1"), member(3, key=b"b2"), member(4, key=b"b3"))])
+    batch_start, batch_stop = layout.unit_spans[1]
+    _, commit_start, _ = layout.frame_spans[-1]
+    for bit in range(batch_start * 8, batch_stop * 8):
+        _, start, stop = layout.unit_of_bit(bit)
+        frames, s = scan(flip(layout.buf, bit))
+        if start == commit_start:
+            assert [f.seq for f in frames] == [1], f"bit {bit}"
+            assert s.end == batch_start and s.tail == batch_stop - batch_start, f"bit {bit}"
+            assert s.damage == [], f"bit {bit}: a held-back tail is not damage"
+        else:
+            assert frames == [f for f in layout.expected() if f.offset != start], f"bit {bit}"
+            assert s.damage == [Damage(start, stop - start, "damaged frame")], f"bit {bit}: {s.damage}"
+            assert s.end == len(layout.buf), f"bit {bit}"
+
+
+def test_batch_with_damaged_member_mid_file_loses_only_that_member():
     layout = _with_batch()
     _, start, stop = layout.frame_spans[3]  # the second member
     buf = flip(layout.buf, (stop - 1) * 8)
     frames, s = scan(buf)
-    assert [f.key for f in frames] == [b"a", b"c"]
-    assert any(d.reason == "incomplete batch" for d in s.damage)
-    assert any(d.offset == start for d in s.damage)
+    assert [f.key for f in frames] == [b"a", b"b1", b"b3", b"c"]
+    assert frames == [f for f in layout.expected() if f.offset != start]
+    assert s.damage == [Damage(start, stop - start, "damaged frame")]
+    assert s.end == len(buf)
 
 
 @pytest.mark.parametrize("where", ["payload", "sync", "header"])
-def test_batch_members_after_a_damaged_begin_are_not_yielded(where):
+def test_batch_members_after_a_damaged_begin_are_held_back_until_something_valid_follows(where):
+    def damaged_begin(layout: Layout) -> tuple[bytes, int, int]:
+        _, start, stop = layout.frame_spans[1]  # BEGIN
+        bit = {"payload": (stop - 1) * 8, "sync": start * 8, "header": (start + 10) * 8}[where]
+        return flip(layout.buf, bit), start, stop
+
+    # Mid-buffer: the COMMIT proves the batch whole; only the BEGIN is lost.
     layout = _with_batch()
-    _, start, stop = layout.frame_spans[1]  # BEGIN
-    bit = {"payload": (stop - 1) * 8, "sync": start * 8, "header": (start + 10) * 8}[where]
-    frames, s = scan(flip(layout.buf, bit))
-    assert [f.key for f in frames] == [b"a", b"c"]
-    assert not any(f.flags & FLAG_BATCH for f in frames)
-    assert s.end == len(layout.buf)
+    buf, start, stop = damaged_begin(layout)
+    frames, s = scan(buf)
+    assert [f.key for f in frames] == [b"a", b"b1", b"b2", b"b3", b"c"]
+    assert frames == layout.expected()
+    assert all(f.flags & FLAG_BATCH for f in frames[1:4])
+    assert s.damage == [Damage(start, stop - start, "damaged frame")]
+    assert s.end == len(buf)
+
+    # At the end of the buffer, cut anywhere: the orphan members are a torn batch until
+    # something valid follows them, and ``end`` stays before the first of them.
+    layout = Layout([[rec(1, key=b"a")], batch(member(2, key=b"b1"), member(3, key=b"b2"), member(4, key=b"b3"))])
+    buf, start, stop = damaged_begin(layout)
+    _, first_start, first_stop = layout.frame_spans[2]
+    assert first_start == stop
+    for cut in range(start, len(buf)):
+        frames, s = scan(buf[:cut])
+        assert [f.seq for f in frames] == [1], f"cut {cut}: a torn batch with a damaged BEGIN was applied"
+        if cut < first_stop:  # nothing valid after the BEGIN: all of it is tail
+            assert s.end == start and s.damage == [], f"cut {cut}"
+        else:
+            assert s.end == first_start, f"cut {cut}"
+            assert s.damage == [Damage(start, stop - start, "damaged frame")], f"cut {cut}"
+    frames, s = scan(buf)
+    assert frames == layout.expected()
+    assert s.end == len(buf) and s.damage == [Damage(start, stop - start, "damaged frame")]
 
 
-def test_batch_frames_outside_a_batch_are_not_yielded():
-    layout = Layout([[rec(1)], [member(2)], [commit()], [rec(3)]])
-    frames, s = scan(layout.buf)
-    assert [f.seq for f in frames] == [1, 3]
-    assert [d.reason for d in s.damage] == ["batch frame outside its batch"] * 2
+def test_orphan_batch_members_are_held_back_like_a_batch_and_a_stray_commit_is_ignored():
+    cases = {
+        # units: the seqs yielded, and which unit ``end`` stops before (None: the end of the buffer)
+        "member then commit": ([[rec(1)], [member(2)], [commit()], [rec(3)]], [1, 2, 3], None),
+        "member then record": ([[rec(1)], [member(2)], [rec(3)]], [1, 2, 3], None),
+        "member then commit at the end": ([[rec(1)], [member(2)], [commit()]], [1, 2], None),
+        "members at the end": ([[rec(1)], [member(2)], [member(3)]], [1], 1),
+        "stray commit": ([[rec(1)], [commit()], [rec(3)]], [1, 3], None),
+        "stray commit at the end": ([[rec(1)], [commit()]], [1], None),
+        "stray commit first": ([[commit()], [rec(3)]], [3], None),
+    }
+    for name, (units, seqs, held_from) in cases.items():
+        layout = Layout(units)
+        frames, s = scan(layout.buf)
+        assert [f.seq for f in frames] == seqs, name
+        for frame in frames:
+            assert frame == _frame_at(layout, frame.offset), name
+        assert [f.flags & FLAG_BATCH != 0 for f in frames] == [seq == 2 for seq in seqs], name
+        assert s.damage == [], f"{name}: {s.damage}"
+        assert s.end == (len(layout.buf) if held_from is None else layout.unit_spans[held_from][0]), name
 
 
-def test_batch_whose_count_does_not_match_its_members_is_dropped():
-    for begin_count, members in ((2, 3), (4, 3), (0, 1)):
+def test_batch_count_is_informational_so_a_mismatch_drops_nothing():
+    for begin_count, members in ((2, 3), (4, 3), (0, 1), (3, 0), (2**32 - 1, 2)):
         units = [[rec(1)], [begin(begin_count), *(member(10 + i) for i in range(members)), commit()], [rec(2)]]
-        frames, s = scan(Layout(units).buf)
-        assert [f.seq for f in frames] == [1, 2], (begin_count, members)
-        assert s.damage
+        layout = Layout(units)
+        frames, s = scan(layout.buf)
+        assert [f.seq for f in frames] == [1, *range(10, 10 + members), 2], (begin_count, members)
+        assert frames == layout.expected(), (begin_count, members)
+        assert s.damage == [] and s.end == len(layout.buf), (begin_count, members)
+    # Nor does a count that matches prove a batch whole: without anything after its
+    # members it is still an unfinished append.
+    for begin_count in (0, 1, 2, 3):
+        layout = Layout([[rec(1)], [begin(begin_count), member(2), member(3)]])
+        frames, s = scan(layout.buf)
+        assert [f.seq for f in frames] == [1], begin_count
+        assert s.end == layout.unit_spans[1][0] and s.damage == [], begin_count
 
 
-def test_batch_with_malformed_count_is_dropped():
-    bad_begin = encode_frame(OP_BATCH_BEGIN, 0, 0, 0, b"", b"\x01\x00", salt=SALT)
-    layout = Layout([[rec(1)], [bad_begin, member(2), commit()], [rec(3)]])
-    frames, _ = scan(layout.buf)
-    assert [f.seq for f in frames] == [1, 3]
+def test_batch_with_malformed_count_is_yielded_like_any_batch():
+    for count_bytes in (b"", b"\x01\x00", b"\x01\x00\x00\x00\x00\x00\x00\x00"):
+        bad_begin = encode_frame(OP_BATCH_BEGIN, 0, 0, 0, b"", count_bytes, salt=SALT)
+        layout = Layout([[rec(1)], [bad_begin, member(2), commit()], [rec(3)]])
+        frames, s = scan(layout.buf)
+        assert [f.seq for f in frames] == [1, 2, 3], count_bytes
+        assert frames == layout.expected(), count_bytes
+        assert s.damage == [] and s.end == len(layout.buf), count_bytes
+        torn = Layout([[rec(1)], [bad_begin, member(2)]])
+        frames, s = scan(torn.buf)
+        assert [f.seq for f in frames] == [1], count_bytes
+        assert s.end == torn.unit_spans[1][0] and s.damage == [], count_bytes
 
 
-def test_unflagged_record_inside_a_batch_breaks_it_and_is_yielded_alone():
-    layout = Layout([[begin(2), member(1), rec(2), member(3), commit()]])
+def test_unflagged_record_inside_a_batch_releases_the_members_before_it_and_all_are_yielded_in_order():
+    layout = Layout([[begin(2), member(1)], [rec(2)], [member(3)], [commit()]])
     frames, s = scan(layout.buf)
-    assert [f.seq for f in frames] == [2]
-    assert s.damage
+    assert [f.seq for f in frames] == [1, 2, 3]
+    assert [f.flags & FLAG_BATCH != 0 for f in frames] == [True, False, True]
+    assert all(f == _frame_at(layout, f.offset) for f in frames)
+    assert s.damage == [] and s.end == len(layout.buf)
+    # Without the COMMIT, the member after the record has nothing valid after it.
+    frames, s = scan(layout.buf[: layout.unit_spans[3][0]])
+    assert [f.seq for f in frames] == [1, 2]
+    assert s.end == layout.unit_spans[2][0] and s.damage == []
 
 
-def test_batch_interrupted_by_a_new_batch_is_dropped_and_the_new_one_kept():
+def test_batch_interrupted_by_a_new_batch_is_kept_and_so_is_the_new_one():
     layout = Layout([[begin(2), member(1)], batch(member(2)), [rec(3)]])
     frames, s = scan(layout.buf)
-    assert [f.seq for f in frames] == [2, 3]
-    assert [d.reason for d in s.damage] == ["incomplete batch"]
-    assert s.end == len(layout.buf)
+    assert [f.seq for f in frames] == [1, 2, 3]
+    assert all(f == _frame_at(layout, f.offset) for f in frames)
+    assert s.damage == [] and s.end == len(layout.buf)
+    # The new BEGIN proves the first batch whole even when the new batch is torn; until
+    # that BEGIN is whole, nothing valid follows the first batch and it is held back too.
+    second_begin, second_stop = layout.unit_spans[1]
+    begin_stop = layout.frame_spans[2][2]
+    for cut in range(second_begin, second_stop):
+        frames, s = scan(layout.buf[:cut])
+        if cut < begin_stop:
+            assert frames == [] and s.end == 0, f"cut {cut}"
+        else:
+            assert [f.seq for f in frames] == [1] and s.end == second_begin, f"cut {cut}"
+        assert s.damage == [], f"cut {cut}"
+
+
+def test_scan_never_yields_a_batch_begin_or_commit_even_one_flagged_batch():
+    # The Scan docstring: it yields "committed data frames and SEALs". No writer sets
+    # FLAG_BATCH on a BEGIN or COMMIT, but any frame whose checksums hold is trusted,
+    # and such a frame must not come out of the scan as if it were a record.
+    for op, value in ((OP_BATCH_BEGIN, COUNT.pack(1)), (OP_BATCH_COMMIT, b"")):
+        flagged = encode_frame(op, FLAG_BATCH, 9, 0, b"", value, salt=SALT)
+        layout = Layout([[rec(1)], [flagged], [rec(2)]])
+        frames, s = scan(layout.buf)
+        assert [(f.op, f.seq) for f in frames] == [(OP_SET, 1), (OP_SET, 2)], op
+        check_scan_invariants(layout.buf, frames, s)
 
 
 # --- Scan: a model over random units, cuts and flips ------------------------------
@@ -578,20 +694,54 @@ def test_scan_model_torn_anywhere_keeps_exactly_the_whole_units(spec, data):
     assert s.damage == []
 
 
+def _model_after_damaging_frame(layout: Layout, damaged: int) -> tuple[list[Frame], int, list[Damage]]:
+    """What a Scan must report when only frame number ``damaged`` is damaged: the units are
+    single frames; a batch's members wait for any valid frame after them, and are held
+    back (with ``end`` before the batch) only when the buffer ends first."""
+    written = [_frame_at(layout, start) for _, start, _ in layout.frame_spans]
+    lost = written[damaged]
+    if damaged < len(written) - 1:  # something valid follows: only the damaged frame is lost
+        survivors = [f for f in written if f is not lost and f.op not in (OP_BATCH_BEGIN, OP_BATCH_COMMIT)]
+        return survivors, len(layout.buf), [Damage(lost.offset, lost.length, "damaged frame")]
+    # The last frame: indistinguishable from a torn tail. If it is a batch's COMMIT the
+    # batch's members have nothing valid after them and the whole batch is that tail.
+    unit = layout.frame_spans[damaged][0]
+    tail_start = layout.unit_spans[unit][0] if lost.op == OP_BATCH_COMMIT else lost.offset
+    survivors = [f for f in written if f.offset < tail_start and f.op not in (OP_BATCH_BEGIN, OP_BATCH_COMMIT)]
+    return survivors, tail_start, []
+
+
 @SETTINGS
 @given(spec=st.lists(unit_strategy, min_size=1, max_size=8), data=st.data())
-def test_scan_model_single_bit_flip_loses_only_the_damaged_unit(spec, data):
+def test_scan_model_single_bit_flip_loses_only_the_damaged_frame(spec, data):
     layout = _build(spec)
     bit = data.draw(st.integers(0, len(layout.buf) * 8 - 1), label="bit")
-    unit, _, frame_stop = layout.unit_of_bit(bit)
+    damaged = next(i for i, (_, start, stop) in enumerate(layout.frame_spans) if start <= bit // 8 < stop)
     frames, s = scan(flip(layout.buf, bit))
     check_scan_invariants(layout.buf, frames, s)
-    assert frames == layout.expected(skip={unit})
-    if frame_stop == len(layout.buf):  # the last frame: indistinguishable from a torn tail
-        assert s.end == layout.unit_spans[unit][0]
-    else:
-        assert s.end == len(layout.buf)
-        assert s.damage
+    survivors, end, damage = _model_after_damaging_frame(layout, damaged)
+    assert frames == survivors  # equal Frames: same offsets, same contents, as written
+    assert s.end == end
+    assert s.damage == damage
+
+
+def test_scan_model_every_bit_flip_in_a_fixed_mix_of_units_loses_only_the_damaged_frame():
+    spec = [
+        ("record", OP_SET, b"first"),
+        ("batch", 0, b""),
+        ("batch", 2, b"two members"),
+        ("record", OP_DELETE, b""),
+        ("batch", 1, b"one"),
+        ("record", OP_SEAL, b""),
+        ("batch", 3, b"last batch"),
+    ]
+    layout = _build(spec)
+    for bit in range(len(layout.buf) * 8):
+        damaged = next(i for i, (_, start, stop) in enumerate(layout.frame_spans) if start <= bit // 8 < stop)
+        frames, s = scan(flip(layout.buf, bit))
+        survivors, end, damage = _model_after_damaging_frame(layout, damaged)
+        assert frames == survivors, f"bit {bit}"
+        assert (s.end, s.damage) == (end, damage), f"bit {bit}"
 
 
 # --- Scan: garbage never raises or hangs -------------------------------------------
