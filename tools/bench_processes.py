@@ -60,6 +60,9 @@ class _NoLock:
     def __exit__(self, *exc: object) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
 
 def run(path: str, keys: list[str], second: str | None) -> tuple[float, float, int]:
     d = IODict(path)
