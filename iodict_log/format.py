@@ -66,7 +66,8 @@ def decode_segment_header(data: bytes) -> tuple[int, int]:
 SYNC = b"\xd1\x0c"  # every frame starts with these two bytes; scans resync on them
 PREFIX = struct.Struct("<2sI")  # sync, hcrc
 FIELDS = struct.Struct("<IBBIIQQ")  # dcrc, op, flags, key_len, value_len, seq, birthtime
-HEADER_SIZE = PREFIX.size + FIELDS.size  # 36
+HEADER = struct.Struct("<2sIIBBIIQQ")  # PREFIX then FIELDS, for reading in one go
+HEADER_SIZE = HEADER.size  # 36
 MAX_FIELD = 2**32 - 1  # largest key or stored value
 
 # Operation codes. 16..31 are for queues.
@@ -133,27 +134,30 @@ def stored_value(flags: int, stored: bytes) -> bytes:
     return stored
 
 
-def _checked_fields(buf: bytes, pos: int, salt: int) -> tuple | None:
-    """The header fields at ``pos`` if the header checksum holds, else None."""
-    if pos + HEADER_SIZE > len(buf) or buf[pos : pos + 2] != SYNC:
+def _checked_header(buf: bytes, pos: int, salt: int) -> tuple | None:
+    """The header fields at ``pos`` (sync first) if the header checksum holds, else None."""
+    try:
+        fields = HEADER.unpack_from(buf, pos)
+    except struct.error:  # fewer than HEADER_SIZE bytes left
         return None
-    if zlib.crc32(buf[pos + 6 : pos + HEADER_SIZE], salt) != PREFIX.unpack_from(buf, pos)[1]:
+    if fields[0] != SYNC or zlib.crc32(buf[pos + 6 : pos + HEADER_SIZE], salt) != fields[1]:
         return None
-    return FIELDS.unpack_from(buf, pos + 6)
+    return fields
 
 
 def decode_frame(buf: bytes, pos: int, salt: int) -> Frame | None:
     """The frame at ``pos`` if it is whole and both checksums match, else None."""
-    fields = _checked_fields(buf, pos, salt)
+    fields = _checked_header(buf, pos, salt)
     if fields is None:
         return None
-    dcrc, op, flags, klen, vlen, seq, birthtime = fields
+    _, _, dcrc, op, flags, klen, vlen, seq, birthtime = fields
     start = pos + HEADER_SIZE
-    stop = start + klen + vlen
+    middle = start + klen
+    stop = middle + vlen
     if stop > len(buf) or op not in KNOWN_OPS or flags & ~KNOWN_FLAGS:
         return None
-    key = buf[start : start + klen]
-    value = buf[start + klen : stop]
+    key = buf[start:middle]
+    value = buf[middle:stop]
     if zlib.crc32(value, zlib.crc32(key, salt)) != dcrc:
         return None
     return Frame(pos, stop - pos, op, flags, seq, birthtime, key, value)
@@ -161,8 +165,8 @@ def decode_frame(buf: bytes, pos: int, salt: int) -> Frame | None:
 
 def header_length(buf: bytes, pos: int, salt: int) -> int | None:
     """Length of the frame at ``pos`` if its header checksum holds (payload unchecked)."""
-    fields = _checked_fields(buf, pos, salt)
-    return None if fields is None else HEADER_SIZE + fields[3] + fields[4]
+    fields = _checked_header(buf, pos, salt)
+    return None if fields is None else HEADER_SIZE + fields[5] + fields[6]
 
 
 class Damage(NamedTuple):
