@@ -35,8 +35,7 @@ from typing import Any, Iterable
 from .errors import CorruptionError, CorruptionWarning, StoreClosedError
 from .format import OP_PUT, OP_TAKE, SEQ, Frame
 from .index import unpack_location
-from .iodict import check_options
-from .log import Log
+from .log import Log, check_options
 from .objectlock import make_lock
 from .serialize import Serializer
 
@@ -75,7 +74,9 @@ class PendingItems:
     def remove(self, seq: int) -> None:
         """Forget the PUT with this seq: the head, except after damage reordered things."""
         items = self._items
-        if items and items[0][0] == seq:
+        if not items or seq < items[0][0]:
+            return  # a PUT in a segment already deleted as consumed: nothing to forget
+        if items[0][0] == seq:
             self.live_bytes -= unpack_location(items.popleft()[1])[2]
             return
         for i, (pending, loc) in enumerate(items):
@@ -166,8 +167,7 @@ class DurableQueue(queue.Queue):
                         damaged = None
                     log.append([(OP_TAKE, 0, SEQ.pack(seq), b"", log.birthtime())])
                     self._pending.remove(seq)
-                    following = self._pending.head()
-                    log.release_before(following[1] if following else None)
+                    self._release_consumed(log)
                     if damaged is None:
                         break
                     log.corrupt_records += 1
@@ -181,6 +181,15 @@ class DurableQueue(queue.Queue):
     def _notify_not_full(self) -> None:
         with self.not_full:
             self.not_full.notify_all()
+
+    def _release_consumed(self, log: Log) -> None:
+        """Delete the segments holding only consumed items. Best effort: the item is taken
+        already, so a failure here (a full disk) is a warning, and a later get tries again."""
+        following = self._pending.head()
+        try:
+            log.release_before(following[1] if following else None)
+        except OSError as exc:
+            warnings.warn(f"{self.path}: could not delete consumed segments yet: {exc}", ResourceWarning, stacklevel=5)
 
     def _wait(self, condition: Any, delay: float, deadline: float | None, seen: int | None = None) -> float:
         """Wait on ``condition`` for up to ``delay`` (less near the deadline); the next delay.

@@ -18,6 +18,14 @@ def sync_directory(path: str) -> None:
         os.close(fd)
 
 
+def fdatasync(fd: int) -> None:
+    """Flush a file's data to the disk (fsync where fdatasync does not exist)."""
+    if hasattr(os, "fdatasync"):
+        os.fdatasync(fd)
+    else:  # pragma: no cover - macOS, Windows
+        os.fsync(fd)
+
+
 def replace_file(path: str, data: bytes) -> None:
     """Atomically give ``path`` the contents ``data``, durably, even across power loss."""
     tmp = path + ".tmp"

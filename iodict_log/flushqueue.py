@@ -40,8 +40,9 @@ class FlushQueue:
             with self._parking() as parked:
                 parked.put_many(items)  # one batch: after a crash all are parked or none
         except BaseException:
-            for item in items:  # nothing was parked: give the items back
+            for item in items:  # nothing was parked: give the items back...
                 self.put_nowait(item)
+                self.task_done()  # ...without counting them as new unfinished tasks
             raise
         for _ in items:
             self.task_done()  # parked counts as handled, so join() does not wait on them

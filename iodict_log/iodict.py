@@ -10,7 +10,7 @@ from typing import Any, Callable, NamedTuple, TypeVar
 from .errors import IODictLogError, StoreClosedError
 from .format import OP_DELETE, OP_SET, Frame
 from .index import KeyIndex, location_birthtime
-from .log import Entry, Log
+from .log import Entry, Log, check_options
 from .objectlock import make_lock
 from .serialize import Serializer, decode_key, encode_key
 
@@ -27,13 +27,6 @@ class Record(NamedTuple):
     op: str  # "set" or "delete"
     key: Any
     value: Any  # None for a delete
-
-
-def check_options(sync: Any, segment_bytes: Any) -> None:
-    if not (isinstance(sync, bool) or (isinstance(sync, (int, float)) and sync > 0)):
-        raise ValueError(f"sync must be False, True or a positive number of seconds, not {sync!r}")
-    if not isinstance(segment_bytes, int) or not 4096 <= segment_bytes <= 2**31:
-        raise ValueError(f"segment_bytes must be an int from 4096 to 2**31, not {segment_bytes!r}")
 
 
 class IODict(MutableMapping):

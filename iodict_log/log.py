@@ -39,7 +39,7 @@ from typing import Iterable, Iterator, Protocol
 
 from .errors import CorruptionError, CorruptionWarning, IODictLogError
 from .filelock import FileLock
-from .fileops import sync_directory
+from .fileops import fdatasync, sync_directory
 from .format import (
     COUNT,
     FLAG_BATCH,
@@ -72,6 +72,14 @@ class LogConsumer(Protocol):
     def reset(self) -> None: ...
 
     def apply(self, frame: Frame, loc: int) -> None: ...
+
+
+def check_options(sync: object, segment_bytes: object) -> None:
+    """ValueError for a ``sync`` or ``segment_bytes`` the log cannot work with."""
+    if not (isinstance(sync, bool) or (isinstance(sync, (int, float)) and sync > 0)):
+        raise ValueError(f"sync must be False, True or a positive number of seconds, not {sync!r}")
+    if not isinstance(segment_bytes, int) or not 4096 <= segment_bytes <= 2**31:
+        raise ValueError(f"segment_bytes must be an int from 4096 to 2**31, not {segment_bytes!r}")
 
 
 def _is_store_file(name: str) -> bool:
@@ -156,6 +164,7 @@ class Log:
                 segment.close()
         self._segments = []
         self._first_live = 0  # slot of the first segment not dropped
+        self._sync_timer = None  # a pending group commit is for a segment now closed
 
     def _remove_leftovers(self, live: Iterable[int]) -> None:
         """Delete segment files that no manifest lists: remains of an interrupted step."""
@@ -244,16 +253,10 @@ class Log:
         """The last segment is sealed: move on to the next one, or rebuild. Needs the lock."""
         manifest = read_manifest(self.directory)
         listed = manifest.segments if manifest else ()
-        mine = tuple(s.number for s in self._segments if s is not None)
-        # Leading segments CURRENT no longer lists were dropped as fully consumed (a queue).
-        gone = 0
-        while gone < len(mine) - 1 and mine[gone] not in listed:
-            gone += 1
-        kept = mine[gone:]
-        if listed[: len(kept)] != kept:
-            self._load()  # compaction replaced our segments
+        kept = self._forget_unlisted(listed)
+        if listed[: len(kept)] != kept or len(self._segments) + len(listed) - len(kept) > MAX_SLOTS:
+            self._load()  # compaction replaced our segments (or the slots need renumbering)
             return
-        self._forget(mine[:gone])
         if listed == kept:
             self._roll_after_seal()  # the roller died after sealing
             return
@@ -264,6 +267,17 @@ class Log:
             self._scan_complete(slot)  # sealed in the meantime: read whole
         self._manifest = manifest
         self._end = SEGMENT_HEADER_SIZE
+        self._sync_timer = None  # a pending group commit is for the old segment
+
+    def _forget_unlisted(self, listed: tuple[int, ...]) -> tuple[int, ...]:
+        """Forget leading segments CURRENT no longer lists (a queue consumer deleted them);
+        the numbers of the segments we keep."""
+        mine = tuple(s.number for s in self._segments if s is not None)
+        gone = 0
+        while gone < len(mine) - 1 and mine[gone] not in listed:
+            gone += 1
+        self._forget(mine[:gone])
+        return mine[gone:]
 
     def _forget(self, numbers: Iterable[int]) -> None:
         """Close dropped segments; their slots stay taken so locations elsewhere keep meaning."""
@@ -295,9 +309,13 @@ class Log:
     def append(self, entries: list[Entry]) -> list[tuple[int, int]]:
         """Append entries in one write (a batch if more than one); their (seq, location)s.
 
-        Needs the lock and a refresh() under it. On error nothing of the write
-        stays in the file and the error propagates.
+        Needs the lock and a refresh() under it. A write that fails leaves
+        nothing in the file. An fsync that fails (sync=True) after the bytes
+        landed whole raises too, but the record stays: other processes may
+        already have read it, and it is as durable as any unsynced write; the
+        next refresh applies it here.
         """
+        self._raise_sync_error()  # a failed group commit is reported before anything new is written
         if self._end >= self.segment_bytes:
             self._roll()
         slot = len(self._segments) - 1
@@ -312,13 +330,16 @@ class Log:
         if self._end + len(data) > MAX_OFFSET:
             raise IODictLogError("a segment may not grow past 4 GiB; lower segment_bytes")
         active.append(data, self._end)
-        try:
-            self._maybe_sync(active)
-        except BaseException:
-            active.truncate(self._end)
-            raise
+        if self.sync_always:
+            try:
+                active.sync()
+            except OSError as exc:
+                message = f"written, but fsync failed, so it may not survive a power loss: {exc}"
+                raise OSError(exc.errno, message) from exc
         self._end += len(data)
         self.last_seq = seq
+        if self.sync_interval is not None:
+            self._schedule_group_commit(active)
         return locs
 
     def _encode_batch(self, entries: list[Entry], slot: int, salt: int) -> tuple[bytes, list[tuple[int, int]], int]:
@@ -337,24 +358,22 @@ class Log:
         parts.append(encode_frame(OP_BATCH_COMMIT, 0, seq, self.birthtime(), b"", b"", salt=salt))
         return b"".join(parts), locs, seq
 
-    def _maybe_sync(self, active: Segment) -> None:
-        """fsync now (sync=True), or make sure a group commit is due within the interval."""
-        if self.sync_always:
-            active.sync()
-        elif self.sync_interval is not None:
-            self._raise_sync_error()
-            timer = self._sync_timer
-            if timer is None or not timer.is_alive():  # (no timer survives a fork: it is not alive)
-                # The timer syncs a duplicate descriptor, so it needs no lock and cannot
-                # race with close(); a roll fsyncs the sealed segment itself.
-                timer = threading.Timer(self.sync_interval, self._group_commit, (os.dup(active.fd),))
-                timer.daemon = True
-                timer.start()
-                self._sync_timer = timer
+    def _schedule_group_commit(self, active: Segment) -> None:
+        """Make sure an fsync of the active segment is due within the sync interval."""
+        timer = self._sync_timer
+        if timer is None or not timer.is_alive():  # (no timer survives a fork: it is not alive)
+            # The timer syncs a duplicate descriptor, so it needs no lock and cannot race
+            # with close(). When the active segment changes the timer is dropped (the old
+            # one still fires) so the next write schedules one for the new segment; a roll
+            # fsyncs the sealed segment itself.
+            timer = threading.Timer(self.sync_interval, self._group_commit, (os.dup(active.fd),))
+            timer.daemon = True
+            timer.start()
+            self._sync_timer = timer
 
     def _group_commit(self, fd: int) -> None:
         try:
-            os.fdatasync(fd) if hasattr(os, "fdatasync") else os.fsync(fd)
+            fdatasync(fd)
         except OSError as exc:
             self._sync_error = exc
         finally:
@@ -367,8 +386,21 @@ class Log:
 
     def _roll(self) -> None:
         """Seal the last segment and start the next one. Needs the lock."""
-        self._seal()
-        self._roll_after_seal()
+        with self._rewind_on_error():
+            self._seal()
+            self._roll_after_seal()
+
+    @contextlib.contextmanager
+    def _rewind_on_error(self) -> Iterator[None]:
+        """If a step after our SEAL fails, step back before it: the next refresh meets the
+        SEAL like any other process does, and finishes the roll or follows CURRENT,
+        instead of this process appending past its own SEAL."""
+        end = self._end
+        try:
+            yield
+        except BaseException:
+            self._end = end
+            raise
 
     def _seal(self) -> None:
         """Append the SEAL frame that tells every process to re-read CURRENT."""
@@ -383,6 +415,7 @@ class Log:
         manifest = read_manifest(self.directory)  # under the lock: the latest
         if manifest is None or manifest.segments[-1:] != (active.number,):
             raise CorruptionError(f"{self.directory}: {MANIFEST_NAME} does not end with the segment being rolled")
+        self._forget_unlisted(manifest.segments)
         self._remove_leftovers(manifest.segments)
         number = manifest.segments[-1] + 1
         segment = Segment.create(self.directory, number, KIND_LOG, active.salt)
@@ -395,6 +428,7 @@ class Log:
         self._segments.append(segment)
         self._manifest = manifest
         self._end = SEGMENT_HEADER_SIZE
+        self._sync_timer = None  # a pending group commit is for the old segment
         if len(self._segments) >= MAX_SLOTS:
             self._load()  # renumber the slots, which dropped segments still hold
 
@@ -435,7 +469,7 @@ class Log:
         return frame
 
     def frames(self, start_seq: int = 0) -> Iterator[Frame]:
-        """Committed SET/DELETE frames with seq >= start_seq, in sequence order.
+        """Committed data frames (SET, DELETE, PUT, TAKE) with seq >= start_seq, in sequence order.
 
         Takes its snapshot now, on duplicates of the file descriptors, so the
         iterator may be consumed while the store is written, compacted or closed.
@@ -512,12 +546,13 @@ class Log:
         finally:
             for out in outputs:
                 out.close()
-        self._seal()
-        numbers = tuple(s.number for s in outputs)
-        write_manifest(directory, Manifest(manifest.generation + 1, numbers, self.last_seq, self.last_birthtime))
-        for n in manifest.segments:
-            os.unlink(os.path.join(directory, segment_name(n)))
-        sync_directory(directory)
+        with self._rewind_on_error():
+            self._seal()
+            numbers = tuple(s.number for s in outputs)
+            write_manifest(directory, Manifest(manifest.generation + 1, numbers, self.last_seq, self.last_birthtime))
+            for n in manifest.segments:
+                os.unlink(os.path.join(directory, segment_name(n)))
+            sync_directory(directory)
         self._load()
 
     def _compacted_frame(self, slot: int, offset: int, length: int, salt: int) -> bytes:

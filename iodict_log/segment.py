@@ -1,4 +1,4 @@
-"""One segment file: a 16-byte header, then frames appended one write at a time.
+"""One segment file: a 20-byte header, then frames appended one write at a time.
 
 Invariant: a write either lands whole or is truncated away before the call
 returns its error, so the bytes of a failed append never stay behind (queuelib
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from .errors import CorruptionError, FormatVersionError
-from .fileops import sync_directory, write_all
+from .fileops import fdatasync, sync_directory, write_all
 from .format import SEGMENT_HEADER_SIZE, decode_segment_header, encode_segment_header
 
 SUFFIX = ".seg"
@@ -29,17 +29,19 @@ def parse_segment_name(name: str) -> int | None:
 
 
 class Segment:
-    """An open segment file; appends need ``writable``. ``salt`` seeds its frames' CRCs."""
+    """An open segment file (opened for appending only if it may be the last one).
 
-    __slots__ = ("number", "path", "fd", "kind", "salt", "writable")
+    ``salt`` seeds the CRCs of its frames.
+    """
 
-    def __init__(self, number: int, path: str, fd: int, kind: int, salt: int, writable: bool) -> None:
+    __slots__ = ("number", "path", "fd", "kind", "salt")
+
+    def __init__(self, number: int, path: str, fd: int, kind: int, salt: int) -> None:
         self.number = number
         self.path = path
         self.fd = fd
         self.kind = kind
         self.salt = salt
-        self.writable = writable
 
     @classmethod
     def create(cls, directory: str, number: int, kind: int, salt: int) -> Segment:
@@ -54,7 +56,7 @@ class Segment:
             os.close(fd)
             os.unlink(path)
             raise
-        return cls(number, path, fd, kind, salt, True)
+        return cls(number, path, fd, kind, salt)
 
     @classmethod
     def open(cls, directory: str, number: int, writable: bool = False) -> Segment:
@@ -74,7 +76,7 @@ class Segment:
         except BaseException:
             os.close(fd)
             raise
-        return cls(number, path, fd, kind, salt, writable)
+        return cls(number, path, fd, kind, salt)
 
     def size(self) -> int:
         return os.lseek(self.fd, 0, os.SEEK_END)  # 4x cheaper than fstat; offsets are never used
@@ -104,7 +106,7 @@ class Segment:
         os.ftruncate(self.fd, size)
 
     def sync(self) -> None:
-        os.fdatasync(self.fd) if hasattr(os, "fdatasync") else os.fsync(self.fd)
+        fdatasync(self.fd)
 
     def close(self) -> None:
         if self.fd >= 0:

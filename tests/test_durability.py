@@ -92,3 +92,25 @@ def test_sync_fsyncs_on_demand(tmp_path, fsyncs):
         d["a"] = 1
         d.sync()
         assert calls[-1][0] == os.path.getsize(tmp_path / "s" / SEGMENT)
+
+
+def test_group_commit_follows_the_active_segment_across_a_roll(tmp_path, monkeypatch):
+    synced: list[str] = []
+    newest_synced = threading.Event()
+    real = os.fdatasync
+
+    def recording(fd: int) -> None:
+        real(fd)
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        synced.append(target)
+        if target.endswith("0000000002.seg"):
+            newest_synced.set()
+
+    monkeypatch.setattr(os, "fdatasync", recording)
+    d = IODict(tmp_path / "s", sync=0.2, segment_bytes=4096)
+    for i in range(60):  # about 7 KB: the last writes land in the second segment
+        d[i] = b"v" * 100
+    assert os.path.exists(tmp_path / "s" / "0000000002.seg")
+    # With no write after these, the timer must still reach the segment they are in.
+    assert newest_synced.wait(timeout=30), synced
+    d.close()

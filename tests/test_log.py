@@ -169,3 +169,89 @@ def test_sequence_numbers_and_birthtimes_never_go_back_after_compaction_drops_de
         assert records[-1].seq > last_seq
         assert d.birthtime("c") > d.birthtime("a")
         assert [r.seq for r in records] == sorted(r.seq for r in records)
+
+
+def open_files() -> list[str]:
+    """What this process's descriptors point at."""
+    targets = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except FileNotFoundError:  # the descriptor listdir itself used
+            pass
+    return targets
+
+
+def failing_once(real):
+    """A stand-in for ``real`` that raises ENOSPC the first time it is called."""
+    calls = []
+
+    def fake(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        return real(*args, **kwargs)
+
+    return fake
+
+
+def test_a_compaction_that_fails_after_its_seal_leaves_processes_in_step(tmp_path, monkeypatch):
+    path = tmp_path / "s"
+    a = IODict(path)
+    b = IODict(path)
+    fill(a, 20)
+    monkeypatch.setattr(log_module, "write_manifest", failing_once(log_module.write_manifest))
+    with pytest.raises(OSError):
+        a.compact()
+    monkeypatch.undo()
+    a["x"] = "from a"  # must not land after a's own SEAL, where b would never look
+    b["y"] = "from b"
+    a["k"] = "a, latest"
+    assert a["y"] == "from b" and b["x"] == "from a" and b["k"] == "a, latest"
+    seqs = [r.seq for r in b.records()]
+    assert len(seqs) == len(set(seqs)) and seqs == sorted(seqs)
+    a.close()
+    b.close()
+    with IODict(path) as d:
+        assert d["k"] == "a, latest" and d["x"] == "from a" and d["y"] == "from b"
+
+
+def test_a_roll_that_fails_after_its_seal_is_finished_and_the_writer_goes_on(tmp_path, monkeypatch):
+    path = tmp_path / "s"
+    a = IODict(path, segment_bytes=SMALL)
+    b = IODict(path, segment_bytes=SMALL)
+    written = {}
+    monkeypatch.setattr(log_module, "write_manifest", failing_once(log_module.write_manifest))
+    with pytest.raises(OSError):
+        for i in range(200):  # until the roll fails
+            a[f"a{i}"] = b"x" * 60
+            written[f"a{i}"] = b"x" * 60
+    monkeypatch.undo()
+    b["from b"] = b"b"  # meets a's SEAL, finishes the roll
+    for i in range(200, 260):  # a goes on writing, into the segment b made
+        a[f"a{i}"] = b"y"
+        written[f"a{i}"] = b"y"
+    written["from b"] = b"b"
+    assert dict(a.items()) == dict(b.items()) == written
+    a.close()
+    b.close()
+    with IODict(path) as d:
+        assert dict(d.items()) == written
+
+
+def test_a_producer_does_not_pile_up_segments_a_consumer_deleted(tmp_path):
+    from iodict_log import DurableQueue
+
+    path = tmp_path / "q"
+    producer = DurableQueue(path, segment_bytes=2 * SMALL)
+    consumer = DurableQueue(path, segment_bytes=2 * SMALL)
+    for _ in range(50):
+        for _ in range(40):
+            producer.put(b"p" * 100)  # the producer rolls on its own
+        for _ in range(40):
+            consumer.get()
+    # Bounded, not growing with the rounds: at most the segments deleted since its last look.
+    held = [t for t in open_files() if t.startswith(str(path)) and t.endswith(".seg (deleted)")]
+    assert len(held) <= 2, held
+    producer.close()
+    consumer.close()

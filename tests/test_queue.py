@@ -855,3 +855,54 @@ def test_damaged_item_between_flush_and_ingest_is_skipped_and_later_items_are_in
         q.ingest()
     # iodict lost every item after a damaged one; here the damaged item may cost only itself.
     assert drain(q) == items[:4] + items[5:], "every intact parked item, in order, and never the damaged one"
+
+
+def test_a_failure_to_delete_consumed_segments_never_costs_an_item(tmp_path, monkeypatch):
+    from iodict_log.log import Log
+
+    q = DurableQueue(tmp_path / "q", segment_bytes=4096)
+    items = [b"item-%04d" % i * 10 for i in range(200)]
+    q.put_many(items[:100])
+    q.put_many(items[100:])
+    real = Log.release_before
+    failures = []
+
+    def full_disk(self, loc):
+        failures.append(loc)
+        raise OSError(28, "No space left on device")  # as writing CURRENT would
+
+    monkeypatch.setattr(Log, "release_before", full_disk)
+    with pytest.warns(ResourceWarning):
+        got = [q.get_nowait() for _ in range(150)]
+    assert failures  # deleting was tried, and failed
+    monkeypatch.setattr(Log, "release_before", real)
+    got += [q.get_nowait() for _ in range(50)]
+    assert got == items  # every item, once, in order
+    assert q.stats()["segments"] <= 2  # and the space came back once the disk did
+    q.close()
+
+
+def test_a_failed_flush_gives_the_items_back_and_join_still_returns(tmp_path, monkeypatch):
+    class Parked(queue.Queue, iodict_log.FlushQueue):
+        def __init__(self, path):
+            super().__init__()
+            self.path, self.lock, self.semaphore = path, None, None
+
+    q = Parked(tmp_path / "parked")
+    for i in range(3):
+        q.put(i)
+
+    def full_disk(self, items, block=True, timeout=None):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(DurableQueue, "put_many", full_disk)
+    with pytest.raises(OSError):
+        q.flush()
+    monkeypatch.undo()
+    assert [q.get_nowait() for _ in range(3)] == [0, 1, 2]
+    for _ in range(3):
+        q.task_done()
+    joined = threading.Thread(target=q.join)
+    joined.start()
+    joined.join(timeout=30)
+    assert not joined.is_alive()  # the items given back were not counted twice
