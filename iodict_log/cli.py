@@ -16,7 +16,7 @@ import time
 from typing import Callable, NoReturn, Sequence
 
 from .errors import IODictLogError
-from .inspection import Census, open_log, require_store, to_json_record, verify
+from .inspection import Census, open_log, repair, require_store, to_json_record, verify
 from .iodict import IODict
 
 
@@ -162,6 +162,17 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if damaged else 0
 
 
+def _repair(args: argparse.Namespace) -> int:
+    backup, dropped = repair(args.path, args.backup, _progress("repair"))
+    if backup is None:
+        print(f"{args.path}: nothing to repair")
+        return 0
+    for finding in dropped:
+        print(f"dropped: {finding.path}: offset {finding.offset}: {finding.length} bytes: {finding.reason}")
+    print(f"{args.path}: repaired; the store as it was is kept in {backup}")
+    return 0
+
+
 def _dump(args: argparse.Namespace) -> int:
     if args.start < 0:
         raise _UsageError("--start must be 0 or more")
@@ -202,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("verify", help="check every record; exit 1 and say where if any is damaged")
     check.add_argument("path", help="the store directory")
     check.set_defaults(run=_verify)
+
+    mend = sub.add_parser("repair", help="drop damaged records and a torn tail for good, keeping a backup")
+    mend.add_argument("path", help="the store directory")
+    mend.add_argument("--backup", help="where to copy the store first (default: PATH.backup-<time>)")
+    mend.set_defaults(run=_repair)
 
     dump = sub.add_parser("dump", help="replay the log in order as JSON lines (see docs/OPERATIONS.md)")
     dump.add_argument("path", help="the store directory")

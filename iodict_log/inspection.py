@@ -1,35 +1,49 @@
-"""Checking a store's files, for the iodict-log tool.
+"""Checking and mending a store's files, for the iodict-log tool.
 
 ``verify`` reads every listed segment and reports each region a reader would
 skip, with its file and offset. It takes no lock and changes nothing, so it
 is safe while applications use the store.
+
+``repair`` holds the write lock, copies the store aside, and replaces each
+damaged segment by a new one holding exactly the frames a reader applies
+from it, the same way a compaction swaps segments (new files, SEAL, CURRENT,
+delete), so processes that have the store open rebuild their view and lose
+nothing that was readable.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import shutil
+import time
 from typing import Any, Callable, Iterator, NamedTuple
 
 from .durablequeue import PendingItems
 from .errors import IODictLogError
+from .filelock import FileLock
+from .fileops import sync_directory
 from .format import (
+    FLAG_BATCH,
     FLAG_PICKLE,
     OP_DELETE,
     OP_PUT,
+    OP_SEAL,
     OP_SET,
     OP_TAKE,
     SEGMENT_HEADER_SIZE,
     SEQ,
     Frame,
+    Manifest,
     Scan,
     decode_segment_header,
+    encode_frame,
     stored_value,
 )
 from .index import KeyIndex
-from .log import Log
-from .manifest import MANIFEST_NAME, read_manifest
-from .segment import segment_name
+from .log import LOCK_NAME, Log
+from .manifest import MANIFEST_NAME, read_manifest, write_manifest
+from .segment import Segment, segment_name
 from .serialize import Serializer, decode_key
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
@@ -53,21 +67,21 @@ def require_store(path: str) -> None:
         raise IODictLogError(f"{path}: not an iodict_log store (no {MANIFEST_NAME})")
 
 
-def examine(file: str, data: bytes, last: bool) -> list[Finding]:
-    """The regions of one segment's bytes that a reader skips."""
+def _examine(file: str, data: bytes, last: bool) -> tuple[list[Frame] | None, list[Finding]]:
+    """The frames a reader applies from one segment's bytes (None if its header is
+    unreadable), and the regions it skips."""
     try:
         _, salt = decode_segment_header(data)
     except IODictLogError as exc:
-        return [Finding(file, 0, len(data), f"unreadable segment header: {exc}", True)]
+        return None, [Finding(file, 0, len(data), f"unreadable segment header: {exc}", True)]
     scan = Scan(data, salt, SEGMENT_HEADER_SIZE)
-    for _ in scan:
-        pass
+    frames = list(scan)
     found = [Finding(file, d.offset, d.length, d.reason, True) for d in scan.damage]
     if scan.tail and last:
         found.append(Finding(file, scan.end, scan.tail, "unfinished append (torn by a crash)", False))
     elif scan.tail:
         found.append(Finding(file, scan.end, scan.tail, "damaged end of a finished segment", True))
-    return found
+    return frames, found
 
 
 def _listed(path: str) -> list[str]:
@@ -88,7 +102,7 @@ def verify(path: str, progress: Progress | None = None) -> Iterator[Finding]:
             if file in _listed(path):  # else a queue consumer or a compaction deleted it meanwhile
                 yield Finding(file, 0, 0, "segment listed in the manifest is missing", True)
             continue
-        yield from examine(file, data, last=i == len(files) - 1)
+        yield from _examine(file, data, last=i == len(files) - 1)[1]
         done += len(data)
         if progress:
             progress(done, total)
@@ -151,3 +165,78 @@ def to_json(value: Any) -> Any:
             return {k: to_json(v) for k, v in value.items()}
         return {"$map": [[to_json(k), to_json(v)] for k, v in value.items()]}
     return value
+
+
+def repair(path: str, backup: str | None = None, progress: Progress | None = None) -> tuple[str | None, list[Finding]]:
+    """Drop damaged regions and a torn tail for good; (backup directory or None, what was dropped)."""
+    require_store(path)
+    lock = FileLock(os.path.join(path, LOCK_NAME))
+    try:
+        with lock:
+            return _repair_locked(path, backup, progress)
+    finally:
+        lock.close()
+
+
+def _repair_locked(path: str, backup: str | None, progress: Progress | None) -> tuple[str | None, list[Finding]]:
+    manifest = read_manifest(path)
+    numbers = manifest.segments
+    contents = []
+    for i, number in enumerate(numbers):
+        file = os.path.join(path, segment_name(number))
+        with open(file, "rb") as f:
+            data = f.read()
+        frames, found = _examine(file, data, last=i == len(numbers) - 1)
+        if frames is None:
+            raise IODictLogError(f"{file}: the segment header is damaged; restore this store from a backup")
+        contents.append((number, data, frames, found))
+    dropped = [finding for *_, found in contents for finding in found]
+    if not dropped:
+        return None, []
+    backup = backup or f"{path.rstrip(os.sep)}.backup-{time.strftime('%Y%m%d-%H%M%S')}"
+    shutil.copytree(path, backup, ignore=shutil.ignore_patterns(LOCK_NAME))
+    last_seq = max([manifest.seq_floor] + [f.seq for *_, frames, _ in contents for f in frames])
+    last_birthtime = max([manifest.birthtime_floor] + [f.birthtime_ns for *_, frames, _ in contents for f in frames])
+    replaced: dict[int, int] = {}
+    next_number = max(numbers) + 1
+    total = sum(len(data) for _, data, _, _ in contents)
+    done = 0
+    for number, data, frames, found in contents:
+        if any(finding.damage for finding in found):
+            replaced[number] = next_number
+            _write_segment(path, next_number, data, frames)
+            next_number += 1
+        elif found:  # only the torn tail of the last segment: cut it, as any writer would
+            os.truncate(os.path.join(path, segment_name(number)), found[0].offset)
+        done += len(data)
+        if progress:
+            progress(done, total)
+    if replaced:
+        # SEAL the old last segment so that processes with the store open re-read CURRENT.
+        last = Segment.open(path, numbers[-1], writable=True)
+        try:
+            seal = encode_frame(OP_SEAL, 0, last_seq + 1, last_birthtime + 1000, b"", b"", salt=last.salt)
+            last.append(seal, last.size())
+            last.sync()
+        finally:
+            last.close()
+        segments = tuple(replaced.get(n, n) for n in numbers)
+        write_manifest(path, Manifest(manifest.generation + 1, segments, last_seq + 1, last_birthtime + 1000))
+        for number in replaced:
+            os.unlink(os.path.join(path, segment_name(number)))
+        sync_directory(path)
+    return backup, dropped
+
+
+def _write_segment(path: str, number: int, original: bytes, frames: list[Frame]) -> None:
+    """A new segment of the original's kind holding ``frames``, each standing alone."""
+    kind, salt = decode_segment_header(original)
+    segment = Segment.create(path, number, kind, salt)
+    try:
+        parts = [
+            encode_frame(f.op, f.flags & ~FLAG_BATCH, f.seq, f.birthtime_ns, f.key, f.value, salt=salt) for f in frames
+        ]
+        segment.append(b"".join(parts), SEGMENT_HEADER_SIZE)
+        segment.sync()
+    finally:
+        segment.close()

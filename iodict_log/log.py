@@ -417,7 +417,7 @@ class Log:
             raise CorruptionError(f"{self.directory}: {MANIFEST_NAME} does not end with the segment being rolled")
         self._forget_unlisted(manifest.segments)
         self._remove_leftovers(manifest.segments)
-        number = manifest.segments[-1] + 1
+        number = max(manifest.segments) + 1  # (repair may have put a higher number earlier in the list)
         segment = Segment.create(self.directory, number, KIND_LOG, active.salt)
         manifest = manifest._replace(generation=manifest.generation + 1, segments=manifest.segments + (number,))
         try:
@@ -523,7 +523,7 @@ class Log:
         salt = self._segments[-1].salt
         manifest = read_manifest(directory)  # under the lock: the latest
         self._remove_leftovers(manifest.segments)
-        number = manifest.segments[-1]
+        number = max(manifest.segments)
         outputs: list[Segment] = []
         try:
             pending: list[bytes] = []
@@ -561,7 +561,9 @@ class Log:
         data = segment.read(offset, length)
         frame = decode_frame(data, 0, segment.salt)
         if frame is None:
-            raise CorruptionError(f"{segment.path}: record at offset {offset} fails its checksum; run repair")
+            raise CorruptionError(
+                f"{segment.path}: record at offset {offset} fails its checksum; see `iodict-log repair`"
+            )
         if frame.flags & FLAG_BATCH or segment.salt != salt:
             flags = frame.flags & ~FLAG_BATCH
             return encode_frame(frame.op, flags, frame.seq, frame.birthtime_ns, frame.key, frame.value, salt=salt)
