@@ -144,7 +144,7 @@ def _stats(args: argparse.Namespace) -> int:
 def _compact(args: argparse.Namespace) -> int:
     require_store(args.path)
     with IODict(args.path) as d:
-        summary = d.compact()
+        summary = d.compact(_progress("compact"))
     print(
         f"{args.path}: {summary['bytes_before']:,} bytes before, {summary['bytes_after']:,} after, "
         f"{summary['live_keys']:,} live keys, {summary['seconds']:.2f} s"

@@ -271,16 +271,23 @@ class IODict(MutableMapping):
             "last_seq": stats["last_seq"],
         }
 
-    def compact(self) -> dict:
-        """Rewrite the live keys into new segments, keeping order, birthtimes and seqs."""
-        return self._write(self._compact)
+    def compact(self, progress: Callable[[int, int], None] | None = None) -> dict:
+        """Rewrite the live keys into new segments, keeping order, birthtimes and seqs.
 
-    def _compact(self, log: Log) -> dict:
+        ``progress(done, total)``, if given, is called as keys are copied.
+        """
+        return self._write(self._compact, progress)
+
+    def _compact(self, log: Log, progress: Callable[[int, int], None] | None) -> dict:
         if self._index.other_frames:
             raise IODictLogError(f"{self.path}: the store holds queue items; compacting it as a dict would drop them")
         started = time.perf_counter()
         before = log.stats()["disk_bytes"]
-        log.compact(loc for _, loc in self._index.items())
+        total = len(self._index)
+        live = (loc for _, loc in self._index.items())
+        if progress:
+            live = _reporting(live, total, progress)
+        log.compact(live)
         return {
             "bytes_before": before,
             "bytes_after": log.stats()["disk_bytes"],
@@ -308,6 +315,17 @@ class IODict(MutableMapping):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _reporting(items: Iterator[T], total: int, progress: Callable[[int, int], None]) -> Iterator[T]:
+    """Pass ``items`` through, calling progress(done, total) every 10,000 and at the end."""
+    done = 0
+    for item in items:
+        yield item
+        done += 1
+        if done % 10_000 == 0:
+            progress(done, total)
+    progress(done, total)
 
 
 def _pair(item: Any) -> tuple[Any, Any]:

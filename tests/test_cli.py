@@ -230,3 +230,25 @@ def test_repair_of_a_queue_keeps_the_other_items_in_order(tmp_path):
     assert run("repair", str(path)).returncode == 0
     with DurableQueue(path, serializer="msgpack") as q:
         assert [q.get_nowait() for _ in range(19)] == [b"item-%03d-" % i * 5 for i in range(20) if i != 7]
+
+
+def test_long_commands_show_a_progress_bar_on_a_terminal_only(tmp_path):
+    import os
+    import pty
+
+    make_store(tmp_path / "s")
+    for command in ("verify", "compact"):
+        primary, secondary = pty.openpty()
+        result = subprocess.run(
+            [sys.executable, "-m", "iodict_log", command, str(tmp_path / "s")],
+            stdout=subprocess.PIPE,
+            stderr=secondary,
+            timeout=120,
+        )
+        os.close(secondary)
+        shown = os.read(primary, 65536).decode()
+        os.close(primary)
+        assert result.returncode == 0
+        assert f"{command} [" in shown and "100.0%" in shown
+        piped = run(command, str(tmp_path / "s"))
+        assert "[" not in piped.stderr  # not when stderr is a file or a pipe

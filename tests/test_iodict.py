@@ -1414,3 +1414,12 @@ def test_compression_saves_space_and_round_trips(tmp_path, value):
             assert same(d["big"], value)  # compression only decides how new values are written
     assert sizes[None] > 10_000
     assert sizes["lz4"] * 4 < sizes[None]
+
+
+def test_compact_reports_progress_as_it_copies_keys(tmp_path):
+    with IODict(tmp_path / "s") as d:
+        d.update((i, i) for i in range(25_000))
+        seen = []
+        d.compact(lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (25_000, 25_000)
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen) and len(seen) >= 3
