@@ -19,12 +19,12 @@ import shutil
 import time
 from typing import Any, Callable, Iterator, NamedTuple
 
+from .compaction import standalone, write_segments
 from .durablequeue import PendingItems
 from .errors import IODictLogError
 from .filelock import FileLock
 from .fileops import sync_directory
 from .format import (
-    FLAG_BATCH,
     FLAG_PICKLE,
     OP_DELETE,
     OP_PUT,
@@ -231,12 +231,5 @@ def _repair_locked(path: str, backup: str | None, progress: Progress | None) -> 
 def _write_segment(path: str, number: int, original: bytes, frames: list[Frame]) -> None:
     """A new segment of the original's kind holding ``frames``, each standing alone."""
     kind, salt = decode_segment_header(original)
-    segment = Segment.create(path, number, kind, salt)
-    try:
-        parts = [
-            encode_frame(f.op, f.flags & ~FLAG_BATCH, f.seq, f.birthtime_ns, f.key, f.value, salt=salt) for f in frames
-        ]
-        segment.append(b"".join(parts), SEGMENT_HEADER_SIZE)
-        segment.sync()
-    finally:
-        segment.close()
+    if not write_segments(path, number, kind, salt, (standalone(f, salt) for f in frames), segment_bytes=2**62):
+        Segment.create(path, number, kind, salt).close()  # nothing readable was left in it

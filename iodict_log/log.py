@@ -37,6 +37,7 @@ import time
 import warnings
 from typing import Iterable, Iterator, Protocol
 
+from .compaction import standalone, write_segments
 from .errors import CorruptionError, CorruptionWarning, IODictLogError
 from .filelock import FileLock
 from .fileops import fdatasync, sync_directory
@@ -523,40 +524,23 @@ class Log:
         salt = self._segments[-1].salt
         manifest = read_manifest(directory)  # under the lock: the latest
         self._remove_leftovers(manifest.segments)
-        number = max(manifest.segments)
-        outputs: list[Segment] = []
-        try:
-            pending: list[bytes] = []
-            size = 0
-            for loc in live:
-                slot, offset, length = unpack_location(loc)
-                if not outputs or (size + length > self.segment_bytes and size > SEGMENT_HEADER_SIZE):
-                    self._flush_into(outputs, pending)
-                    number += 1
-                    outputs.append(Segment.create(directory, number, KIND_COMPACTED, salt))
-                    size = SEGMENT_HEADER_SIZE
-                pending.append(self._compacted_frame(slot, offset, length, salt))
-                size += length
-                if len(pending) >= 4096:
-                    self._flush_into(outputs, pending)
-            self._flush_into(outputs, pending)
-            for out in outputs:
-                out.sync()
-            outputs.append(Segment.create(directory, number + 1, KIND_LOG, salt))
-        finally:
-            for out in outputs:
-                out.close()
+        first = max(manifest.segments) + 1
+        frames = (self._live_frame(loc, salt) for loc in live)
+        numbers = write_segments(directory, first, KIND_COMPACTED, salt, frames, self.segment_bytes)
+        active = first + len(numbers)
+        Segment.create(directory, active, KIND_LOG, salt).close()
         with self._rewind_on_error():
             self._seal()
-            numbers = tuple(s.number for s in outputs)
-            write_manifest(directory, Manifest(manifest.generation + 1, numbers, self.last_seq, self.last_birthtime))
+            segments = (*numbers, active)
+            write_manifest(directory, Manifest(manifest.generation + 1, segments, self.last_seq, self.last_birthtime))
             for n in manifest.segments:
                 os.unlink(os.path.join(directory, segment_name(n)))
             sync_directory(directory)
         self._load()
 
-    def _compacted_frame(self, slot: int, offset: int, length: int, salt: int) -> bytes:
+    def _live_frame(self, loc: int, salt: int) -> bytes:
         """A live frame's bytes for a compacted segment: verified, outside any batch, under ``salt``."""
+        slot, offset, length = unpack_location(loc)
         segment = self._segments[slot]
         data = segment.read(offset, length)
         frame = decode_frame(data, 0, segment.salt)
@@ -565,16 +549,8 @@ class Log:
                 f"{segment.path}: record at offset {offset} fails its checksum; see `iodict-log repair`"
             )
         if frame.flags & FLAG_BATCH or segment.salt != salt:
-            flags = frame.flags & ~FLAG_BATCH
-            return encode_frame(frame.op, flags, frame.seq, frame.birthtime_ns, frame.key, frame.value, salt=salt)
+            return standalone(frame, salt)
         return data
-
-    @staticmethod
-    def _flush_into(outputs: list[Segment], pending: list[bytes]) -> None:
-        if pending:
-            out = outputs[-1]
-            out.append(b"".join(pending), out.size())
-            pending.clear()
 
     # --- housekeeping ---------------------------------------------------------
 

@@ -252,3 +252,17 @@ def test_long_commands_show_a_progress_bar_on_a_terminal_only(tmp_path):
         assert f"{command} [" in shown and "100.0%" in shown
         piped = run(command, str(tmp_path / "s"))
         assert "[" not in piped.stderr  # not when stderr is a file or a pipe
+
+
+def test_repair_of_a_segment_with_nothing_readable_left_keeps_a_working_store(tmp_path):
+    path = tmp_path / "s"
+    with IODict(path, compression=None) as d:
+        d["only"] = b"only-value" * 5
+        d.compact()  # a compacted segment holding just that record, then an empty log segment
+    damage_a_value(path, b"only-value")
+    assert run("repair", str(path)).returncode == 0
+    with IODict(path) as d:
+        assert len(d) == 0 and d.stats()["corrupt_records"] == 0
+        d["again"] = b"works"
+    with IODict(path) as d:
+        assert d["again"] == b"works"
