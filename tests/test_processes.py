@@ -251,6 +251,8 @@ def _write_one_and_exit(store: IODict, key: str) -> None:
     store[key] = key
 
 
+# Python 3.12+ warns that fork() with threads may deadlock the child: that is what this tests.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_fork_while_another_thread_is_writing_does_not_deadlock_the_child(tmp_path):
     d = IODict(tmp_path / "s")
     stop = threading.Event()
