@@ -575,7 +575,16 @@ class Log:
             if self.sync_interval is not None and self._segments:
                 self.sync()
         finally:
-            self._close_segments()
-            lock = getattr(self, "_lock", None)
-            if lock is not None:
-                lock.close()
+            self._release_files()
+
+    def _release_files(self) -> None:
+        self._close_segments()
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.close()
+
+    def __del__(self) -> None:
+        # A store dropped without close() gives its descriptors back, as a file does.
+        # (No fsync here: a pending group commit still holds its own descriptor.)
+        if getattr(self, "_segments", None) is not None:
+            self._release_files()

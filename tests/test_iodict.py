@@ -1423,3 +1423,22 @@ def test_compact_reports_progress_as_it_copies_keys(tmp_path):
         d.compact(lambda done, total: seen.append((done, total)))
     assert seen[-1] == (25_000, 25_000)
     assert [done for done, _ in seen] == sorted(done for done, _ in seen) and len(seen) >= 3
+
+
+def test_a_store_dropped_without_close_gives_its_file_descriptors_back(tmp_path):
+    import gc
+
+    def open_descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    gc.collect()
+    before = open_descriptors()
+    for i in range(20):
+        d = IODict(tmp_path / f"s{i}", segment_bytes=4096)
+        for j in range(100):
+            d[j] = b"x" * 100  # a few segments each
+        del d
+    gc.collect()
+    assert open_descriptors() <= before + 1
+    with IODict(tmp_path / "s3") as again:  # and the data is all there
+        assert len(again) == 100
