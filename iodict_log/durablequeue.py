@@ -32,10 +32,10 @@ import time
 import warnings
 from typing import Any, Iterable
 
-from .errors import CorruptionError, CorruptionWarning, StoreClosedError
+from .errors import CorruptionError, CorruptionWarning
 from .format import OP_PUT, OP_TAKE, SEQ, Frame
 from .index import unpack_location
-from .log import Log, check_options
+from .log import Log, LogHandle, check_options
 from .objectlock import make_lock
 from .serialize import Serializer
 
@@ -86,7 +86,7 @@ class PendingItems:
                 return
 
 
-class DurableQueue(queue.Queue):
+class DurableQueue(LogHandle, queue.Queue):
     """A ``queue.Queue`` kept on disk at ``path``: FIFO, crash-safe, shared by processes.
 
     ``semaphore`` is accepted for compatibility with iodict and not needed.
@@ -111,7 +111,7 @@ class DurableQueue(queue.Queue):
         super().__init__(maxsize)
         self.path = os.fspath(path)
         self.semaphore = semaphore
-        self._store_lock = make_lock(lock, self)
+        self._lock = make_lock(lock, self)
         self._serializer = Serializer(serializer)
         self._pending = PendingItems()
         self._gotten = 0  # items this object handed out and task_done() has not matched yet
@@ -121,31 +121,26 @@ class DurableQueue(queue.Queue):
 
     # --- plumbing ---------------------------------------------------------------
 
-    def _open_log(self) -> Log:
-        log = self._log
-        if log is None:
-            raise StoreClosedError(f"{self.path}: the queue is closed")
-        return log
-
     def _try_put(self, encoded: list[tuple[int, bytes]]) -> bool:
         """Append the items as one write if they fit under maxsize."""
-        with self._store_lock:
-            log = self._open_log()
-            with log.locked():
-                log.refresh()
-                if 0 < self.maxsize < len(self._pending) + len(encoded):
-                    return False
-                entries = [(OP_PUT, flags, b"", stored, log.birthtime()) for flags, stored in encoded]
-                for seq, loc in log.append(entries):
-                    self._pending.add(seq, loc)
+        if not self._write(self._append_puts, encoded):
+            return False
         with self.not_empty:
             self._puts += 1
             self.not_empty.notify_all()
         return True
 
+    def _append_puts(self, log: Log, encoded: list[tuple[int, bytes]]) -> bool:
+        if 0 < self.maxsize < len(self._pending) + len(encoded):
+            return False
+        entries = [(OP_PUT, flags, b"", stored, log.birthtime()) for flags, stored in encoded]
+        for seq, loc in log.append(entries):
+            self._pending.add(seq, loc)
+        return True
+
     def _try_take(self) -> tuple[bool, Any]:
         """(True, item) after taking the oldest item, or (False, None) if there is none."""
-        with self._store_lock:
+        with self._lock:
             log = self._open_log()
             if not len(self._pending):
                 log.refresh()  # without the file lock: an idle poll stays cheap
@@ -255,10 +250,7 @@ class DurableQueue(queue.Queue):
 
     def qsize(self) -> int:
         """Items put and not yet taken, by any process."""
-        with self._store_lock:
-            log = self._open_log()
-            log.refresh()
-            return len(self._pending)
+        return self._read(lambda log: len(self._pending))
 
     def empty(self) -> bool:
         return self.qsize() == 0
@@ -291,26 +283,13 @@ class DurableQueue(queue.Queue):
 
     def stats(self) -> dict:
         """items, segments, disk_bytes, corrupt_records."""
-        with self._store_lock:
-            log = self._open_log()
-            log.refresh()
-            stats = log.stats()
-            return {
-                "items": len(self._pending),
-                "segments": stats["segments"],
-                "disk_bytes": stats["disk_bytes"],
-                "corrupt_records": stats["corrupt_records"],
-            }
+        return self._read(self._stats)
 
-    def close(self) -> None:
-        """Close the files; the items stay on disk (iodict deleted them here). Idempotent."""
-        with self._store_lock:
-            log, self._log = self._log, None
-            if log is not None:
-                log.close()
-
-    def __enter__(self) -> DurableQueue:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _stats(self, log: Log) -> dict:
+        stats = log.stats()
+        return {
+            "items": len(self._pending),
+            "segments": stats["segments"],
+            "disk_bytes": stats["disk_bytes"],
+            "corrupt_records": stats["corrupt_records"],
+        }

@@ -7,10 +7,10 @@ import time
 from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, MutableMapping, ValuesView
 from typing import Any, Callable, NamedTuple, TypeVar
 
-from .errors import IODictLogError, StoreClosedError
+from .errors import IODictLogError
 from .format import OP_DELETE, OP_SET, Frame
 from .index import KeyIndex, location_birthtime
-from .log import Entry, Log, check_options
+from .log import Entry, Log, LogHandle, check_options
 from .objectlock import make_lock
 from .serialize import Serializer, decode_key, encode_key
 
@@ -29,7 +29,7 @@ class Record(NamedTuple):
     value: Any  # None for a delete
 
 
-class IODict(MutableMapping):
+class IODict(LogHandle, MutableMapping):
     """A dict kept on disk in a log-structured store directory at ``path``.
 
     See CONTRACT.md §2: dict behaviour, order by birthtime (an overwrite keeps
@@ -61,27 +61,6 @@ class IODict(MutableMapping):
         self._log = Log(self.path, self._index, sync=sync, segment_bytes=segment_bytes)
 
     # --- plumbing -------------------------------------------------------------
-
-    def _open_log(self) -> Log:
-        log = self._log
-        if log is None:
-            raise StoreClosedError(f"{self.path}: the store is closed")
-        return log
-
-    def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run fn(log, *args) on an up-to-date index."""
-        with self._lock:
-            log = self._open_log()
-            log.refresh()
-            return fn(log, *args)
-
-    def _write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run fn(log, *args) holding the file lock, on an up-to-date index."""
-        with self._lock:
-            log = self._open_log()
-            with log.locked():
-                log.refresh()
-                return fn(log, *args)
 
     def _decode_value(self, frame: Frame) -> Any:
         return self._serializer.decode(frame.flags, frame.value)
@@ -302,19 +281,6 @@ class IODict(MutableMapping):
     def sync(self) -> None:
         """fsync: what has been written survives a power loss."""
         self._read(lambda log: log.sync())
-
-    def close(self) -> None:
-        """Close the files; the object is unusable afterwards. Idempotent."""
-        with self._lock:
-            log, self._log = self._log, None
-            if log is not None:
-                log.close()
-
-    def __enter__(self) -> IODict:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _reporting(items: Iterator[T], total: int, progress: Callable[[int, int], None]) -> Iterator[T]:

@@ -35,10 +35,10 @@ import os
 import threading
 import time
 import warnings
-from typing import Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
 from .compaction import standalone, write_segments
-from .errors import CorruptionError, CorruptionWarning, IODictLogError
+from .errors import CorruptionError, CorruptionWarning, IODictLogError, StoreClosedError
 from .filelock import FileLock
 from .fileops import fdatasync, sync_directory
 from .format import (
@@ -62,6 +62,8 @@ from .manifest import MANIFEST_NAME, read_manifest, write_manifest
 from .segment import Segment, parse_segment_name, segment_name
 
 LOCK_NAME = "LOCK"
+T = TypeVar("T")
+H = TypeVar("H", bound="LogHandle")
 
 # (op, flags, key, stored value, birthtime_ns) of one record to append.
 Entry = tuple[int, int, bytes, bytes, int]
@@ -588,3 +590,49 @@ class Log:
         # (No fsync here: a pending group commit still holds its own descriptor.)
         if getattr(self, "_segments", None) is not None:
             self._release_files()
+
+
+class LogHandle:
+    """What IODict and DurableQueue share: a Log guarded by the object's lock,
+    ``StoreClosedError`` once closed, and use as a context manager.
+
+    Subclasses set ``path``, ``_lock`` (a context-manager lock) and ``_log``.
+    """
+
+    path: str
+    _lock: Any
+    _log: Log | None
+
+    def _open_log(self) -> Log:
+        log = self._log
+        if log is None:
+            raise StoreClosedError(f"{self.path}: this {type(self).__name__} is closed")
+        return log
+
+    def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(log, *args) on up-to-date state."""
+        with self._lock:
+            log = self._open_log()
+            log.refresh()
+            return fn(log, *args)
+
+    def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(log, *args) holding the file lock, on up-to-date state."""
+        with self._lock:
+            log = self._open_log()
+            with log.locked():
+                log.refresh()
+                return fn(log, *args)
+
+    def close(self) -> None:
+        """Close the files; the data stays on disk, the object is unusable afterwards. Idempotent."""
+        with self._lock:
+            log, self._log = self._log, None
+            if log is not None:
+                log.close()
+
+    def __enter__(self: H) -> H:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
