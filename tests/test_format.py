@@ -11,6 +11,7 @@ import struct
 import zlib
 
 import pytest
+from helpers import SALT, flip
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -49,8 +50,6 @@ from iodict_log.format import (
     stored_value,
 )
 
-SALT = 0x5EED5A17  # any per-store salt; the codec takes it as given
-
 SETTINGS = settings(max_examples=200, deadline=None)
 FEW = settings(max_examples=40, deadline=None)
 
@@ -62,13 +61,6 @@ VALUE_LEN_AT = 16
 
 
 # --- helpers ----------------------------------------------------------------
-
-
-def flip(buf: bytes, bit: int) -> bytes:
-    """``buf`` with bit number ``bit`` (0 = lowest bit of byte 0) inverted."""
-    out = bytearray(buf)
-    out[bit // 8] ^= 1 << (bit % 8)
-    return bytes(out)
 
 
 def rec(seq: int, key: bytes = b"k", value: bytes = b"v", op: int = OP_SET, flags: int = 0) -> bytes:

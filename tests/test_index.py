@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import pytest
+from helpers import SALT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,8 +28,6 @@ from iodict_log.index import (
     unpack_location,
 )
 from iodict_log.serialize import decode_key, encode_key
-
-SALT = 0x5EED5A17  # any per-store salt; the codec takes it as given
 
 SETTINGS = settings(max_examples=200, deadline=None)
 

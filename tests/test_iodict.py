@@ -16,22 +16,12 @@ from collections.abc import MutableMapping
 from pathlib import Path
 
 import pytest
+from helpers import same
 
 import iodict_log
 from iodict_log import IODict, IODictLogError, Record, StoreClosedError
 
 # --- helpers -------------------------------------------------------------------
-
-
-def same(a, b):
-    """Equal *and* of exactly the same types, recursively (so a tuple never passes for a list)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict):
-        return len(a) == len(b) and all(same(ka, kb) and same(a[ka], b[kb]) for ka, kb in zip(a, b))
-    return a == b
 
 
 def snapshot(path):

@@ -34,6 +34,15 @@ def expect(proc: subprocess.Popen, word: str) -> str:
     return line[len(word) :].strip()
 
 
+def start_together(procs: list[subprocess.Popen]) -> None:
+    """Wait until every child says it is ready, then let them all go at once."""
+    for p in procs:
+        expect(p, "ready")
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+
+
 WRITE_DISTINCT = """
 import sys
 from iodict_log import IODict
@@ -53,11 +62,7 @@ def test_four_processes_writing_distinct_keys_at_once_lose_nothing(tmp_path):
     watcher = IODict(path, segment_bytes=64 * 1024)  # open before, checked after
     procs = [spawn(WRITE_DISTINCT, path, f"p{n}", "2000") for n in range(4)]
     try:
-        for p in procs:
-            expect(p, "ready")
-        for p in procs:
-            p.stdin.write("go\n")
-            p.stdin.flush()
+        start_together(procs)
         for p in procs:
             assert int(expect(p, "done")) >= 2000
             assert p.wait(timeout=TIMEOUT) == 0
@@ -100,11 +105,7 @@ def test_two_processes_hammering_the_same_keys_agree_on_every_value(tmp_path):
     path = str(tmp_path / "s")
     procs = [spawn(HAMMER_SAME_KEYS, path, name) for name in ("a", "b")]
     try:
-        for p in procs:
-            expect(p, "ready")
-        for p in procs:
-            p.stdin.write("go\n")
-            p.stdin.flush()
+        start_together(procs)
         for p in procs:
             expect(p, "done")
         views = []

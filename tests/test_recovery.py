@@ -39,6 +39,7 @@ import warnings
 
 import msgpack
 import pytest
+from helpers import flip
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -142,12 +143,6 @@ def _read(path) -> bytes:
 def _write(path, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
-
-
-def _flip(data: bytes, bit: int) -> bytes:
-    out = bytearray(data)
-    out[bit // 8] ^= 1 << (bit % 8)
-    return bytes(out)
 
 
 def _clone(src, dst, replace: dict | None = None):
@@ -336,7 +331,7 @@ def test_bit_flip_in_a_middle_record_skips_it_and_keeps_every_intact_record(tmp_
     assert hi > lo
     expected = list(_replay([*FLIP_BEFORE, *FLIP_AFTER]).items())  # k02 keeps its older, intact value
     for bit in range(lo * 8, hi * 8):
-        store = _clone(src, str(tmp_path / f"bit{bit}"), {os.path.basename(seg_path): _flip(seg, bit)})
+        store = _clone(src, str(tmp_path / f"bit{bit}"), {os.path.basename(seg_path): flip(seg, bit)})
         with pytest.warns(CorruptionWarning):
             d = IODict(store)
         with d:
@@ -360,7 +355,7 @@ def test_bit_flip_in_header_of_a_record_whose_value_holds_frame_bytes_adds_no_ph
     expected = list(_replay([*FLIP_BEFORE, *FLIP_AFTER]).items())
     for field in ("sync", "hcrc", "value_len"):
         bit = HEADER_FIELDS[field][0] * 8 + 3
-        store = _clone(src, str(tmp_path / field), {os.path.basename(seg_path): _flip(seg, start * 8 + bit)})
+        store = _clone(src, str(tmp_path / field), {os.path.basename(seg_path): flip(seg, start * 8 + bit)})
         with _quiet(), IODict(store, compression=None) as d:
             assert list(d.items()) == expected, f"flipped {field}: k00 must keep 'old-0', got {d.get('k00')!r}"
 
@@ -376,7 +371,7 @@ def test_bit_flip_in_a_sealed_segment_keeps_the_later_segments(tmp_path):
     seg = _read(first)
     for i in victims:
         start, end = spans[i][1:]
-        store = _clone(src, str(tmp_path / f"v{i}"), {os.path.basename(first): _flip(seg, (start + end) * 4)})
+        store = _clone(src, str(tmp_path / f"v{i}"), {os.path.basename(first): flip(seg, (start + end) * 4)})
         with pytest.warns(CorruptionWarning):
             d = IODict(store, segment_bytes=4096)
         with d:
@@ -694,7 +689,7 @@ def test_damaged_frame_of_a_batch_in_the_middle_of_a_file_loses_only_that_frame(
     offset, length = frames[index]
     targets = {offset + HEADER_FIELDS["sync"][0], offset + HEADER_FIELDS["seq"][0], offset + length - 1}
     for target in sorted(targets):  # a damaged header (resynced past) and a damaged payload (skipped by length)
-        store = _clone(src, str(tmp_path / f"damaged{target}"), {os.path.basename(seg_path): _flip(seg, target * 8)})
+        store = _clone(src, str(tmp_path / f"damaged{target}"), {os.path.basename(seg_path): flip(seg, target * 8)})
         with pytest.warns(CorruptionWarning):
             d = IODict(store)
         with d:
@@ -1026,7 +1021,6 @@ OTHER_READER = r"""
 import json, sys
 import iodict_log
 
-SALT = 0x5EED5A17  # any per-store salt; the codec takes it as given
 
 def view(d):
     return {

@@ -6,13 +6,12 @@ import errno
 import os
 
 import pytest
+from helpers import SALT
 
 from iodict_log import CorruptionError, FormatVersionError, fileops
 from iodict_log.format import KIND_COMPACTED, KIND_LOG, SEGMENT_HEADER_SIZE, Manifest, encode_frame
 from iodict_log.manifest import MANIFEST_NAME, read_manifest, write_manifest
 from iodict_log.segment import Segment, parse_segment_name, segment_name
-
-SALT = 0x5EED5A17  # any per-store salt; the codec takes it as given
 
 
 def test_segment_names_round_trip_and_foreign_names_are_not_segments():

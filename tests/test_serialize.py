@@ -5,12 +5,11 @@ from __future__ import annotations
 import collections
 import enum
 import fractions
-import math
 import pickle
-import struct
 import threading
 
 import pytest
+from helpers import same
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,21 +18,6 @@ from iodict_log.format import FLAG_BATCH, FLAG_LZ4, FLAG_PICKLE
 from iodict_log.serialize import Serializer, check_key, decode_key, encode_key
 
 SETTINGS = settings(max_examples=200, deadline=None)
-
-
-def same(a, b) -> bool:
-    """Equal *and* of the same type, recursively (dict keys included, in order)."""
-    if type(a) is not type(b):
-        return False
-    if type(a) is float:
-        return struct.pack("<d", a) == struct.pack("<d", b) or (math.isnan(a) and math.isnan(b))
-    if type(a) in (list, tuple):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    if type(a) is dict:
-        return len(a) == len(b) and all(
-            same(ka, kb) and same(va, vb) for (ka, va), (kb, vb) in zip(a.items(), b.items())
-        )
-    return a == b
 
 
 def test_same_helper_tells_types_apart():

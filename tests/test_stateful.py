@@ -14,6 +14,7 @@ import tempfile
 from collections import OrderedDict
 
 import hypothesis.strategies as st
+from helpers import same
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -45,17 +46,6 @@ NESTED = st.recursive(
 # ~1.5 KB that lz4 cannot shrink: a few of these roll a 4 KiB segment.
 BIG = st.integers(min_value=0, max_value=2**32).map(lambda seed: random.Random(seed).randbytes(1500))
 VALUES = NESTED | BIG
-
-
-def same(a, b):
-    """Equal *and* of exactly the same types, recursively (a tuple never passes for a list)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict):
-        return len(a) == len(b) and all(same(ka, kb) and same(a[ka], b[kb]) for ka, kb in zip(a, b))
-    return a == b
 
 
 class IODictMachine(RuleBasedStateMachine):
