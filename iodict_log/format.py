@@ -188,16 +188,18 @@ class Scan:
 
     - ``end`` is the offset just past the last committed unit: where the next
       append belongs. Bytes past it (``tail``) are an unfinished append, torn by
-      a crash or still being written by another process.
+      a crash or still being written by another process; in a ``complete``
+      (finished, earlier) segment they can only be damage, and are reported so.
     - ``damage`` lists regions skipped because something valid follows them.
       A damaged length is never followed; the scan looks for the next frame
       whose checksums hold.
     """
 
-    def __init__(self, buf: bytes, salt: int, start: int = 0) -> None:
+    def __init__(self, buf: bytes, salt: int, start: int = 0, complete: bool = False) -> None:
         self.buf = buf
         self.salt = salt
         self.start = start
+        self.complete = complete  # a finished segment: it cannot end in an unfinished append
         self.end = start
         self.damage: list[Damage] = []
 
@@ -206,6 +208,11 @@ class Scan:
         return len(self.buf) - self.end
 
     def __iter__(self) -> Iterator[Frame]:
+        yield from self._frames()
+        if self.complete and self.tail:
+            self.damage.append(Damage(self.end, self.tail, "damaged end of a finished segment"))
+
+    def _frames(self) -> Iterator[Frame]:
         buf, pos, salt = self.buf, self.start, self.salt
         batch: list[Frame] | None = None  # members of a batch not yet known to be whole
         while pos < len(buf):

@@ -74,13 +74,11 @@ def _examine(file: str, data: bytes, last: bool) -> tuple[list[Frame] | None, li
         _, salt = decode_segment_header(data)
     except IODictLogError as exc:
         return None, [Finding(file, 0, len(data), f"unreadable segment header: {exc}", True)]
-    scan = Scan(data, salt, SEGMENT_HEADER_SIZE)
+    scan = Scan(data, salt, SEGMENT_HEADER_SIZE, complete=not last)
     frames = list(scan)
     found = [Finding(file, d.offset, d.length, d.reason, True) for d in scan.damage]
-    if scan.tail and last:
+    if last and scan.tail:
         found.append(Finding(file, scan.end, scan.tail, "unfinished append (torn by a crash)", False))
-    elif scan.tail:
-        found.append(Finding(file, scan.end, scan.tail, "damaged end of a finished segment", True))
     return frames, found
 
 

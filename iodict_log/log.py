@@ -50,7 +50,6 @@ from .format import (
     OP_BATCH_COMMIT,
     OP_SEAL,
     SEGMENT_HEADER_SIZE,
-    Damage,
     Frame,
     Manifest,
     Scan,
@@ -221,7 +220,7 @@ class Log:
         """
         base = self._end
         segment = self._segments[slot]
-        scan = Scan(buf, segment.salt)
+        scan = Scan(buf, segment.salt, complete=complete)
         apply = self._consumer.apply
         sealed = False
         for frame in scan:
@@ -235,10 +234,7 @@ class Log:
                     break
                 continue
             apply(frame, pack_location(frame.birthtime_ns, slot, base + frame.offset, frame.length))
-        damage = list(scan.damage)
-        if complete and scan.tail:
-            damage.append(Damage(scan.end, scan.tail, "damaged end of a finished segment"))
-        for region in damage:
+        for region in scan.damage:
             self.corrupt_records += 1
             warnings.warn(
                 f"{segment.path}: skipped {region.length} bytes at offset {base + region.offset} ({region.reason})",
