@@ -1,21 +1,64 @@
-"""Writing new segments out of existing frames: the output of compaction and repair.
+"""Compaction: copying live records into new segments while the store stays in use.
 
-Both replace segments by new ones that hold chosen frames, each frame standing
-alone (outside any batch: the batches they came from are settled) and under
-the store's salt. The files are written, fsynced and closed, and left out of
-CURRENT: the caller makes them part of the store by replacing CURRENT, its
-single commit point. A crash before that leaves them as leftovers that the next
-open deletes; a crash after it leaves the new store.
+The log's side of it is two short steps under the write lock (``Log.seal_for_compaction``
+and ``Log.commit_compaction``); this module holds the long part in between, which
+takes no lock: reading every live record out of the sealed segments and writing
+it into new files.
+
+1. Under the lock, the last segment is rolled, so every record so far sits in
+   a sealed segment that never changes again; the caller notes the live
+   locations (its index, in order) and takes duplicates of the descriptors.
+2. Without the lock, each live record is read, verified and written into new
+   segments under temporary names (``compact.NNNN.tmp``), which are fsynced.
+   Other processes keep appending to the new last segment meanwhile.
+3. Under the lock, the temporary files get segment names, the old last segment
+   is SEALed, and CURRENT is replaced to list the new segments in place of the
+   sealed ones they were copied from, followed by everything appended since.
+   That rename is the commit; then the old files are deleted.
+
+A tombstone is dropped only because every segment older than it is replaced
+in the same commit, so no older copy of its key can come back (Bitcask's
+partial merges did resurrect deleted keys). Records appended during the copy
+come after the copies in CURRENT's order, so they win, as they did before.
+
+Only one compaction runs at a time per store (``COMPACT.LOCK``); a crash
+anywhere leaves either the old segment list or the new one, plus temporary
+files that the next compaction deletes.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+import fnmatch
+import glob
+import os
+import zlib
+from typing import Any, Callable, Iterable, NamedTuple
 
-from .format import FLAG_BATCH, SEGMENT_HEADER_SIZE, Frame, encode_frame
-from .segment import Segment
+from .errors import CorruptionError
+from .filelock import FileLock
+from .fileops import sync_directory
+from .format import FLAG_BATCH, SEGMENT_HEADER_SIZE, Frame, decode_frame, encode_frame, encode_segment_header
+from .index import location_birthtime, pack_location, unpack_location
+from .segment import segment_name
 
+COMPACTION_LOCK_NAME = "COMPACT.LOCK"
+_TMP_PATTERN = "compact.*.tmp"
 _WRITE_BATCH = 4096  # frames per write() while copying
+
+
+def compaction_lock(directory: str) -> FileLock:
+    """The lock held by whoever writes new segments or a hint file (see hintfile.py)."""
+    return FileLock(os.path.join(directory, COMPACTION_LOCK_NAME), close_in_child=True)
+
+
+def is_compaction_file(name: str) -> bool:
+    return name == COMPACTION_LOCK_NAME or fnmatch.fnmatch(name, _TMP_PATTERN)
+
+
+def remove_leftovers(directory: str) -> None:
+    """Delete the temporary files of an interrupted compaction. Needs the compaction lock."""
+    for path in glob.glob(os.path.join(glob.escape(directory), _TMP_PATTERN)):
+        os.unlink(path)
 
 
 def standalone(frame: Frame, salt: int) -> bytes:
@@ -24,42 +67,134 @@ def standalone(frame: Frame, salt: int) -> bytes:
     return encode_frame(frame.op, flags, frame.seq, frame.birthtime_ns, frame.key, frame.value, salt=salt)
 
 
-def write_segments(
-    directory: str, first_number: int, kind: int, salt: int, frames: Iterable[bytes], segment_bytes: int
-) -> list[int]:
-    """Write ``frames`` (in order) into new segments numbered from ``first_number``,
-    starting a new one past ``segment_bytes``; their numbers (none if no frames)."""
-    numbers: list[int] = []
-    out: Segment | None = None
-    pending: list[bytes] = []
-    size = 0
-    try:
-        for frame in frames:
-            if out is None or (size + len(frame) > segment_bytes and size > SEGMENT_HEADER_SIZE):
-                if out is not None:
-                    _finish(out, pending)
-                out = Segment.create(directory, first_number + len(numbers), kind, salt)
-                numbers.append(out.number)
-                size = SEGMENT_HEADER_SIZE
-            pending.append(frame)
-            size += len(frame)
-            if len(pending) >= _WRITE_BATCH:
-                out.append(b"".join(pending), out.size())
-                pending.clear()
-        if out is not None:
-            _finish(out, pending)
-            out = None
-    finally:
-        if out is not None:
-            out.close()
+class Written(NamedTuple):
+    """A finished new segment file, fsynced, not yet part of the store."""
+
+    path: str
+    size: int
+    crc: int  # of all its bytes, for the hint file
+
+
+class SegmentWriter:
+    """Writes frames, in order, into new segment files under temporary names,
+    starting a new file past ``segment_bytes``. Compaction and repair both use it."""
+
+    def __init__(self, directory: str, kind: int, salt: int, segment_bytes: int) -> None:
+        self._directory = directory
+        self._header = encode_segment_header(kind, salt)
+        self._segment_bytes = segment_bytes
+        self._fd = -1
+        self._pending: list[bytes] = []
+        self._size = 0  # of the current file, pending bytes included
+        self._crc = 0
+        self.written: list[Written] = []
+        self._path = ""
+
+    def add(self, frame: bytes) -> tuple[int, int]:
+        """Queue ``frame`` for writing; (index of its file, its offset there)."""
+        if self._fd < 0 or (self._size + len(frame) > self._segment_bytes and self._size > SEGMENT_HEADER_SIZE):
+            self._finish_file()
+            self._path = os.path.join(self._directory, f"compact.{len(self.written):04d}.tmp")
+            self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._pending = [self._header]
+            self._size = len(self._header)
+            self._crc = 0
+        offset = self._size
+        self._pending.append(frame)
+        self._size += len(frame)
+        if len(self._pending) >= _WRITE_BATCH:
+            self._flush()
+        return len(self.written), offset
+
+    def _flush(self) -> None:
+        data = b"".join(self._pending)
+        self._pending = []
+        self._crc = zlib.crc32(data, self._crc)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def _finish_file(self) -> None:
+        if self._fd < 0:
+            return
+        self._flush()
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        self.written.append(Written(self._path, self._size, self._crc))
+
+    def finish(self) -> list[Written]:
+        """Write, fsync and close the last file; every file written."""
+        self._finish_file()
+        return self.written
+
+    def abort(self) -> None:
+        """Close and delete every file written so far."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self.written.append(Written(self._path, 0, 0))
+        for w in self.written:
+            try:
+                os.unlink(w.path)
+            except FileNotFoundError:
+                pass
+
+
+def install(directory: str, written: list[Written], first_number: int) -> tuple[int, ...]:
+    """Give the written files segment names numbered from ``first_number`` (durably);
+    the numbers. Needs the write lock, so that no roll takes the same numbers."""
+    numbers = tuple(range(first_number, first_number + len(written)))
+    for w, number in zip(written, numbers):
+        os.replace(w.path, os.path.join(directory, segment_name(number)))
+    sync_directory(directory)
     return numbers
 
 
-def _finish(out: Segment, pending: list[bytes]) -> None:
-    try:
-        if pending:
-            out.append(b"".join(pending), out.size())
-            pending.clear()
-        out.sync()
-    finally:
-        out.close()
+class Sources(NamedTuple):
+    """The sealed segments being compacted: their numbers in CURRENT's order, and by
+    slot a duplicate descriptor, salt and number, readable whatever happens to the files."""
+
+    numbers: tuple[int, ...]
+    files: dict[int, tuple[int, int, int]]
+    salt: int  # the store's salt, for the new segments
+
+    def close(self) -> None:
+        for fd, _, _ in self.files.values():
+            os.close(fd)
+
+
+class CompactionStopped(Exception):
+    """A compaction gave up part-way because its store is being closed; nothing changed."""
+
+
+def copy_live(
+    sources: Sources,
+    live: Iterable[tuple[Any, int]],
+    out: SegmentWriter,
+    stop: Callable[[], bool],
+) -> list[tuple[Any, int]]:
+    """Copy the records at the (key, location)s ``live`` into ``out``, in order;
+    the (key, new location)s, with slots numbering ``out``'s files.
+
+    Each record is verified as it is read; ``stop()`` is polled between records
+    and a True ends the copy with ``CompactionStopped``.
+    """
+    salt = sources.salt
+    moved = []
+    for n, (key, loc) in enumerate(live):
+        if n % 1024 == 0 and stop():
+            raise CompactionStopped("compaction stopped: the store is closing")
+        slot, offset, length = unpack_location(loc)
+        fd, source_salt, number = sources.files[slot]
+        data = os.pread(fd, length, offset)
+        frame = decode_frame(data, 0, source_salt) if len(data) == length else None
+        if frame is None:
+            raise CorruptionError(
+                f"{segment_name(number)}: record at offset {offset} fails its checksum; see `iodict-log repair`"
+            )
+        if frame.flags & FLAG_BATCH or source_salt != salt:
+            data = standalone(frame, salt)
+        index, new_offset = out.add(data)
+        moved.append((key, pack_location(location_birthtime(loc), index, new_offset, len(data))))
+    return moved

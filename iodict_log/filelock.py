@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import weakref
 
 import portalocker
 
@@ -23,6 +24,13 @@ if sys.platform != "win32":
     def _lock(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX)
 
+    def _try_lock(fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
     def _unlock(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
@@ -32,6 +40,14 @@ else:  # pragma: no cover - exercised on Windows only
         with open(fd, "rb", closefd=False) as f:
             portalocker.lock(f, portalocker.LOCK_EX)
 
+    def _try_lock(fd: int) -> bool:
+        with open(fd, "rb", closefd=False) as f:
+            try:
+                portalocker.lock(f, portalocker.LOCK_EX | portalocker.LOCK_NB)
+            except portalocker.LockException:
+                return False
+        return True
+
     def _unlock(fd: int) -> None:
         with open(fd, "rb", closefd=False) as f:
             portalocker.unlock(f)
@@ -40,9 +56,14 @@ else:  # pragma: no cover - exercised on Windows only
 _fork_generation = 0
 
 
+_close_in_child: weakref.WeakSet[FileLock] = weakref.WeakSet()
+
+
 def _after_fork_in_child() -> None:
     global _fork_generation
     _fork_generation += 1
+    for lock in list(_close_in_child):
+        lock.close()  # held by a thread the child does not have: let it go with the parent
 
 
 if hasattr(os, "register_at_fork"):
@@ -55,14 +76,20 @@ def fork_generation() -> int:
 
 
 class FileLock:
-    """An exclusive lock on ``path``, reentrant within one object (a depth count)."""
+    """An exclusive lock on ``path``, reentrant within one object (a depth count).
 
-    def __init__(self, path: str) -> None:
+    With ``close_in_child``, a forked child closes its copy of the descriptor, so
+    that a parent killed while holding the lock does not leave it held by the child.
+    """
+
+    def __init__(self, path: str, *, close_in_child: bool = False) -> None:
         self.path = path
         self._fd = -1
         self._depth = 0
         self._generation = -1
         self._open()
+        if close_in_child:
+            _close_in_child.add(self)
 
     def _open(self) -> None:
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -72,7 +99,8 @@ class FileLock:
     def _check_fork(self) -> None:
         if self._generation != _fork_generation:
             # Leave the inherited description alone: it may hold the parent's lock.
-            os.close(self._fd)
+            if self._fd >= 0:
+                os.close(self._fd)
             self._open()
 
     @property
@@ -84,6 +112,14 @@ class FileLock:
         if self._depth == 0:
             _lock(self._fd)
         self._depth += 1
+
+    def try_acquire(self) -> bool:
+        """Take the lock if nobody holds it; whether it was taken."""
+        self._check_fork()
+        if self._depth == 0 and not _try_lock(self._fd):
+            return False
+        self._depth += 1
+        return True
 
     def release(self) -> None:
         self._depth -= 1

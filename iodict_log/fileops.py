@@ -29,14 +29,20 @@ def fdatasync(fd: int) -> None:
 def replace_file(path: str, data: bytes) -> None:
     """Atomically give ``path`` the contents ``data``, durably, even across power loss."""
     tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_file(tmp, data)
     os.replace(tmp, path)
     sync_directory(os.path.dirname(path) or ".")
+
+
+def write_file(path: str, data: bytes, *, sync: bool = True) -> None:
+    """Create or truncate ``path`` and write ``data`` into it (fsynced unless told not to)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        write_all(fd, data)
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_all(fd: int, data: bytes) -> None:

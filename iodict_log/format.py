@@ -298,3 +298,48 @@ def decode_manifest(data: bytes) -> Manifest:
         raise CorruptionError("manifest checksum mismatch")
     numbers = tuple(MANIFEST_NUMBER.unpack_from(data, MANIFEST_HEAD.size + i * 8)[0] for i in range(count))
     return Manifest(generation, numbers, seq_floor, bt_floor)
+
+
+# --- the hint file ------------------------------------------------------------------
+# A snapshot of an index, so that opening need not replay every record. It is a
+# cache: whatever is wrong with it (damage, another version, segments changed
+# since) makes the reader scan instead. It names the segments it covers by
+# position in CURRENT, each with the size covered and the CRC-32 of those bytes,
+# so a hint is used only for segments whose every byte is as it was indexed.
+
+HINT_MAGIC = b"\x89IODHNT\n"
+HINT_HEAD = struct.Struct("<8sHHIQQI")  # magic, version, reserved, salt, last seq, last birthtime, count
+HINT_COVER = struct.Struct("<QI")  # size covered, crc32 of bytes [0, size)
+
+
+class Hint(NamedTuple):
+    """An index snapshot over the first ``len(coverage)`` segments of CURRENT."""
+
+    salt: int
+    last_seq: int
+    last_birthtime: int
+    coverage: tuple[tuple[int, int], ...]  # (size, crc32) per covered segment
+    payload: bytes  # the index's own snapshot
+
+
+def encode_hint(hint: Hint) -> bytes:
+    head = HINT_HEAD.pack(
+        HINT_MAGIC, FORMAT_VERSION, 0, hint.salt, hint.last_seq, hint.last_birthtime, len(hint.coverage)
+    )
+    body = b"".join([head, *(HINT_COVER.pack(size, crc) for size, crc in hint.coverage), hint.payload])
+    return body + COUNT.pack(zlib.crc32(body))
+
+
+def decode_hint(data: bytes) -> Hint | None:
+    """The hint in ``data``; None if it is damaged, cut short or of another version."""
+    if not data.startswith(HINT_MAGIC) or len(data) < HINT_HEAD.size + COUNT.size:
+        return None
+    _, version, _, salt, last_seq, last_birthtime, count = HINT_HEAD.unpack_from(data)
+    start = HINT_HEAD.size + count * HINT_COVER.size
+    end = len(data) - COUNT.size
+    if version != FORMAT_VERSION or start > end:
+        return None
+    if zlib.crc32(memoryview(data)[:end]) != COUNT.unpack_from(data, end)[0]:
+        return None
+    coverage = tuple(HINT_COVER.unpack_from(data, HINT_HEAD.size + i * HINT_COVER.size) for i in range(count))
+    return Hint(salt, last_seq, last_birthtime, coverage, data[start:end])

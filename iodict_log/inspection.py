@@ -19,7 +19,7 @@ import shutil
 import time
 from typing import Any, Callable, Iterator, NamedTuple
 
-from .compaction import standalone, write_segments
+from .compaction import SegmentWriter, compaction_lock, install, remove_leftovers, standalone
 from .durablequeue import PendingItems
 from .errors import IODictLogError
 from .filelock import FileLock
@@ -168,12 +168,15 @@ def to_json(value: Any) -> Any:
 def repair(path: str, backup: str | None = None, progress: Progress | None = None) -> tuple[str | None, list[Finding]]:
     """Drop damaged regions and a torn tail for good; (backup directory or None, what was dropped)."""
     require_store(path)
+    rewriting = compaction_lock(path)  # (no compaction may be writing new segments meanwhile)
     lock = FileLock(os.path.join(path, LOCK_NAME))
     try:
-        with lock:
+        with rewriting, lock:
+            remove_leftovers(path)
             return _repair_locked(path, backup, progress)
     finally:
         lock.close()
+        rewriting.close()
 
 
 def _repair_locked(path: str, backup: str | None, progress: Progress | None) -> tuple[str | None, list[Finding]]:
@@ -229,5 +232,15 @@ def _repair_locked(path: str, backup: str | None, progress: Progress | None) -> 
 def _write_segment(path: str, number: int, original: bytes, frames: list[Frame]) -> None:
     """A new segment of the original's kind holding ``frames``, each standing alone."""
     kind, salt = decode_segment_header(original)
-    if not write_segments(path, number, kind, salt, (standalone(f, salt) for f in frames), segment_bytes=2**62):
+    out = SegmentWriter(path, kind, salt, segment_bytes=2**62)
+    try:
+        for frame in frames:
+            out.add(standalone(frame, salt))
+        written = out.finish()
+    except BaseException:
+        out.abort()
+        raise
+    if written:
+        install(path, written, number)
+    else:
         Segment.create(path, number, kind, salt).close()  # nothing readable was left in it

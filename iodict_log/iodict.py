@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
+import warnings
 from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, MutableMapping, ValuesView
 from typing import Any, Callable, NamedTuple, TypeVar
 
-from .errors import IODictLogError
-from .format import OP_DELETE, OP_SET, Frame
-from .index import KeyIndex, location_birthtime
+from . import compaction
+from .errors import IODictLogError, StoreClosedError
+from .format import KIND_COMPACTED, OP_DELETE, OP_SET, Frame, Hint
+from .hintfile import publish_hint, stage_hint
+from .index import KeyIndex, location_birthtime, snapshot_of
 from .log import Entry, Log, LogHandle, check_options
 from .objectlock import make_lock
 from .serialize import Serializer, decode_key, encode_key
@@ -47,18 +51,29 @@ class IODict(LogHandle, MutableMapping):
         compression: str | None = "lz4",
         segment_bytes: int = 64 * 2**20,
         auto_compact: bool = True,
+        compact_ratio: float = 0.4,
+        compact_min_bytes: int = 8 * 2**20,
     ) -> None:
         check_options(sync, segment_bytes)
         if compression not in ("lz4", None):
             raise ValueError(f"compression must be 'lz4' or None, not {compression!r}")
+        if not isinstance(compact_ratio, (int, float)) or isinstance(compact_ratio, bool) or not 0 < compact_ratio < 1:
+            raise ValueError(f"compact_ratio must be a number between 0 and 1, not {compact_ratio!r}")
+        if not isinstance(compact_min_bytes, int) or isinstance(compact_min_bytes, bool) or compact_min_bytes < 0:
+            raise ValueError(f"compact_min_bytes must be an int >= 0, not {compact_min_bytes!r}")
         self._serializer = Serializer(serializer)
         self._lock = make_lock(lock, self)
         self._compress = compression == "lz4"
         self.auto_compact = auto_compact
+        self.compact_ratio = compact_ratio
+        self.compact_min_bytes = compact_min_bytes
+        self._auto_retry_at = 0  # disk bytes below which no new automatic compaction starts
+        self._compactor: threading.Thread | None = None
+        self._closing = threading.Event()
         self.path = os.fspath(path)
         self._index = KeyIndex(decode_key)
         self._log: Log | None = None
-        self._log = Log(self.path, self._index, sync=sync, segment_bytes=segment_bytes)
+        self._log = Log(self.path, self._index, sync=sync, segment_bytes=segment_bytes, hints=True)
 
     # --- plumbing -------------------------------------------------------------
 
@@ -86,6 +101,8 @@ class IODict(LogHandle, MutableMapping):
             entries.append((OP_SET, flags, key_bytes, stored, birthtime))
         for (key, *_), (_, loc) in zip(items, log.append(entries)):
             index.set(key, loc)
+        if self.auto_compact:
+            self._consider_compacting(log)
 
     def _remove(self, log: Log, keys: list[Any]) -> None:
         """Append deletes of existing keys as one write."""
@@ -93,6 +110,8 @@ class IODict(LogHandle, MutableMapping):
         log.append(entries)
         for key in keys:
             self._index.delete(key)
+        if self.auto_compact:
+            self._consider_compacting(log)
 
     def _encoded(self, key: Any, value: Any) -> tuple[Any, bytes, int, bytes]:
         """Check and serialize before anything is written (TypeError on bad input)."""
@@ -248,31 +267,135 @@ class IODict(LogHandle, MutableMapping):
             "disk_bytes": stats["disk_bytes"],
             "corrupt_records": stats["corrupt_records"],
             "last_seq": stats["last_seq"],
+            "index_from_hint": log.hinted_seq >= 0,  # opened (or last reloaded) from a hint file
         }
+
+    # --- compaction (see compaction.py) -----------------------------------------
 
     def compact(self, progress: Callable[[int, int], None] | None = None) -> dict:
         """Rewrite the live keys into new segments, keeping order, birthtimes and seqs.
 
+        Other threads and processes keep reading and writing meanwhile; only the
+        start and the end take the write lock, briefly. Waits for a compaction
+        already running (here or in another process) to finish first.
         ``progress(done, total)``, if given, is called as keys are copied.
         """
-        return self._write(self._compact, progress)
+        self._read(lambda log: None)  # StoreClosedError before waiting for anything
+        lock = compaction.compaction_lock(self.path)
+        try:
+            with lock:
+                return self._compact_holding(progress)
+        finally:
+            lock.close()
 
-    def _compact(self, log: Log, progress: Callable[[int, int], None] | None) -> dict:
-        if self._index.other_frames:
-            raise IODictLogError(f"{self.path}: the store holds queue items; compacting it as a dict would drop them")
+    def _compact_holding(self, progress: Callable[[int, int], None] | None) -> dict:
+        """The three steps of a compaction; needs the compaction lock."""
         started = time.perf_counter()
-        before = log.stats()["disk_bytes"]
-        total = len(self._index)
-        live = (loc for _, loc in self._index.items())
-        if progress:
-            live = _reporting(live, total, progress)
-        log.compact(live)
+        compaction.remove_leftovers(self.path)
+        plan = self._write(self._seal_for_compaction)
+        sources, live = plan.sources, plan.live
+        try:
+            if progress:
+                live = _reporting(live, len(live), progress)
+            out = compaction.SegmentWriter(self.path, KIND_COMPACTED, sources.salt, plan.segment_bytes)
+            try:
+                moved = compaction.copy_live(sources, live, out, self._closing.is_set)
+                written = out.finish()
+                hint = self._stage_compaction_hint(plan, written, moved)
+                if self._closing.is_set():
+                    raise compaction.CompactionStopped("compaction stopped: the store is closing")
+                self._write(lambda log: log.commit_compaction(sources.numbers, written, hint))
+            except BaseException:
+                out.abort()
+                raise
+        finally:
+            sources.close()
         return {
-            "bytes_before": before,
-            "bytes_after": log.stats()["disk_bytes"],
-            "live_keys": len(self._index),
+            "bytes_before": plan.disk_bytes,
+            "bytes_after": self._read(lambda log: log.disk_bytes()),
+            "live_keys": len(moved),
             "seconds": time.perf_counter() - started,
         }
+
+    def _seal_for_compaction(self, log: Log) -> _Plan:
+        if self._index.other_frames:
+            raise IODictLogError(f"{self.path}: the store holds queue items; compacting it as a dict would drop them")
+        before = log.disk_bytes()
+        sources = log.seal_for_compaction()
+        return _Plan(sources, list(self._index.items()), before, log.last_seq, log.last_birthtime, log.segment_bytes)
+
+    def _stage_compaction_hint(
+        self, plan: _Plan, written: list[compaction.Written], moved: list[tuple[Any, int]]
+    ) -> bool:
+        """Stage a hint file for the compacted segments, so that every process
+        reloads them quickly after the commit; whether one was staged."""
+        if not written:
+            return False
+        coverage = tuple((w.size, w.crc) for w in written)
+        hint = Hint(plan.sources.salt, plan.last_seq, plan.last_birthtime, coverage, snapshot_of(dict(moved)))
+        try:
+            stage_hint(self.path, hint)
+        except OSError:
+            return False
+        return True
+
+    def _consider_compacting(self, log: Log) -> None:
+        """Start a compaction in the background once dead bytes pass both thresholds."""
+        disk = log.disk_bytes()
+        dead = disk - self._index.live_bytes
+        if dead < self.compact_min_bytes or dead < self.compact_ratio * disk or disk < self._auto_retry_at:
+            return
+        thread = self._compactor
+        if (thread is not None and thread.is_alive()) or self._closing.is_set():
+            return
+        self._auto_retry_at = disk + max(self.compact_min_bytes // 4, 1)  # no retry at every write
+        self._compactor = threading.Thread(target=self._auto_compact, name="iodict_log-compaction", daemon=True)
+        self._compactor.start()
+
+    def _auto_compact(self) -> None:
+        lock = compaction.compaction_lock(self.path)
+        try:
+            if lock.try_acquire():  # else another process is compacting this store
+                try:
+                    self._compact_holding(None)
+                finally:
+                    lock.release()
+        except (StoreClosedError, compaction.CompactionStopped):
+            pass
+        except Exception as exc:
+            warnings.warn(f"{self.path}: automatic compaction failed: {exc}", RuntimeWarning, stacklevel=1)
+        finally:
+            lock.close()
+
+    def close(self) -> None:
+        """Close the files; the data stays on disk, the object is unusable afterwards. Idempotent.
+
+        Stops a background compaction first, and leaves a hint file when enough
+        was written since the last one, so the next open is fast.
+        """
+        self._closing.set()
+        thread = self._compactor
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        super().close()
+
+    def _before_close(self, log: Log) -> None:
+        """Write a hint file if worth it. Best effort: skipped while another process
+        compacts (which writes one too)."""
+        if not log.wants_hint():
+            return
+        lock = compaction.compaction_lock(self.path)
+        try:
+            if lock.try_acquire():
+                try:
+                    if log.stage_hint() and log.covers_current():
+                        publish_hint(self.path)
+                finally:
+                    lock.release()
+        except OSError:
+            pass  # a cache: the next open scans instead
+        finally:
+            lock.close()
 
     def flush(self) -> None:
         """Push everything to the OS: every write already has, so this only checks the store is open."""
@@ -281,6 +404,17 @@ class IODict(LogHandle, MutableMapping):
     def sync(self) -> None:
         """fsync: what has been written survives a power loss."""
         self._read(lambda log: log.sync())
+
+
+class _Plan(NamedTuple):
+    """What a compaction copies: taken under the write lock, used without it."""
+
+    sources: compaction.Sources
+    live: list[tuple[Any, int]]  # (key, location) in order
+    disk_bytes: int  # before
+    last_seq: int
+    last_birthtime: int
+    segment_bytes: int
 
 
 def _reporting(items: Iterator[T], total: int, progress: Callable[[int, int], None]) -> Iterator[T]:

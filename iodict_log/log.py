@@ -37,7 +37,7 @@ import time
 import warnings
 from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
-from .compaction import standalone, write_segments
+from .compaction import Sources, Written, install, is_compaction_file
 from .errors import CorruptionError, CorruptionWarning, IODictLogError, StoreClosedError
 from .filelock import FileLock
 from .fileops import fdatasync, sync_directory
@@ -51,16 +51,21 @@ from .format import (
     OP_SEAL,
     SEGMENT_HEADER_SIZE,
     Frame,
+    Hint,
     Manifest,
     Scan,
     decode_frame,
     encode_frame,
 )
+from .hintfile import HINT_NAME, HINT_TMP_NAME, publish_hint, read_hint, stage_hint
 from .index import MAX_OFFSET, MAX_SLOTS, pack_location, unpack_location
 from .manifest import MANIFEST_NAME, read_manifest, write_manifest
 from .segment import Segment, parse_segment_name, segment_name
 
 LOCK_NAME = "LOCK"
+# A clean close writes a hint file once this many records lie past the last one:
+# below that, scanning them at open costs about as much as loading the hint.
+HINT_AFTER_RECORDS = 10_000
 T = TypeVar("T")
 H = TypeVar("H", bound="LogHandle")
 
@@ -69,7 +74,11 @@ Entry = tuple[int, int, bytes, bytes, int]
 
 
 class LogConsumer(Protocol):
-    """What the log feeds the frames it reads to (the dict's or the queue's index)."""
+    """What the log feeds the frames it reads to (the dict's or the queue's index).
+
+    With ``hints=True`` the log also asks it for ``snapshot() -> bytes`` and hands
+    such bytes back to ``restore(snapshot)`` (ValueError if unusable) on open.
+    """
 
     def reset(self) -> None: ...
 
@@ -85,7 +94,11 @@ def check_options(sync: object, segment_bytes: object) -> None:
 
 
 def _is_store_file(name: str) -> bool:
-    return name in (MANIFEST_NAME, MANIFEST_NAME + ".tmp", LOCK_NAME) or parse_segment_name(name) is not None
+    return (
+        name in (MANIFEST_NAME, MANIFEST_NAME + ".tmp", LOCK_NAME, HINT_NAME, HINT_TMP_NAME)
+        or parse_segment_name(name) is not None
+        or is_compaction_file(name)
+    )
 
 
 class Log:
@@ -95,7 +108,9 @@ class Log:
     processes. ``consumer`` receives every committed data frame, in order.
     """
 
-    def __init__(self, directory: str, consumer: LogConsumer, *, sync: bool | float, segment_bytes: int) -> None:
+    def __init__(
+        self, directory: str, consumer: LogConsumer, *, sync: bool | float, segment_bytes: int, hints: bool = False
+    ) -> None:
         self.directory = directory
         self.segment_bytes = segment_bytes
         self.sync_interval: float | None = None if isinstance(sync, bool) else float(sync)
@@ -108,6 +123,9 @@ class Log:
         self._first_live = 0
         self._manifest = Manifest(0, ())
         self._end = 0
+        self._sealed_bytes = 0  # size of all live segments but the last
+        self._hints = hints
+        self.hinted_seq = -1  # last_seq covered by the hint this index was loaded from; -1: scanned
         self._sync_timer: threading.Timer | None = None
         self._sync_error: OSError | None = None  # from a group-commit fsync, raised by the next call
         self._check_directory()
@@ -155,10 +173,51 @@ class Log:
         numbers = manifest.segments
         for i, number in enumerate(numbers):
             self._segments.append(Segment.open(self.directory, number, writable=i == len(numbers) - 1))
-        for slot in range(len(self._segments) - 1):
-            self._scan_complete(slot)
-        self._end = SEGMENT_HEADER_SIZE
+        first, start = self._restore_hint() or (0, SEGMENT_HEADER_SIZE)
+        last = len(self._segments) - 1
+        for slot in range(first, last):
+            self._scan_complete(slot, start if slot == first else SEGMENT_HEADER_SIZE)
+        self._end = start if first == last else SEGMENT_HEADER_SIZE
+        self._count_sealed()
         self._catch_up()
+
+    def _restore_hint(self) -> tuple[int, int] | None:
+        """Load the index from the hint file if it vouches for the segments as they
+        are; (slot, offset) where scanning must go on from, or None to scan all."""
+        self.hinted_seq = -1
+        if not self._hints:
+            return None
+        hint = read_hint(self.directory)
+        if hint is None or not self._hint_covers(hint):
+            return None
+        try:
+            self._consumer.restore(hint.payload)  # type: ignore[attr-defined]
+        except ValueError:
+            self._consumer.reset()
+            return None
+        self.last_seq = max(self.last_seq, hint.last_seq)
+        self.last_birthtime = max(self.last_birthtime, hint.last_birthtime)
+        self.hinted_seq = self.last_seq
+        return len(hint.coverage) - 1, hint.coverage[-1][0]
+
+    def _hint_covers(self, hint: Hint) -> bool:
+        """Whether the first segments hold exactly the bytes the hint was made from."""
+        coverage = hint.coverage
+        if not coverage or len(coverage) > len(self._segments):
+            return False
+        for i, (size, _) in enumerate(coverage):
+            segment = self._segments[i]
+            actual = segment.size()
+            if segment.salt != hint.salt or actual < size or (actual != size and i < len(coverage) - 1):
+                return False
+        return all(self._segments[i].checksum(size) == crc for i, (size, crc) in enumerate(coverage))
+
+    def _count_sealed(self) -> None:
+        self._sealed_bytes = sum(s.size() for s in self._segments[:-1] if s is not None)
+
+    def disk_bytes(self) -> int:
+        """Bytes in the live segments, as far as this process has read them."""
+        return self._sealed_bytes + self._end
 
     def _close_segments(self) -> None:
         for segment in self._segments:
@@ -244,9 +303,9 @@ class Log:
         self._end = base + scan.end
         return sealed
 
-    def _scan_complete(self, slot: int) -> None:
-        self._end = SEGMENT_HEADER_SIZE
-        self._scan(slot, self._segments[slot].read_from(SEGMENT_HEADER_SIZE), complete=True)
+    def _scan_complete(self, slot: int, start: int = SEGMENT_HEADER_SIZE) -> None:
+        self._end = start
+        self._scan(slot, self._segments[slot].read_from(start), complete=True)
 
     def _follow_seal(self) -> None:
         """The last segment is sealed: move on to the next one, or rebuild. Needs the lock."""
@@ -267,6 +326,7 @@ class Log:
         self._manifest = manifest
         self._end = SEGMENT_HEADER_SIZE
         self._sync_timer = None  # a pending group commit is for the old segment
+        self._count_sealed()
 
     def _forget_unlisted(self, listed: tuple[int, ...]) -> tuple[int, ...]:
         """Forget leading segments CURRENT no longer lists (a queue consumer deleted them);
@@ -287,6 +347,7 @@ class Log:
                 self._segments[slot] = None
         while self._segments[self._first_live] is None:
             self._first_live += 1
+        self._count_sealed()
 
     # --- writing ------------------------------------------------------------
 
@@ -428,6 +489,7 @@ class Log:
         self._manifest = manifest
         self._end = SEGMENT_HEADER_SIZE
         self._sync_timer = None  # a pending group commit is for the old segment
+        self._count_sealed()
         if len(self._segments) >= MAX_SLOTS:
             self._load()  # renumber the slots, which dropped segments still hold
 
@@ -508,47 +570,71 @@ class Log:
             for fd, _, _ in snapshot:
                 os.close(fd)
 
-    # --- compaction ---------------------------------------------------------
+    # --- compaction (the long part is in compaction.py) -------------------------
 
-    def compact(self, live: Iterable[int]) -> None:
-        """Rewrite the records at ``live`` (in order) into new segments and drop the rest.
+    def seal_for_compaction(self) -> Sources:
+        """Roll, so that every record so far sits in a sealed segment; those segments.
 
-        Needs the lock and a refresh() under it. Steps: write and fsync the new
-        segments (unlisted, so a crash leaves them as leftovers to delete), SEAL
-        the old last segment so other processes notice, replace CURRENT (the
-        single commit point), delete the old segments, rebuild the index.
+        Needs the lock and a refresh() under it. The caller closes the Sources.
+        """
+        if self._end > SEGMENT_HEADER_SIZE:
+            self._roll()
+        sealed = [(slot, s) for slot, s in enumerate(self._segments[:-1]) if s is not None]
+        files = {slot: (os.dup(s.fd), s.salt, s.number) for slot, s in sealed}
+        return Sources(tuple(s.number for _, s in sealed), files, self._segments[-1].salt)
+
+    def commit_compaction(self, replaced: tuple[int, ...], written: list[Written], hint: bool) -> None:
+        """Put the ``written`` segments in CURRENT in place of the ``replaced`` ones.
+
+        Needs the lock and a refresh() under it. Raises IODictLogError, changing
+        nothing, if CURRENT no longer starts with ``replaced`` (a repair ran).
+        With ``hint``, the staged hint file (which covers ``written``) is published.
         """
         directory = self.directory
-        salt = self._segments[-1].salt
         manifest = read_manifest(directory)  # under the lock: the latest
-        self._remove_leftovers(manifest.segments)
-        first = max(manifest.segments) + 1
-        frames = (self._live_frame(loc, salt) for loc in live)
-        numbers = write_segments(directory, first, KIND_COMPACTED, salt, frames, self.segment_bytes)
-        active = first + len(numbers)
-        Segment.create(directory, active, KIND_LOG, salt).close()
+        if manifest is None or manifest.segments[: len(replaced)] != replaced:
+            raise IODictLogError(f"{directory}: the segments changed during compaction (a repair?); nothing changed")
+        numbers = install(directory, written, max(manifest.segments) + 1)
+        active = (numbers[-1] if numbers else max(manifest.segments)) + 1
+        Segment.create(directory, active, KIND_LOG, self._segments[-1].salt).close()
         with self._rewind_on_error():
             self._seal()
-            segments = (*numbers, active)
+            segments = (*numbers, *manifest.segments[len(replaced) :], active)
             write_manifest(directory, Manifest(manifest.generation + 1, segments, self.last_seq, self.last_birthtime))
-            for n in manifest.segments:
+            if hint:
+                with contextlib.suppress(OSError):  # only a cache: without it the next open scans
+                    publish_hint(directory)
+            for n in replaced:
                 os.unlink(os.path.join(directory, segment_name(n)))
             sync_directory(directory)
         self._load()
 
-    def _live_frame(self, loc: int, salt: int) -> bytes:
-        """A live frame's bytes for a compacted segment: verified, outside any batch, under ``salt``."""
-        slot, offset, length = unpack_location(loc)
-        segment = self._segments[slot]
-        data = segment.read(offset, length)
-        frame = decode_frame(data, 0, segment.salt)
-        if frame is None:
-            raise CorruptionError(
-                f"{segment.path}: record at offset {offset} fails its checksum; see `iodict-log repair`"
-            )
-        if frame.flags & FLAG_BATCH or segment.salt != salt:
-            return standalone(frame, salt)
-        return data
+    # --- the hint file ----------------------------------------------------------
+
+    def stage_hint(self) -> bool:
+        """Write a hint file of the index as it is. Needs the compaction lock; whether
+        there is anything worth staging (the caller then publishes it)."""
+        segments = self._segments
+        if not self._hints or self.corrupt_records or any(s is None for s in segments):
+            # (A hint would hide damage that opening should report; and once a queue
+            # dropped segments, slots no longer match positions in CURRENT.)
+            return False
+        sizes = [s.size() for s in segments[:-1]] + [self._end]
+        coverage = [(size, s.checksum(size)) for s, size in zip(segments, sizes)]
+        payload = self._consumer.snapshot()  # type: ignore[attr-defined]
+        salt = segments[-1].salt
+        stage_hint(self.directory, Hint(salt, self.last_seq, self.last_birthtime, tuple(coverage), payload))
+        return True
+
+    def wants_hint(self) -> bool:
+        """Whether enough records lie past the last hint to write a new one at close."""
+        return self._hints and self.last_seq - max(self.hinted_seq, 0) >= max(HINT_AFTER_RECORDS, 1)
+
+    def covers_current(self) -> bool:
+        """Whether CURRENT still starts with the segments this process has indexed."""
+        manifest = read_manifest(self.directory)
+        numbers = tuple(s.number for s in self._segments if s is not None)
+        return manifest is not None and manifest.segments[: len(numbers)] == numbers
 
     # --- housekeeping ---------------------------------------------------------
 
@@ -625,7 +711,13 @@ class LogHandle:
         with self._lock:
             log, self._log = self._log, None
             if log is not None:
-                log.close()
+                try:
+                    self._before_close(log)
+                finally:
+                    log.close()
+
+    def _before_close(self, log: Log) -> None:
+        """Last words with the log, under the object's lock (a subclass hook)."""
 
     def __enter__(self: H) -> H:
         return self

@@ -9,12 +9,14 @@ still leave a torn tail; the log cuts it off before its next append.
 from __future__ import annotations
 
 import os
+import zlib
 
 from .errors import CorruptionError, FormatVersionError
 from .fileops import fdatasync, sync_directory, write_all
 from .format import SEGMENT_HEADER_SIZE, decode_segment_header, encode_segment_header
 
 SUFFIX = ".seg"
+_CHECKSUM_CHUNK = 4 * 2**20
 
 
 def segment_name(number: int) -> str:
@@ -90,6 +92,14 @@ class Segment:
     def read_from(self, offset: int) -> bytes:
         """Everything from ``offset`` to the end of the file as it is now."""
         return os.pread(self.fd, max(0, self.size() - offset), offset)
+
+    def checksum(self, size: int) -> int:
+        """CRC-32 of the first ``size`` bytes (short if the file is): ~5 GB/s, so a hint
+        file can vouch for every byte it covers at a small fraction of a scan's cost."""
+        crc = 0
+        for offset in range(0, size, _CHECKSUM_CHUNK):
+            crc = zlib.crc32(os.pread(self.fd, min(_CHECKSUM_CHUNK, size - offset), offset), crc)
+        return crc
 
     def append(self, data: bytes, offset: int) -> None:
         """Write ``data`` at the end, which must be ``offset``; all of it or none of it."""
