@@ -193,6 +193,8 @@ class Scan:
     - ``damage`` lists regions skipped because something valid follows them.
       A damaged length is never followed; the scan looks for the next frame
       whose checksums hold.
+    - ``last_seq`` and ``last_birthtime`` are the highest of the committed
+      frames, batch markers included (a COMMIT has its batch's highest seq).
     """
 
     def __init__(self, buf: bytes, salt: int, start: int = 0, complete: bool = False) -> None:
@@ -202,6 +204,8 @@ class Scan:
         self.complete = complete  # a finished segment: it cannot end in an unfinished append
         self.end = start
         self.damage: list[Damage] = []
+        self.last_seq = 0
+        self.last_birthtime = 0
 
     @property
     def tail(self) -> int:
@@ -239,6 +243,10 @@ class Scan:
             if frame.op == OP_BATCH_BEGIN:
                 batch = []
                 continue
+            if frame.seq > self.last_seq:
+                self.last_seq = frame.seq
+            if frame.birthtime_ns > self.last_birthtime:
+                self.last_birthtime = frame.birthtime_ns
             if frame.op != OP_BATCH_COMMIT:
                 yield frame
             self.end = pos

@@ -9,7 +9,7 @@ import warnings
 from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, MutableMapping, ValuesView
 from typing import Any, Callable, NamedTuple, TypeVar
 
-from . import compaction
+from . import compaction, crashpoints
 from .errors import IODictLogError, StoreClosedError
 from .format import KIND_COMPACTED, OP_DELETE, OP_SET, Frame, Hint
 from .hintfile import publish_hint, stage_hint
@@ -302,6 +302,8 @@ class IODict(LogHandle, MutableMapping):
                 moved = compaction.copy_live(sources, live, out, self._closing.is_set)
                 written = out.finish()
                 hint = self._stage_compaction_hint(plan, written, moved)
+                if crashpoints.ARMED:
+                    crashpoints.reached("compaction.copied")
                 if self._closing.is_set():
                     raise compaction.CompactionStopped("compaction stopped: the store is closing")
                 self._write(lambda log: log.commit_compaction(sources.numbers, written, hint))
@@ -389,6 +391,8 @@ class IODict(LogHandle, MutableMapping):
             if lock.try_acquire():
                 try:
                     if log.stage_hint() and log.covers_current():
+                        if crashpoints.ARMED:
+                            crashpoints.reached("hint.staged")
                         publish_hint(self.path)
                 finally:
                     lock.release()

@@ -37,6 +37,7 @@ import time
 import warnings
 from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
+from . import crashpoints
 from .compaction import Sources, Written, install, is_compaction_file
 from .errors import CorruptionError, CorruptionWarning, IODictLogError, StoreClosedError
 from .filelock import FileLock
@@ -283,16 +284,14 @@ class Log:
         apply = self._consumer.apply
         sealed = False
         for frame in scan:
-            if frame.seq > self.last_seq:
-                self.last_seq = frame.seq
-            if frame.birthtime_ns > self.last_birthtime:
-                self.last_birthtime = frame.birthtime_ns
             if frame.op == OP_SEAL:
                 sealed = True
                 if not complete:
                     break
                 continue
             apply(frame, pack_location(frame.birthtime_ns, slot, base + frame.offset, frame.length))
+        self.last_seq = max(self.last_seq, scan.last_seq)
+        self.last_birthtime = max(self.last_birthtime, scan.last_birthtime)
         for region in scan.damage:
             self.corrupt_records += 1
             warnings.warn(
@@ -389,7 +388,11 @@ class Log:
             data, locs, seq = self._encode_batch(entries, slot, active.salt)
         if self._end + len(data) > MAX_OFFSET:
             raise IODictLogError("a segment may not grow past 4 GiB; lower segment_bytes")
+        if crashpoints.ARMED and len(entries) > 1:
+            crashpoints.tear("batch.half", active.fd, data)
         active.append(data, self._end)
+        if crashpoints.ARMED:
+            crashpoints.reached("append.written")
         if self.sync_always:
             try:
                 active.sync()
@@ -448,6 +451,8 @@ class Log:
         """Seal the last segment and start the next one. Needs the lock."""
         with self._rewind_on_error():
             self._seal()
+            if crashpoints.ARMED:
+                crashpoints.reached("roll.sealed")
             self._roll_after_seal()
 
     @contextlib.contextmanager
@@ -480,6 +485,8 @@ class Log:
         number = max(manifest.segments) + 1  # (repair may have put a higher number earlier in the list)
         segment = Segment.create(self.directory, number, KIND_LOG, active.salt)
         manifest = manifest._replace(generation=manifest.generation + 1, segments=manifest.segments + (number,))
+        if crashpoints.ARMED:
+            crashpoints.reached("roll.created")
         try:
             write_manifest(self.directory, manifest)
         except BaseException:
@@ -511,6 +518,8 @@ class Log:
             birthtime_floor=self.last_birthtime,
         )
         write_manifest(self.directory, manifest)
+        if crashpoints.ARMED:
+            crashpoints.reached("queue.released")
         self._manifest = manifest
         self._forget(doomed)
         for number in doomed:
@@ -597,16 +606,24 @@ class Log:
         numbers = install(directory, written, max(manifest.segments) + 1)
         active = (numbers[-1] if numbers else max(manifest.segments)) + 1
         Segment.create(directory, active, KIND_LOG, self._segments[-1].salt).close()
+        if crashpoints.ARMED:
+            crashpoints.reached("compaction.installed")
         with self._rewind_on_error():
             self._seal()
+            if crashpoints.ARMED:
+                crashpoints.reached("compaction.sealed")
             segments = (*numbers, *manifest.segments[len(replaced) :], active)
             write_manifest(directory, Manifest(manifest.generation + 1, segments, self.last_seq, self.last_birthtime))
+            if crashpoints.ARMED:
+                crashpoints.reached("compaction.committed")
             if hint:
                 with contextlib.suppress(OSError):  # only a cache: without it the next open scans
                     publish_hint(directory)
             for n in replaced:
                 os.unlink(os.path.join(directory, segment_name(n)))
             sync_directory(directory)
+        if crashpoints.ARMED:
+            crashpoints.reached("compaction.unlinked")
         self._load()
 
     # --- the hint file ----------------------------------------------------------

@@ -65,6 +65,15 @@ CHILD_SECONDS = 60  # bound on any one child process; they normally take well un
 GARBAGE_SETTINGS = settings(max_examples=60, deadline=None, database=None, derandomize=True)
 
 
+@pytest.fixture(autouse=True, params=["scan", "hint"])
+def index_source(request, monkeypatch):
+    """Every test runs twice: once as written, once with a hint file left by every
+    close, so a hint can never change what opening a damaged store yields."""
+    if request.param == "hint":
+        monkeypatch.setattr(iodict_log.log, "HINT_AFTER_RECORDS", 1)
+    return request.param
+
+
 # --- a model of what the store must hold -----------------------------------------------
 #
 # An operation is ("set", key, value), ("del", key) or ("batch", [[key, value], ...]),
