@@ -360,6 +360,7 @@ class IODict(LogHandle, MutableMapping):
             if lock.try_acquire():  # else another process is compacting this store
                 try:
                     self._compact_holding(None)
+                    self._auto_retry_at = 0  # (only a failed or skipped one waits for more growth)
                 finally:
                     lock.release()
         except (StoreClosedError, compaction.CompactionStopped):
