@@ -52,7 +52,7 @@ class IODict(LogHandle, MutableMapping):
         segment_bytes: int = 64 * 2**20,
         auto_compact: bool = True,
         compact_ratio: float = 0.4,
-        compact_min_bytes: int = 8 * 2**20,
+        compact_min_bytes: int = 2**20,
     ) -> None:
         check_options(sync, segment_bytes)
         if compression not in ("lz4", None):
