@@ -107,6 +107,11 @@ class FileLock:
     def held(self) -> bool:
         return self._depth > 0 and self._generation == _fork_generation
 
+    @property
+    def depth(self) -> int:
+        """How many times this object holds the lock (0 if not, or in a forked child)."""
+        return self._depth if self._generation == _fork_generation else 0
+
     def acquire(self) -> None:
         self._check_fork()
         if self._depth == 0:

@@ -107,15 +107,32 @@ class KeyIndex:
 
     def restore(self, snapshot: bytes) -> None:
         """Replace the contents by a snapshot's; ValueError if it is not one."""
-        try:
-            locations, live_bytes, other_frames = _DataOnlyUnpickler(io.BytesIO(snapshot)).load()
-        except Exception as exc:  # whatever unpickling garbage raises
-            raise ValueError(f"not an index snapshot: {exc}") from None
-        if type(locations) is not dict or type(live_bytes) is not int or type(other_frames) is not int:
-            raise ValueError("not an index snapshot")
+        locations, live_bytes, other_frames = _load(snapshot)
         self._locations = locations
         self.live_bytes = live_bytes
         self.other_frames = other_frames
+
+    def rebase(self, snapshot: bytes, first_kept: int, shift: int) -> None:
+        """Move onto a compaction's copies: a key whose record lies in a replaced
+        segment (slot < ``first_kept``) takes its copy's location from ``snapshot``
+        (the compaction's); the others' slots move by ``shift``. Order is kept.
+        ValueError, changing nothing, if a copy is missing or is not the same record."""
+        copies = _load(snapshot)[0]
+        moved = {}
+        live = 0
+        delta = shift << _SLOT_SHIFT
+        for key, loc in self._locations.items():
+            if (loc >> _SLOT_SHIFT) & _SLOT_MASK >= first_kept:
+                loc += delta
+            else:
+                copy = copies.get(key)
+                if copy is None or copy >> _BIRTH_SHIFT != loc >> _BIRTH_SHIFT or (copy ^ loc) & _LENGTH_MASK:
+                    raise ValueError(f"the snapshot has no copy of the record of {key!r}")
+                loc = copy
+            moved[key] = loc
+            live += loc & _LENGTH_MASK
+        self._locations = moved
+        self.live_bytes = live
 
     def first(self) -> Any:
         """The oldest key; KeyError when empty."""
@@ -130,6 +147,16 @@ class KeyIndex:
 def snapshot_of(locations: dict[Any, int]) -> bytes:
     """The snapshot of a KeyIndex holding ``locations`` (and no queue frames)."""
     return _dump(locations, sum(loc & _LENGTH_MASK for loc in locations.values()), 0)
+
+
+def _load(snapshot: bytes) -> tuple[dict[Any, int], int, int]:
+    try:
+        locations, live_bytes, other_frames = _DataOnlyUnpickler(io.BytesIO(snapshot)).load()
+    except Exception as exc:  # whatever unpickling garbage raises
+        raise ValueError(f"not an index snapshot: {exc}") from None
+    if type(locations) is not dict or type(live_bytes) is not int or type(other_frames) is not int:
+        raise ValueError("not an index snapshot")
+    return locations, live_bytes, other_frames
 
 
 def _dump(locations: dict[Any, int], live_bytes: int, other_frames: int) -> bytes:

@@ -292,6 +292,7 @@ class IODict(LogHandle, MutableMapping):
         """The three steps of a compaction; needs the compaction lock."""
         started = time.perf_counter()
         compaction.remove_leftovers(self.path)
+        self._read(lambda log: None)  # (as before the commit, below)
         plan = self._write(self._seal_for_compaction)
         sources, live = plan.sources, plan.live
         try:
@@ -306,6 +307,7 @@ class IODict(LogHandle, MutableMapping):
                     crashpoints.reached("compaction.copied")
                 if self._closing.is_set():
                     raise compaction.CompactionStopped("compaction stopped: the store is closing")
+                self._read(lambda log: None)  # catch up on the copy's time unlocked: the commit stays short
                 self._write(lambda log: log.commit_compaction(sources.numbers, written, hint))
             except BaseException:
                 out.abort()

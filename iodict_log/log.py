@@ -67,11 +67,17 @@ LOCK_NAME = "LOCK"
 # A clean close writes a hint file once this many records lie past the last one:
 # below that, scanning them at open costs about as much as loading the hint.
 HINT_AFTER_RECORDS = 10_000
+# Rescanning a record costs about this many times what moving one index entry does.
+_RESCAN_COST = 10
 T = TypeVar("T")
 H = TypeVar("H", bound="LogHandle")
 
 # (op, flags, key, stored value, birthtime_ns) of one record to append.
 Entry = tuple[int, int, bytes, bytes, int]
+
+
+class ReloadNeeded(Exception):
+    """Raised by refresh(defer_reload=True): let go of the lock, then refresh() again."""
 
 
 class LogConsumer(Protocol):
@@ -133,6 +139,14 @@ class Log:
         self._lock = FileLock(os.path.join(directory, LOCK_NAME))
         try:
             with self._lock:
+                # Create the store, or delete what interrupted steps left; then read it
+                # without the lock, so a big store opening does not hold up writers.
+                manifest = read_manifest(directory)
+                if manifest is None:
+                    self._load()
+                else:
+                    self._remove_leftovers(manifest.segments)
+            if not self._segments:
                 self._load()
         except BaseException:
             self.close()
@@ -156,17 +170,33 @@ class Log:
                 )
 
     def _load(self) -> None:
-        """(Re)build all state from the files. Needs the lock."""
+        """(Re)build all state from the files.
+
+        With the lock (opening) it may create the store and deletes leftovers.
+        Without it (a reload after another process compacted), a segment may be
+        deleted under it by yet another compaction: then it starts over.
+        """
+        while True:
+            manifest = read_manifest(self.directory)
+            try:
+                self._load_from(manifest)
+                return
+            except CorruptionError:
+                if self._lock.held or read_manifest(self.directory) == manifest:
+                    raise
+
+    def _load_from(self, manifest: Manifest | None) -> None:
         self._close_segments()
         self._consumer.reset()
         self.corrupt_records = 0
-        manifest = read_manifest(self.directory)
         if manifest is None:  # a new store, or one whose creation crashed half-way
+            if not self._lock.held:
+                raise IODictLogError(f"{self.directory}: {MANIFEST_NAME} is gone")
             self._remove_leftovers(())
             Segment.create(self.directory, 1, KIND_LOG, int.from_bytes(os.urandom(4), "little")).close()
             manifest = Manifest(1, (1,))
             write_manifest(self.directory, manifest)
-        else:
+        elif self._lock.held:
             self._remove_leftovers(manifest.segments)
         self._manifest = manifest
         self.last_seq = manifest.seq_floor
@@ -189,7 +219,7 @@ class Log:
         if not self._hints:
             return None
         hint = read_hint(self.directory)
-        if hint is None or not self._hint_covers(hint):
+        if hint is None or not self._hint_covers(hint, self._segments):
             return None
         try:
             self._consumer.restore(hint.payload)  # type: ignore[attr-defined]
@@ -201,17 +231,18 @@ class Log:
         self.hinted_seq = self.last_seq
         return len(hint.coverage) - 1, hint.coverage[-1][0]
 
-    def _hint_covers(self, hint: Hint) -> bool:
-        """Whether the first segments hold exactly the bytes the hint was made from."""
+    @staticmethod
+    def _hint_covers(hint: Hint, segments: list[Segment]) -> bool:
+        """Whether the first ``segments`` hold exactly the bytes the hint was made from."""
         coverage = hint.coverage
-        if not coverage or len(coverage) > len(self._segments):
+        if not coverage or len(coverage) > len(segments):
             return False
         for i, (size, _) in enumerate(coverage):
-            segment = self._segments[i]
+            segment = segments[i]
             actual = segment.size()
             if segment.salt != hint.salt or actual < size or (actual != size and i < len(coverage) - 1):
                 return False
-        return all(self._segments[i].checksum(size) == crc for i, (size, crc) in enumerate(coverage))
+        return all(segments[i].checksum(size) == crc for i, (size, crc) in enumerate(coverage))
 
     def _count_sealed(self) -> None:
         self._sealed_bytes = sum(s.size() for s in self._segments[:-1] if s is not None)
@@ -242,12 +273,18 @@ class Log:
 
     # --- keeping up with other processes ------------------------------------
 
-    def refresh(self) -> None:
-        """Apply whatever other processes appended since our last look."""
-        if self._segments[-1].size() != self._end:
-            self._catch_up()
+    def refresh(self, defer_reload: bool = False) -> None:
+        """Apply whatever other processes appended since our last look.
 
-    def _catch_up(self) -> None:
+        When another process compacted, the index must be rebuilt: with
+        ``defer_reload``, a caller holding the lock once raises ReloadNeeded
+        instead, so that it can let go of the lock and call refresh() again,
+        and other writers need not wait for the rebuild (see LogHandle._write).
+        """
+        if self._segments[-1].size() != self._end:
+            self._catch_up(defer_reload)
+
+    def _catch_up(self, defer_reload: bool = False) -> None:
         while True:
             active = self._segments[-1]
             size = active.size()
@@ -258,7 +295,12 @@ class Log:
             sealed = self._scan(len(self._segments) - 1, active.read_from(self._end))
             if sealed:
                 with self._lock:
-                    self._follow_seal()
+                    reload = self._follow_seal()
+                if reload:
+                    if defer_reload and self._lock.depth == 1:
+                        raise ReloadNeeded
+                    self._rebuild()
+                    return
                 continue
             if active.size() == self._end:
                 return
@@ -306,19 +348,25 @@ class Log:
         self._end = start
         self._scan(slot, self._segments[slot].read_from(start), complete=True)
 
-    def _follow_seal(self) -> None:
-        """The last segment is sealed: move on to the next one, or rebuild. Needs the lock."""
+    def _follow_seal(self) -> bool:
+        """The last segment is sealed: move on to the next one; True if the index
+        must be rebuilt instead (by _load, best without the lock). Needs the lock."""
         manifest = read_manifest(self.directory)
         listed = manifest.segments if manifest else ()
         kept = self._forget_unlisted(listed)
         if listed[: len(kept)] != kept or len(self._segments) + len(listed) - len(kept) > MAX_SLOTS:
-            self._load()  # compaction replaced our segments (or the slots need renumbering)
-            return
+            return True  # compaction replaced our segments (or the slots need renumbering)
         if listed == kept:
             self._roll_after_seal()  # the roller died after sealing
-            return
+            return False
+        self._open_after(manifest, len(kept))
+        return False
+
+    def _open_after(self, manifest: Manifest, known: int) -> None:
+        """Open and read the segments CURRENT lists after the ``known`` ones we end with."""
+        listed = manifest.segments
         first_new = len(self._segments)
-        for number in listed[len(kept) :]:
+        for number in listed[known:]:
             self._segments.append(Segment.open(self.directory, number, writable=number == listed[-1]))
         for slot in range(first_new, len(self._segments) - 1):
             self._scan_complete(slot)  # sealed in the meantime: read whole
@@ -326,6 +374,56 @@ class Log:
         self._end = SEGMENT_HEADER_SIZE
         self._sync_timer = None  # a pending group commit is for the old segment
         self._count_sealed()
+
+    def _rebuild(self) -> None:
+        """Rebuild the index after another process replaced our first segments."""
+        if not self._rebase():
+            self._load()
+
+    def _rebase(self) -> bool:
+        """After a compaction: move the index onto the copies (the compaction's hint
+        says where each is) instead of rebuilding it, when rescanning what was
+        appended during the compaction would cost more; whether it did.
+
+        Our leading segments were forgotten by _follow_seal; the ones we kept
+        must follow the hint's segments in CURRENT, the hint must vouch for
+        them, and every key we had in a replaced segment must have its copy.
+        """
+        manifest = read_manifest(self.directory)
+        hint = read_hint(self.directory) if self._hints and not self.corrupt_records else None
+        if manifest is None or hint is None:
+            return False
+        kept_slots = [slot for slot, s in enumerate(self._segments) if s is not None]
+        kept = tuple(self._segments[slot].number for slot in kept_slots)
+        copies = len(hint.coverage)
+        if manifest.segments[copies : copies + len(kept)] != kept:
+            return False
+        consumer = self._consumer
+        frame_bytes = consumer.live_bytes / max(len(consumer), 1)  # type: ignore[attr-defined, arg-type]
+        to_rescan = sum(self._segments[slot].size() for slot in kept_slots) / max(frame_bytes, 1)
+        if to_rescan * _RESCAN_COST < len(consumer):  # type: ignore[arg-type]
+            return False
+        try:
+            segments = [Segment.open(self.directory, n) for n in manifest.segments[:copies]]
+        except CorruptionError:
+            return False  # compacted again meanwhile
+        try:
+            if not self._hint_covers(hint, segments):
+                raise ValueError("the hint is not this compaction's")
+            consumer.rebase(hint.payload, kept_slots[0], copies - kept_slots[0])  # type: ignore[attr-defined]
+        except ValueError:
+            for segment in segments:
+                segment.close()
+            return False
+        self._segments = segments + [self._segments[slot] for slot in kept_slots]
+        self._first_live = 0
+        self.hinted_seq = hint.last_seq
+        if manifest.segments[copies + len(kept) :]:
+            self._open_after(manifest, copies + len(kept))
+        else:
+            self._manifest = manifest
+            self._count_sealed()
+        return True
 
     def _forget_unlisted(self, listed: tuple[int, ...]) -> tuple[int, ...]:
         """Forget leading segments CURRENT no longer lists (a queue consumer deleted them);
@@ -598,6 +696,8 @@ class Log:
         Needs the lock and a refresh() under it. Raises IODictLogError, changing
         nothing, if CURRENT no longer starts with ``replaced`` (a repair ran).
         With ``hint``, the staged hint file (which covers ``written``) is published.
+        This process then meets its own SEAL on its next refresh and rebuilds its
+        index like every other process, after letting go of the lock.
         """
         directory = self.directory
         manifest = read_manifest(directory)  # under the lock: the latest
@@ -608,6 +708,7 @@ class Log:
         Segment.create(directory, active, KIND_LOG, self._segments[-1].salt).close()
         if crashpoints.ARMED:
             crashpoints.reached("compaction.installed")
+        before_seal = self._end
         with self._rewind_on_error():
             self._seal()
             if crashpoints.ARMED:
@@ -624,7 +725,7 @@ class Log:
             sync_directory(directory)
         if crashpoints.ARMED:
             crashpoints.reached("compaction.unlinked")
-        self._load()
+        self._end = before_seal
 
     # --- the hint file ----------------------------------------------------------
 
@@ -719,9 +820,13 @@ class LogHandle:
         """Run fn(log, *args) holding the file lock, on up-to-date state."""
         with self._lock:
             log = self._open_log()
-            with log.locked():
-                log.refresh()
-                return fn(log, *args)
+            while True:
+                try:
+                    with log.locked():
+                        log.refresh(defer_reload=True)
+                        return fn(log, *args)
+                except ReloadNeeded:
+                    log.refresh()  # rebuild the index without holding up other writers
 
     def close(self) -> None:
         """Close the files; the data stays on disk, the object is unusable afterwards. Idempotent."""
