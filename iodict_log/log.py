@@ -61,7 +61,7 @@ from .format import (
 from .hintfile import HINT_NAME, HINT_TMP_NAME, publish_hint, read_hint, stage_hint
 from .index import MAX_OFFSET, MAX_SLOTS, pack_location, unpack_location
 from .manifest import MANIFEST_NAME, read_manifest, write_manifest
-from .segment import Segment, parse_segment_name, segment_name
+from .segment import Segment, close_later, parse_segment_name, segment_name
 
 LOCK_NAME = "LOCK"
 # A clean close writes a hint file once this many records lie past the last one:
@@ -186,7 +186,7 @@ class Log:
                     raise
 
     def _load_from(self, manifest: Manifest | None) -> None:
-        self._close_segments()
+        self._close_segments(later=True)  # (a reload: those may be deleted segments)
         self._consumer.reset()
         self.corrupt_records = 0
         if manifest is None:  # a new store, or one whose creation crashed half-way
@@ -251,10 +251,12 @@ class Log:
         """Bytes in the live segments, as far as this process has read them."""
         return self._sealed_bytes + self._end
 
-    def _close_segments(self) -> None:
-        for segment in self._segments:
-            if segment is not None:
-                segment.close()
+    def _close_segments(self, later: bool = False) -> None:
+        segments = [s for s in self._segments if s is not None]
+        if later:
+            close_later(segments)
+        for segment in segments:
+            segment.close()
         self._segments = []
         self._first_live = 0  # slot of the first segment not dropped
         self._sync_timer = None  # a pending group commit is for a segment now closed
@@ -438,10 +440,12 @@ class Log:
     def _forget(self, numbers: Iterable[int]) -> None:
         """Close dropped segments; their slots stay taken so locations elsewhere keep meaning."""
         numbers = set(numbers)
+        dropped = []
         for slot, segment in enumerate(self._segments):
             if segment is not None and segment.number in numbers:
-                segment.close()
+                dropped.append(segment)
                 self._segments[slot] = None
+        close_later(dropped)
         while self._segments[self._first_live] is None:
             self._first_live += 1
         self._count_sealed()

@@ -9,6 +9,7 @@ still leave a torn tail; the log cuts it off before its next append.
 from __future__ import annotations
 
 import os
+import threading
 import zlib
 
 from .errors import CorruptionError, FormatVersionError
@@ -122,3 +123,14 @@ class Segment:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def close_later(segments: list[Segment]) -> None:
+    """Close segments in a background thread. Closing the last descriptor of a
+    deleted file frees its blocks, ~20 ms per 64 MiB on ext4: after another
+    process compacted, that should not stall the call that noticed."""
+    fds = [s.fd for s in segments if s.fd >= 0]
+    for s in segments:
+        s.fd = -1
+    if fds:
+        threading.Thread(target=lambda: [os.close(fd) for fd in fds], name="iodict_log-close", daemon=True).start()
