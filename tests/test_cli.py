@@ -97,6 +97,21 @@ def test_compact_shrinks_a_dict_store_and_keeps_its_contents(tmp_path):
         assert d.stats()["dead_bytes"] < 100
 
 
+def test_compact_from_cron_while_an_application_has_the_store_open_and_writes(tmp_path):
+    make_store(tmp_path / "s")
+    app = IODict(tmp_path / "s", auto_compact=False)
+    app["before"] = 1
+    expected = list(app.items())
+    result = run("compact", str(tmp_path / "s"))
+    assert result.returncode == 0, result.stderr
+    assert list(app.items()) == expected  # the application follows the swap
+    app["after"] = 2  # and writes on, where a fresh reader sees it
+    with IODict(tmp_path / "s") as d:
+        assert list(d.items()) == [*expected, ("after", 2)]
+        assert d.stats()["dead_bytes"] < 200
+    app.close()
+
+
 def test_compact_refuses_a_queue_rather_than_drop_its_items(tmp_path):
     with DurableQueue(tmp_path / "q") as q:
         q.put("keep me")
