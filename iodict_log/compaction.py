@@ -34,6 +34,7 @@ import os
 import zlib
 from typing import Any, Callable, Iterable, NamedTuple
 
+from . import fileops
 from .errors import CorruptionError
 from .filelock import FileLock
 from .fileops import sync_directory
@@ -58,7 +59,7 @@ def is_compaction_file(name: str) -> bool:
 def remove_leftovers(directory: str) -> None:
     """Delete the temporary files of an interrupted compaction. Needs the compaction lock."""
     for path in glob.glob(os.path.join(glob.escape(directory), _TMP_PATTERN)):
-        os.unlink(path)
+        fileops.unlink(path)
 
 
 def standalone(frame: Frame, salt: int) -> bytes:
@@ -95,7 +96,7 @@ class SegmentWriter:
         if self._fd < 0 or (self._size + len(frame) > self._segment_bytes and self._size > SEGMENT_HEADER_SIZE):
             self._finish_file()
             self._path = os.path.join(self._directory, f"compact.{len(self.written):04d}.tmp")
-            self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._fd = fileops.open_fd(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             self._pending = [self._header]
             self._size = len(self._header)
             self._crc = 0
@@ -110,15 +111,13 @@ class SegmentWriter:
         data = b"".join(self._pending)
         self._pending = []
         self._crc = zlib.crc32(data, self._crc)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
+        fileops.write_all(self._fd, data)
 
     def _finish_file(self) -> None:
         if self._fd < 0:
             return
         self._flush()
-        os.fsync(self._fd)
+        fileops.fsync(self._fd)
         os.close(self._fd)
         self._fd = -1
         self.written.append(Written(self._path, self._size, self._crc))
@@ -136,7 +135,7 @@ class SegmentWriter:
             self.written.append(Written(self._path, 0, 0))
         for w in self.written:
             try:
-                os.unlink(w.path)
+                fileops.unlink(w.path)
             except FileNotFoundError:
                 pass
 
@@ -146,7 +145,7 @@ def install(directory: str, written: list[Written], first_number: int) -> tuple[
     the numbers. Needs the write lock, so that no roll takes the same numbers."""
     numbers = tuple(range(first_number, first_number + len(written)))
     for w, number in zip(written, numbers):
-        os.replace(w.path, os.path.join(directory, segment_name(number)))
+        fileops.replace(w.path, os.path.join(directory, segment_name(number)))
     sync_directory(directory)
     return numbers
 

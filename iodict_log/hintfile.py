@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+from . import fileops
 from .fileops import read_file, write_file
 from .format import Hint, decode_hint, encode_hint
 
@@ -35,4 +36,4 @@ def stage_hint(directory: str, hint: Hint) -> str:
 
 def publish_hint(directory: str) -> None:
     """Make the staged hint the store's hint."""
-    os.replace(os.path.join(directory, HINT_TMP_NAME), os.path.join(directory, HINT_NAME))
+    fileops.replace(os.path.join(directory, HINT_TMP_NAME), os.path.join(directory, HINT_NAME))

@@ -19,6 +19,7 @@ import shutil
 import time
 from typing import Any, Callable, Iterator, NamedTuple
 
+from . import fileops
 from .compaction import SegmentWriter, compaction_lock, install, remove_leftovers, standalone
 from .durablequeue import PendingItems
 from .errors import IODictLogError
@@ -208,7 +209,7 @@ def _repair_locked(path: str, backup: str | None, progress: Progress | None) -> 
             _write_segment(path, next_number, data, frames)
             next_number += 1
         elif found:  # only the torn tail of the last segment: cut it, as any writer would
-            os.truncate(os.path.join(path, segment_name(number)), found[0].offset)
+            fileops.truncate(os.path.join(path, segment_name(number)), found[0].offset)
         done += len(data)
         if progress:
             progress(done, total)
@@ -224,7 +225,7 @@ def _repair_locked(path: str, backup: str | None, progress: Progress | None) -> 
         segments = tuple(replaced.get(n, n) for n in numbers)
         write_manifest(path, Manifest(manifest.generation + 1, segments, last_seq + 1, last_birthtime + 1000))
         for number in replaced:
-            os.unlink(os.path.join(path, segment_name(number)))
+            fileops.unlink(os.path.join(path, segment_name(number)))
         sync_directory(path)
     return backup, dropped
 

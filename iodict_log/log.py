@@ -37,11 +37,11 @@ import time
 import warnings
 from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
-from . import crashpoints
+from . import crashpoints, fileops
 from .compaction import Sources, Written, install, is_compaction_file
 from .errors import CorruptionError, CorruptionWarning, IODictLogError, StoreClosedError
 from .filelock import FileLock
-from .fileops import fdatasync, sync_directory
+from .fileops import sync_directory
 from .format import (
     COUNT,
     FLAG_BATCH,
@@ -268,7 +268,7 @@ class Log:
         for name in os.listdir(self.directory):
             number = parse_segment_name(name)
             if (number is not None and number not in live) or name == MANIFEST_NAME + ".tmp":
-                os.unlink(os.path.join(self.directory, name))
+                fileops.unlink(os.path.join(self.directory, name))
                 removed = True
         if removed:
             sync_directory(self.directory)
@@ -538,7 +538,7 @@ class Log:
 
     def _group_commit(self, fd: int) -> None:
         try:
-            fdatasync(fd)
+            fileops.fdatasync(fd)
         except OSError as exc:
             self._sync_error = exc
         finally:
@@ -626,7 +626,7 @@ class Log:
         self._forget(doomed)
         for number in doomed:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(self.directory, segment_name(number)))
+                fileops.unlink(os.path.join(self.directory, segment_name(number)))
         sync_directory(self.directory)
 
     # --- reading --------------------------------------------------------------
@@ -725,7 +725,7 @@ class Log:
                 with contextlib.suppress(OSError):  # only a cache: without it the next open scans
                     publish_hint(directory)
             for n in replaced:
-                os.unlink(os.path.join(directory, segment_name(n)))
+                fileops.unlink(os.path.join(directory, segment_name(n)))
             sync_directory(directory)
         if crashpoints.ARMED:
             crashpoints.reached("compaction.unlinked")

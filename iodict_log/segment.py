@@ -12,8 +12,8 @@ import os
 import threading
 import zlib
 
+from . import fileops
 from .errors import CorruptionError, FormatVersionError
-from .fileops import fdatasync, sync_directory, write_all
 from .format import SEGMENT_HEADER_SIZE, decode_segment_header, encode_segment_header
 
 SUFFIX = ".seg"
@@ -50,14 +50,14 @@ class Segment:
     def create(cls, directory: str, number: int, kind: int, salt: int) -> Segment:
         """Create a new segment holding only its header, durably."""
         path = os.path.join(directory, segment_name(number))
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        fd = fileops.open_fd(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         try:
-            write_all(fd, encode_segment_header(kind, salt))
-            os.fsync(fd)
-            sync_directory(directory)
+            fileops.write_all(fd, encode_segment_header(kind, salt))
+            fileops.fsync(fd)
+            fileops.sync_directory(directory)
         except BaseException:
             os.close(fd)
-            os.unlink(path)
+            fileops.unlink(path)
             raise
         return cls(number, path, fd, kind, salt)
 
@@ -65,7 +65,7 @@ class Segment:
     def open(cls, directory: str, number: int, writable: bool = False) -> Segment:
         path = os.path.join(directory, segment_name(number))
         try:
-            fd = os.open(path, (os.O_RDWR | os.O_APPEND) if writable else os.O_RDONLY)
+            fd = fileops.open_fd(path, (os.O_RDWR | os.O_APPEND) if writable else os.O_RDONLY)
         except FileNotFoundError:
             raise CorruptionError(f"{path}: segment listed in the manifest is missing") from None
         try:
@@ -105,7 +105,7 @@ class Segment:
     def append(self, data: bytes, offset: int) -> None:
         """Write ``data`` at the end, which must be ``offset``; all of it or none of it."""
         try:
-            write_all(self.fd, data)
+            fileops.write_all(self.fd, data)
         except BaseException:
             try:
                 self.truncate(offset)
@@ -114,10 +114,10 @@ class Segment:
             raise
 
     def truncate(self, size: int) -> None:
-        os.ftruncate(self.fd, size)
+        fileops.ftruncate(self.fd, size)
 
     def sync(self) -> None:
-        fdatasync(self.fd)
+        fileops.fdatasync(self.fd)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from iodict_log import IODict
+from iodict_log import IODict, fileops
 
 SEGMENT = "0000000001.seg"
 
@@ -18,7 +18,7 @@ def fsyncs(monkeypatch):
     """Record (file size at the time, thread) of every fdatasync on a segment file."""
     calls: list[tuple[int, str]] = []
     happened = threading.Event()
-    real = os.fdatasync
+    real = fileops.fdatasync
 
     def recording(fd: int) -> None:
         real(fd)
@@ -26,7 +26,7 @@ def fsyncs(monkeypatch):
             calls.append((os.fstat(fd).st_size, threading.current_thread().name))
             happened.set()
 
-    monkeypatch.setattr(os, "fdatasync", recording)
+    monkeypatch.setattr(fileops, "fdatasync", recording)
     return calls, happened
 
 
@@ -73,7 +73,7 @@ def test_a_failed_group_commit_fsync_is_raised_by_the_next_call(tmp_path, monkey
         raise OSError(errno.EIO, "Input/output error")
 
     d = IODict(tmp_path / "s", sync=0.01)
-    monkeypatch.setattr(os, "fdatasync", broken)
+    monkeypatch.setattr(fileops, "fdatasync", broken)
     d["a"] = 1
     assert failed.wait(timeout=30)
     d._log._sync_timer.join(timeout=30)  # the timer has recorded its error
@@ -97,7 +97,7 @@ def test_sync_fsyncs_on_demand(tmp_path, fsyncs):
 def test_group_commit_follows_the_active_segment_across_a_roll(tmp_path, monkeypatch):
     synced: list[str] = []
     newest_synced = threading.Event()
-    real = os.fdatasync
+    real = fileops.fdatasync
 
     def recording(fd: int) -> None:
         real(fd)
@@ -106,7 +106,7 @@ def test_group_commit_follows_the_active_segment_across_a_roll(tmp_path, monkeyp
         if target.endswith("0000000002.seg"):
             newest_synced.set()
 
-    monkeypatch.setattr(os, "fdatasync", recording)
+    monkeypatch.setattr(fileops, "fdatasync", recording)
     d = IODict(tmp_path / "s", sync=0.2, segment_bytes=4096)
     for i in range(60):  # about 7 KB: the last writes land in the second segment
         d[i] = b"v" * 100

@@ -97,46 +97,6 @@ def test_unlisted_segment_files_are_leftovers_and_are_removed_on_open(tmp_path):
     assert not stray.exists()
 
 
-@pytest.mark.parametrize("crash_at", ["after_outputs", "after_seal", "after_manifest", "after_unlink"])
-def test_compaction_interrupted_at_each_step_keeps_the_same_contents(tmp_path, monkeypatch, crash_at):
-    path = tmp_path / "s"
-    d = IODict(path, segment_bytes=SMALL)
-    fill(d, 200)
-    for i in range(0, 200, 3):
-        del d[f"k{i}"]
-    for i in range(1, 200, 3):
-        d[f"k{i}"] = b"rewritten"
-    expected = list(d.items())
-    birthtimes = [d.birthtime(k) for k in d]
-
-    class Crash(Exception):
-        pass
-
-    def crash(*args, **kwargs):
-        raise Crash
-
-    log = d._log
-    if crash_at == "after_outputs":
-        monkeypatch.setattr(log, "_seal", crash)
-    elif crash_at == "after_seal":
-        monkeypatch.setattr(log_module, "write_manifest", crash)
-    elif crash_at == "after_manifest":
-        monkeypatch.setattr(log_module.os, "unlink", crash)
-    else:
-        monkeypatch.setattr(log, "_load", crash)
-    with pytest.raises(Crash):
-        d.compact()
-    monkeypatch.undo()
-    d._log = None  # the process died here
-    with IODict(path, segment_bytes=SMALL) as again:
-        assert list(again.items()) == expected
-        assert [again.birthtime(k) for k in again] == birthtimes
-        again["later"] = b"ok"
-    with IODict(path, segment_bytes=SMALL) as again:
-        assert list(again.items()) == [*expected, ("later", b"ok")]
-        assert segment_files(path) == sorted(read_manifest(str(path)).segments)
-
-
 def test_another_process_view_is_rebuilt_after_a_compaction(tmp_path):
     path = tmp_path / "s"
     compactor = IODict(path, segment_bytes=SMALL)

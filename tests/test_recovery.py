@@ -44,7 +44,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import iodict_log
-from iodict_log import CorruptionError, CorruptionWarning, IODict, IODictLogError
+from iodict_log import CorruptionError, CorruptionWarning, IODict, IODictLogError, fileops
 from iodict_log.format import OP_SET, SEGMENT_HEADER_SIZE, encode_frame
 
 SEGMENT_HEADER = SEGMENT_HEADER_SIZE
@@ -752,7 +752,7 @@ def test_partial_write_then_enospc_raises_and_leaves_no_trace(tmp_path, monkeypa
         seg_path = _only_segment(path)
         size = os.path.getsize(seg_path)
         with monkeypatch.context() as patch:
-            patch.setattr(os, "write", _partial_write_then_enospc(os.write))
+            patch.setattr(fileops, "write", _partial_write_then_enospc(fileops.write))
             with pytest.raises(OSError) as raised:
                 _apply(d, failing)
         assert raised.value.errno == errno.ENOSPC
@@ -780,7 +780,7 @@ def test_fdatasync_eio_with_sync_true_raises_but_keeps_the_whole_record(tmp_path
             raise OSError(errno.EIO, os.strerror(errno.EIO))
 
         with monkeypatch.context() as patch:
-            patch.setattr(os, "fdatasync", fdatasync)
+            patch.setattr(fileops, "fdatasync", fdatasync)
             with pytest.raises(OSError) as raised:
                 d["unsynced"] = "landed"
             with pytest.raises(OSError):
@@ -823,7 +823,7 @@ def test_enospc_while_starting_a_new_segment_keeps_the_store_usable(tmp_path, mo
     d = IODict(path, segment_bytes=4096)
     ops = _fill_to_roll(d, path)
     with monkeypatch.context() as patch:
-        patch.setattr(os, "write", _enospc_for_new_files(os.write))
+        patch.setattr(fileops, "write", _enospc_for_new_files(fileops.write))
         with pytest.raises(OSError) as raised:
             d["trigger"] = "no room for a new segment"
     assert raised.value.errno == errno.ENOSPC
@@ -970,10 +970,11 @@ def test_kill_9_loses_no_acknowledged_write_and_keeps_batches_whole(tmp_path):
 DYING_ROLLER = r"""
 import os, sys
 import iodict_log
+from iodict_log import fileops
 
 path, die_at = sys.argv[1], int(sys.argv[2])
 d = iodict_log.IODict(path, segment_bytes=4096)
-real_write = os.write
+real_write = fileops.write
 new_file_writes = 0
 
 def write(fd, data):
@@ -984,7 +985,7 @@ def write(fd, data):
             os._exit(137)
     return real_write(fd, data)
 
-os.write = write
+fileops.write = write
 for i in range(1000):
     d[f"k{i:03d}"] = [i, "p" * 40]
     sys.stdout.write(f"{i}\n")

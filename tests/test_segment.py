@@ -54,13 +54,13 @@ def test_read_past_the_end_is_corruption_not_short_data(tmp_path):
 def test_failed_partial_append_leaves_the_file_as_it_was(tmp_path, monkeypatch):
     seg = Segment.create(str(tmp_path), 1, KIND_LOG, SALT)
     before = seg.size()
-    real_write = os.write
+    real_write = fileops.write
 
     def short_then_full_disk(fd, data):
         real_write(fd, bytes(data)[:7])
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "write", short_then_full_disk)
+    monkeypatch.setattr(fileops, "write", short_then_full_disk)
     with pytest.raises(OSError) as raised:
         seg.append(b"x" * 100, before)
     monkeypatch.undo()
@@ -102,7 +102,7 @@ def test_replace_file_is_all_or_nothing_when_the_write_fails(tmp_path, monkeypat
     def full_disk(fd, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "write", full_disk)
+    monkeypatch.setattr(fileops, "write", full_disk)
     with pytest.raises(OSError):
         fileops.replace_file(str(target), b"new contents")
     monkeypatch.undo()
@@ -110,8 +110,8 @@ def test_replace_file_is_all_or_nothing_when_the_write_fails(tmp_path, monkeypat
 
 
 def test_write_all_finishes_after_short_writes(tmp_path, monkeypatch):
-    real_write = os.write
-    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, bytes(data)[:3]))
+    real_write = fileops.write
+    monkeypatch.setattr(fileops, "write", lambda fd, data: real_write(fd, bytes(data)[:3]))
     fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
     fileops.write_all(fd, b"0123456789")
     os.close(fd)
