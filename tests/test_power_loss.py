@@ -1,0 +1,219 @@
+"""Simulated power loss and failing disks, through the faulty file layer
+(tests/faultyfs.py), at every step a workload makes (CONTRACT.md §3).
+
+- sync=True: after a power loss at any file-system call, every write that
+  returned is there, and the one in flight is there whole or not at all.
+- sync=False: a power loss may lose recent writes, but the store opens, holds
+  only values that were written, and takes new writes.
+- ENOSPC (after half a write) or EIO at any call: the call raises OSError, the
+  store holds exactly what was acknowledged, and goes on working.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+import warnings
+
+import pytest
+from faultyfs import PRIMITIVES, TAILS, FaultyFS, PowerLoss
+
+from iodict_log import DurableQueue, IODict
+
+SMALL = 4096
+
+
+def dict_workload(path, sync, acked: list, in_flight: list) -> None:
+    """Sets, deletes, batches, rolls (small segments), a compaction, a reopen."""
+
+    def call(op, *args):
+        in_flight[:] = [(op, args)]
+        if op == "set":
+            d[args[0]] = args[1]
+        elif op == "del":
+            del d[args[0]]
+        elif op == "update":
+            d.update(args[0])
+        elif op == "compact":
+            d.compact()
+        in_flight.clear()
+        acked.append((op, args))
+
+    d = IODict(path, sync=sync, segment_bytes=SMALL, auto_compact=False)
+    for i in range(60):
+        call("set", f"k{i % 17}", [i, "v" * (i % 5 * 30)])
+        if i % 11 == 5:
+            call("del", f"k{(i + 3) % 17}") if f"k{(i + 3) % 17}" in d else None
+        if i % 13 == 7:
+            call("update", {f"b{i}-{n}": n for n in range(4)})
+        if i == 40:
+            call("compact")
+    d.close()
+    d = IODict(path, sync=sync, segment_bytes=SMALL, auto_compact=False)
+    for i in range(10):
+        call("set", f"after{i}", i)
+    d.close()
+
+
+def model(ops) -> dict:
+    state: dict = {}
+    for op, args in ops:
+        if op == "set":
+            state[args[0]] = args[1]
+        elif op == "del":
+            del state[args[0]]
+        elif op == "update":
+            state.update(args[0])
+    return state
+
+
+def opened(path) -> list:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a damaged tail is allowed to be reported
+        with IODict(path, segment_bytes=SMALL, auto_compact=False) as d:
+            items = list(d.items())
+            d["written after"] = True  # and it takes writes
+        with IODict(path, segment_bytes=SMALL, auto_compact=False) as d:
+            assert d["written after"] is True
+    return items
+
+
+def count_calls(tmp_path, workload, sync=True) -> int:
+    """How many file-layer calls the workload makes, from start to end."""
+    fs = FaultyFS(str(tmp_path / f"count-{sync}"))
+    mp = pytest.MonkeyPatch()
+    try:
+        fs.install(mp)
+        workload(str(tmp_path / f"count-{sync}"), sync, [], [])
+    finally:
+        mp.undo()
+        fs.close()
+    return fs.calls
+
+
+def cut_points(total: int, n: int, seed: int) -> list[int]:
+    """Every point when there are few, else the first and last ten and a seeded sample."""
+    if total <= n:
+        return list(range(1, total + 1))
+    rng = random.Random(seed)
+    return sorted({*range(1, 11), *range(total - 9, total + 1), *rng.sample(range(11, total - 9), n - 20)})
+
+
+def power_loss_run(tmp_path, monkeypatch, workload, sync, cut, tail, seed):
+    path = str(tmp_path / f"s{cut}")
+    fs = FaultyFS(path)
+    fs.power_off_at = cut
+    acked: list = []
+    in_flight: list = []
+    with monkeypatch.context() as mp:
+        fs.install(mp)
+        with pytest.raises(PowerLoss):
+            workload(path, sync, acked, in_flight)
+    fs.crash_image(random.Random(seed), tail)
+    fs.close()
+    return path, acked, in_flight
+
+
+@pytest.fixture(scope="module")
+def dict_calls(tmp_path_factory):
+    return count_calls(tmp_path_factory.mktemp("count"), dict_workload)
+
+
+@pytest.mark.parametrize("tail", TAILS)
+def test_sync_true_keeps_every_acknowledged_write_through_a_power_loss_at_any_call(
+    tmp_path, monkeypatch, dict_calls, tail
+):
+    assert dict_calls > 200  # the workload does reach the disk often
+    for cut in cut_points(dict_calls, 40, seed=TAILS.index(tail)):
+        path, acked, in_flight = power_loss_run(tmp_path, monkeypatch, dict_workload, True, cut, tail, cut)
+        got = opened(path)
+        allowed = [list(model(acked).items())]
+        if in_flight:
+            allowed.append(list(model(acked + in_flight).items()))
+        assert got in allowed, f"power loss at call {cut} ({tail} tails): {got} not in {allowed}"
+
+
+def test_sync_false_after_a_power_loss_opens_with_only_values_that_were_written(tmp_path, monkeypatch):
+    for cut in cut_points(count_calls(tmp_path, dict_workload, sync=False), 30, seed=9):
+        path, acked, in_flight = power_loss_run(tmp_path, monkeypatch, dict_workload, False, cut, None, cut)
+        written: dict = {}
+        for op, args in acked + in_flight:
+            pairs = [args] if op == "set" else args[0].items() if op == "update" else []
+            for key, value in pairs:
+                written.setdefault(key, []).append(value)
+        for key, value in opened(path):
+            assert value in written.get(key, []), f"power loss at call {cut}: {key!r}={value!r} was never written"
+
+
+def queue_workload(path, sync, acked: list, in_flight: list) -> None:
+    q = DurableQueue(path, sync=sync, segment_bytes=SMALL)
+    n = 0
+    for _ in range(12):
+        for _ in range(8):
+            in_flight[:] = [("put", n)]
+            q.put(["item", n, "x" * 60])
+            acked.append(("put", n))
+            n += 1
+        in_flight[:] = [("put_many", list(range(n, n + 3)))]
+        q.put_many([["item", i, "x" * 60] for i in range(n, n + 3)])
+        acked.append(("put_many", list(range(n, n + 3))))
+        n += 3
+        for _ in range(7):
+            in_flight[:] = [("get", None)]
+            item = q.get_nowait()
+            acked.append(("get", item[1]))
+    in_flight.clear()
+    q.close()
+
+
+def test_sync_true_queue_keeps_every_acknowledged_put_and_get_through_a_power_loss(tmp_path, monkeypatch):
+    total = count_calls(tmp_path, queue_workload)
+    assert total > 150
+    for cut in cut_points(total, 40, seed=3):
+        path, acked, in_flight = power_loss_run(tmp_path, monkeypatch, queue_workload, True, cut, None, cut)
+        put = [n for op, arg in acked for n in ([arg] if op == "put" else arg if op == "put_many" else [])]
+        got = [arg for op, arg in acked if op == "get"]
+        expected = [n for n in put if n not in got]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with DurableQueue(path, segment_bytes=SMALL) as q:
+                items = [q.get_nowait()[1] for _ in range(q.qsize())]
+        allowed = [expected]
+        if in_flight and in_flight[0][0] == "get":
+            allowed.append(expected[1:])  # the get in flight may have taken its item
+        elif in_flight:
+            extra = in_flight[0][1] if in_flight[0][0] == "put_many" else [in_flight[0][1]]
+            allowed.append(expected + extra)
+        assert items in allowed, f"power loss at call {cut}: {items} not in {allowed}"
+
+
+@pytest.mark.parametrize("primitive", [*(p for p in PRIMITIVES if "truncate" not in p), "write+ftruncate"])
+def test_a_failing_call_raises_oserror_and_the_store_holds_what_was_acknowledged(tmp_path, monkeypatch, primitive):
+    """ENOSPC (half a write landing first) or EIO at the 1st, 4th, ... call of each primitive
+    (truncation is only called to clean up after a failed write: "write+ftruncate" fails both)."""
+    code = errno.EIO if primitive in ("fsync", "fdatasync") else errno.ENOSPC
+    failures = 0
+    for nth in range(1, 40, 3):
+        path = str(tmp_path / f"{primitive}{nth}")
+        fs = FaultyFS(path)
+        fs.fail(primitive.split("+")[0], nth, code, half_first=True)
+        if primitive == "write+ftruncate":
+            fs.fail("ftruncate", 1, errno.EIO)
+        acked: list = []
+        in_flight: list = []
+        with monkeypatch.context() as mp:
+            fs.install(mp)
+            try:
+                dict_workload(path, True, acked, in_flight)
+            except OSError as exc:
+                assert exc.errno == code
+                failures += 1
+        fs.close()
+        if not fs.injected:
+            continue
+        got = opened(path)
+        allowed = [list(model(acked).items())]
+        if in_flight:  # a failed fsync keeps its whole record (DURABILITY.md); others leave nothing
+            allowed.append(list(model(acked + in_flight).items()))
+        assert got in allowed, f"{primitive} call {nth} failed: {got} not in {allowed}"
+    assert failures > 0, f"no {primitive} failure reached the caller"
