@@ -219,16 +219,20 @@ class Scan:
     def _frames(self) -> Iterator[Frame]:
         buf, pos, salt = self.buf, self.start, self.salt
         batch: list[Frame] | None = None  # members of a batch not yet known to be whole
+        batch_damage: list[Damage] = []  # damage met inside it: part of the tail if the batch is
         while pos < len(buf):
             frame = decode_frame(buf, pos, salt)
             if frame is None:
                 resume = self._resync(pos)
                 if resume is None:
                     return  # nothing valid follows: an unfinished tail (with any open batch)
-                self.damage.append(Damage(pos, resume - pos, "damaged frame"))
+                region = Damage(pos, resume - pos, "damaged frame")
                 pos = resume
                 if batch is None:
+                    self.damage.append(region)
                     self.end = pos
+                else:
+                    batch_damage.append(region)
                 continue
             pos += frame.length
             if frame.flags & FLAG_BATCH and frame.op in DATA_OPS:
@@ -238,7 +242,8 @@ class Scan:
                 continue
             if batch is not None:
                 yield from batch  # something valid follows the batch: it was written whole
-                batch = None
+                self.damage += batch_damage
+                batch, batch_damage = None, []
                 self.end = frame.offset
             if frame.op == OP_BATCH_BEGIN:
                 batch = []
@@ -252,23 +257,27 @@ class Scan:
             self.end = pos
 
     def _resync(self, pos: int) -> int | None:
-        """Where scanning resumes after the bad frame at ``pos``; None if nothing valid follows."""
+        """Where scanning resumes after the bad frame at ``pos``; None if nothing valid follows.
+
+        Wherever a header's checksum holds, it vouches for the length: skip
+        exactly its bad payload, or, if the frame runs past the end, it is an
+        unfinished append. Never search inside such a frame (its value may hold
+        the bytes of other frames), which also keeps the search linear.
+        """
         buf, salt = self.buf, self.salt
-        length = header_length(buf, pos, salt)
-        if length is not None:
-            # The header checksum vouches for the length: skip exactly the bad payload,
-            # or, if the frame runs past the end, it is an unfinished append (never
-            # search inside it: its value may hold the bytes of other frames).
-            if pos + length > len(buf):
+        while True:
+            length = header_length(buf, pos, salt)
+            if length is not None:
+                if pos + length > len(buf):
+                    return None
+                pos += length
+            else:
+                pos += 1
+            pos = buf.find(SYNC, pos)
+            if pos < 0:
                 return None
-            pos += length
-        else:
-            pos += 1
-        while (pos := buf.find(SYNC, pos)) >= 0:
             if decode_frame(buf, pos, salt) is not None:
                 return pos
-            pos += 1
-        return None
 
 
 # --- the manifest (file CURRENT) -------------------------------------------

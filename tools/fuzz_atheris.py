@@ -1,0 +1,512 @@
+#!/usr/bin/env python3
+"""A coverage-guided fuzz target for iodict_log's decoders, for runs longer than the test suite.
+
+    pip install atheris
+    python tools/fuzz_atheris.py -max_total_time=600          # libFuzzer flags pass through
+    python tools/fuzz_atheris.py -max_total_time=600 corpus/  # keep the inputs it finds
+    python tools/fuzz_atheris.py crash-<sha1>                 # replay a crash file
+    python tools/fuzz_atheris.py --random 20000               # no atheris: random inputs only
+
+It fuzzes what tests/test_fuzz.py fuzzes with hypothesis, with the same assertions:
+``decode_frame``, ``Scan`` (``complete`` False and True), ``decode_segment_header``,
+``decode_manifest`` and ``stored_value`` from iodict_log/format.py. The first byte of
+an input picks how the rest is read:
+
+0. raw bytes, given to every decoder as they are;
+1. a recipe for a buffer of frame-like pieces (frames of this store with any op and
+   flags, frames of other stores, headers whose checksum holds but whose lengths lie,
+   frames cut short or with a bit flipped, sync bytes, raw bytes), then scanned, also
+   from a later start, after a clean prefix and cut short;
+2. a recipe for whole units a writer appends (records, batches, orphan members, stray
+   commits, records holding frames of this same store), damaged by inserted,
+   overwritten and flipped bytes and a cut end, checked against a model: every intact
+   frame is yielded except the members of a batch nothing valid follows;
+3. a manifest or segment header built from the input, its checksum right or wrong,
+   checked against the rules of docs/FORMAT.md.
+
+Any input gives frames or a documented outcome (None, a damage region, CorruptionError,
+FormatVersionError); anything else, or a failed assertion, is a crash that libFuzzer
+saves as crash-<sha1>. Set IODICT_FUZZ_STRICT=1 to also check a torn record holding
+frames of this store with damage before it, which the Scan currently gets wrong (it may
+yield a frame from inside that record's value). The tests never import this file.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+import sys
+import zlib
+
+try:
+    import atheris
+except ImportError:  # --random works without it
+    atheris = None
+
+if atheris is not None:
+    with atheris.instrument_imports(include=["iodict_log"]):
+        from iodict_log.errors import CorruptionError, FormatVersionError
+        from iodict_log.format import (
+            COUNT,
+            DATA_OPS,
+            FIELDS,
+            FLAG_BATCH,
+            FLAG_LZ4,
+            FORMAT_VERSION,
+            HEADER_SIZE,
+            KIND_COMPACTED,
+            KIND_LOG,
+            KNOWN_FLAGS,
+            KNOWN_OPS,
+            MANIFEST_MAGIC,
+            OP_BATCH_BEGIN,
+            OP_BATCH_COMMIT,
+            OP_SEAL,
+            PREFIX,
+            SEGMENT_HEADER_SIZE,
+            SEGMENT_MAGIC,
+            SYNC,
+            Damage,
+            Frame,
+            Manifest,
+            Scan,
+            decode_frame,
+            decode_manifest,
+            decode_segment_header,
+            encode_frame,
+            encode_manifest,
+            encode_segment_header,
+            header_length,
+            stored_value,
+        )
+else:
+    from iodict_log.errors import CorruptionError, FormatVersionError
+    from iodict_log.format import (
+        COUNT,
+        DATA_OPS,
+        FIELDS,
+        FLAG_BATCH,
+        FLAG_LZ4,
+        FORMAT_VERSION,
+        HEADER_SIZE,
+        KIND_COMPACTED,
+        KIND_LOG,
+        KNOWN_FLAGS,
+        KNOWN_OPS,
+        MANIFEST_MAGIC,
+        OP_BATCH_BEGIN,
+        OP_BATCH_COMMIT,
+        OP_SEAL,
+        PREFIX,
+        SEGMENT_HEADER_SIZE,
+        SEGMENT_MAGIC,
+        SYNC,
+        Damage,
+        Frame,
+        Manifest,
+        Scan,
+        decode_frame,
+        decode_manifest,
+        decode_segment_header,
+        encode_frame,
+        encode_manifest,
+        encode_segment_header,
+        header_length,
+        stored_value,
+    )
+
+SALT = 0x5EED5A17  # the store's salt; the same value as tests/helpers.py
+FOREIGN_SALTS = (0, SALT ^ 1, SALT ^ 0x80000000, 0xFFFFFFFF)
+STRICT = os.environ.get("IODICT_FUZZ_STRICT") == "1"
+MAX_INPUT = 4096
+HELD = encode_frame(1, 0, 0, 0, b"x", b"", salt=SALT)  # held in a value when no frame precedes it
+
+
+class Input:
+    """Reads numbers and bytes off the fuzzer's input; past its end, zeros."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def left(self) -> int:
+        return len(self.data) - self.pos
+
+    def bytes(self, n: int) -> bytes:
+        out = self.data[self.pos : self.pos + n]
+        self.pos += len(out)
+        return out
+
+    def int(self, size: int) -> int:
+        return int.from_bytes(self.bytes(size).ljust(size, b"\0"), "little")
+
+    def below(self, n: int) -> int:
+        return self.int(1) % n
+
+    def blob(self, most: int) -> bytes:
+        return self.bytes(self.int(1) % (most + 1))
+
+
+# --- what holds for any buffer --------------------------------------------------------------
+
+
+def is_member(frame: Frame) -> bool:
+    return bool(frame.flags & FLAG_BATCH) and frame.op in DATA_OPS
+
+
+def check_frame(buf: bytes, frame: Frame, pos: int, salt: int) -> None:
+    assert frame.offset == pos and pos + frame.length <= len(buf)
+    assert frame.length == HEADER_SIZE + len(frame.key) + len(frame.value)
+    assert frame.op in KNOWN_OPS and not frame.flags & ~KNOWN_FLAGS
+    raw = encode_frame(frame.op, frame.flags, frame.seq, frame.birthtime_ns, frame.key, frame.value, salt=salt)
+    assert raw == buf[pos : pos + frame.length]
+    assert header_length(buf, pos, salt) == frame.length
+
+
+def scan(buf: bytes, start: int = 0, complete: bool = False) -> tuple[list[Frame], Scan]:
+    s = Scan(buf, SALT, start, complete=complete)
+    return list(s), s
+
+
+def check_scan(buf: bytes, frames: list[Frame], s: Scan, start: int) -> None:
+    assert start <= s.end <= len(buf) and s.tail == len(buf) - s.end
+    for frame in frames:
+        check_frame(buf, frame, frame.offset, SALT)
+        assert frame.op in DATA_OPS or frame.op == OP_SEAL
+        assert start <= frame.offset and frame.offset + frame.length <= s.end
+    for a, b in zip(frames, frames[1:]):
+        assert a.offset + a.length <= b.offset
+    for region in s.damage:
+        assert region.length > 0 and start <= region.offset and region.offset + region.length <= len(buf)
+    # Regions past ``end`` (a damaged member of a batch held back as the tail) are
+    # reported too; only those before ``end`` are checked for order and coverage.
+    before = [d for d in s.damage if d.offset < s.end]
+    for a, b in zip(before, before[1:]):
+        assert a.offset + a.length <= b.offset
+    if s.complete and s.tail:
+        assert s.damage[-1] == Damage(s.end, s.tail, "damaged end of a finished segment")
+    spans = {f.offset: f.length for f in frames}
+    spans.update((d.offset, d.length) for d in before)
+    pos = start
+    while pos < s.end:
+        if pos in spans:
+            pos += spans[pos]
+            continue
+        bookkeeping = decode_frame(buf, pos, SALT)
+        assert bookkeeping is not None and bookkeeping.op in (OP_BATCH_BEGIN, OP_BATCH_COMMIT), pos
+        pos += bookkeeping.length
+    assert pos == s.end
+
+
+def check_both_scans(buf: bytes, start: int) -> tuple[list[Frame], Scan]:
+    frames, s = scan(buf, start)
+    check_scan(buf, frames, s, start)
+    done, c = scan(buf, start, complete=True)
+    check_scan(buf, done, c, start)
+    assert done == frames and c.end == s.end
+    assert c.damage == s.damage + ([Damage(s.end, s.tail, "damaged end of a finished segment")] if s.tail else [])
+    return frames, s
+
+
+def check_any_bytes(buf: bytes, start: int) -> None:
+    for salt in (SALT, FOREIGN_SALTS[1]):
+        for pos in range(len(buf) + 1):
+            frame = decode_frame(buf, pos, salt)
+            if frame is not None:
+                check_frame(buf, frame, pos, salt)
+    check_both_scans(buf, min(start, len(buf)))
+    for data in (buf, SEGMENT_MAGIC + buf, MANIFEST_MAGIC + buf):
+        try:
+            decode_segment_header(data)
+        except (CorruptionError, FormatVersionError):
+            pass
+        try:
+            decode_manifest(data)
+        except (CorruptionError, FormatVersionError):
+            pass
+    for flags in (0, FLAG_LZ4):
+        try:
+            value = stored_value(flags, buf)
+        except CorruptionError:
+            assert flags
+            continue
+        assert type(value) is bytes and len(value) <= 255 * max(len(buf), 1)
+
+
+# --- mode 1: frame-like pieces --------------------------------------------------------------
+
+
+def any_frame(inp: Input, salt: int) -> bytes:
+    op = inp.int(1) if inp.below(4) == 0 else sorted(KNOWN_OPS)[inp.below(len(KNOWN_OPS))]
+    flags = inp.int(1) if inp.below(4) == 0 else inp.below(KNOWN_FLAGS + 1)
+    value = COUNT.pack(inp.int(4)) if op == OP_BATCH_BEGIN and inp.below(2) else inp.blob(24)
+    return encode_frame(op, flags, inp.int(8), inp.int(8), inp.blob(12), value, salt=salt)
+
+
+def piece(inp: Input) -> bytes:
+    kind = inp.below(8)
+    if kind <= 1:
+        return any_frame(inp, SALT)
+    if kind == 2:
+        return any_frame(inp, FOREIGN_SALTS[inp.below(len(FOREIGN_SALTS))])
+    if kind == 3:  # a header whose checksum holds, with made-up lengths
+        lengths = (inp.int(4), inp.int(4)) if inp.below(2) else (inp.below(80), inp.below(80))
+        fields = FIELDS.pack(inp.int(4), inp.int(1), inp.int(1), *lengths, 0, 0)
+        return PREFIX.pack(SYNC, zlib.crc32(fields, SALT)) + fields
+    if kind == 4:  # a frame of this store cut short or with a bit flipped
+        raw = any_frame(inp, SALT)
+        if inp.below(2):
+            return raw[: inp.int(2) % len(raw)]
+        out = bytearray(raw)
+        bit = inp.int(2) % (len(raw) * 8)
+        out[bit // 8] ^= 1 << (bit % 8)
+        return bytes(out)
+    if kind == 5:
+        return (SYNC, SYNC * 3, b"\xd1", b"\x0c", SYNC + bytes(HEADER_SIZE - 2), bytes(HEADER_SIZE))[inp.below(6)]
+    return inp.blob(40)
+
+
+def check_pieces(inp: Input) -> None:
+    parts = []
+    while inp.left() and len(parts) < 24:
+        parts.append(piece(inp))
+    buf = b"".join(parts)
+    start = inp.int(2) % (len(buf) + 1)
+    check_any_bytes(buf, start)
+    frames, s = check_both_scans(buf, 0)
+    # Where the scan starts, and a cleanly read prefix, change nothing but the offsets.
+    junk = buf[: inp.int(2) % (len(buf) + 1)]
+    clean = encode_frame(1, 0, 1, 1, b"k", b"v", salt=SALT)
+    for head, start, first in ((junk, len(junk), []), (clean, 0, [decode_frame(clean, 0, SALT)])):
+        moved, m = scan(head + buf, start)
+        assert moved == first + [f._replace(offset=f.offset + len(head)) for f in frames]
+        assert m.end == s.end + len(head)
+        assert m.damage == [d._replace(offset=d.offset + len(head)) for d in s.damage]
+    # A growing buffer never takes back a frame (no piece holds a frame of this store).
+    cut = inp.int(2) % (len(buf) + 1)
+    early, e = scan(buf[:cut])
+    assert frames[: len(early)] == early and e.end <= s.end and s.damage[: len(e.damage)] == e.damage
+
+
+# --- mode 2: written units under damage, against a model ---------------------------------------
+
+
+def written_units(inp: Input) -> list[tuple[bytes, bool]]:
+    frames: list[tuple[bytes, bool]] = []
+    record_ops = (1, 2, 5, 16, 17)
+    member_ops = (1, 2, 16, 17)
+
+    def add(op: int, flags: int, key: bytes, value: bytes, holder: bool = False) -> None:
+        seq = len(frames) + 1
+        frames.append((encode_frame(op, flags, seq, 10**18 + seq, key, value, salt=SALT), holder))
+
+    def value() -> bytes:
+        v = inp.blob(24)
+        if inp.below(5) == 0:
+            v += encode_frame(1, 0, 7, 7, b"phantom", b"", salt=FOREIGN_SALTS[inp.below(len(FOREIGN_SALTS))])
+        return v
+
+    for _ in range(inp.below(10)):
+        kind = inp.below(5)
+        if kind == 0:
+            add(record_ops[inp.below(5)], 0, b"k", value())
+        elif kind == 1:
+            members = [member_ops[inp.below(4)] for _ in range(inp.below(4))]
+            add(OP_BATCH_BEGIN, 0, b"", COUNT.pack(len(members)))
+            for op in members:
+                add(op, FLAG_BATCH, b"m", value())
+            add(OP_BATCH_COMMIT, 0, b"", b"")
+        elif kind == 2:
+            add(member_ops[inp.below(4)], FLAG_BATCH, b"o", value())
+        elif kind == 3:
+            add(OP_BATCH_COMMIT, 0, b"", b"")
+        else:
+            inner = b"".join(raw for raw, _ in frames[-3:]) or HELD
+            add(1, 0, b"h", b"<" + inner + b">", holder=True)
+    return frames
+
+
+def garbage(inp: Input) -> bytes:
+    """Bytes that hold no header of this store whose checksum holds."""
+    kind = inp.below(4)
+    if kind == 0:
+        return inp.blob(40) or b"\0"
+    if kind == 1:
+        return (SYNC, SYNC * 3, b"\xd1", b"\x0c", SYNC + bytes(HEADER_SIZE - 2), bytes(HEADER_SIZE))[inp.below(6)]
+    if kind == 2:
+        return any_frame(inp, FOREIGN_SALTS[inp.below(len(FOREIGN_SALTS))])
+    raw = bytearray(any_frame(inp, SALT))
+    raw[6] ^= 1  # dcrc damaged: the header checksum fails
+    return bytes(raw)
+
+
+def expected_scan(survivors: list[Frame]) -> tuple[list[Frame], int, list[Damage]]:
+    yielded: list[Frame] = []
+    held: list[Frame] | None = None
+    for frame in survivors:
+        if is_member(frame):
+            held = (held or []) + [frame]
+            continue
+        if held is not None:
+            yielded += held
+            held = None
+        if frame.op == OP_BATCH_BEGIN:
+            held = []
+        elif frame.op != OP_BATCH_COMMIT:
+            yielded.append(frame)
+    i = len(survivors)
+    while i and is_member(survivors[i - 1]):
+        i -= 1
+    if i and survivors[i - 1].op == OP_BATCH_BEGIN:
+        end = survivors[i - 1].offset
+    elif i < len(survivors):
+        end = survivors[i].offset
+    else:
+        end = survivors[-1].offset + survivors[-1].length if survivors else 0
+    regions, pos = [], 0
+    for frame in survivors:
+        if frame.offset > pos:
+            regions.append(Damage(pos, frame.offset - pos, "damaged frame"))
+        pos = frame.offset + frame.length
+    return yielded, end, [d for d in regions if d.offset < end]
+
+
+def valid_frames(buf: bytes) -> tuple[list[Frame], bool]:
+    """The valid frames not inside the span a checksummed header vouches for (found by
+    trying every offset), and whether the model is exact for ``buf``: not when a damaged
+    record holds frames of this store, nor a torn one with damage before it (unless
+    IODICT_FUZZ_STRICT=1; see tests/test_fuzz.py)."""
+    headers = [(at, n) for at in range(len(buf)) if (n := header_length(buf, at, SALT)) is not None]
+    valid = {at: frame for at, _ in headers if (frame := decode_frame(buf, at, SALT)) is not None}
+    found = [valid[at] for at in sorted(valid) if not any(q < at < q + n for q, n in headers)]
+    exact = True
+    for q, n in headers:
+        if q in valid or not any(q < at < q + n for at in valid):
+            continue
+        torn = q + n > len(buf)
+        exact = exact and torn and (STRICT or sum(f.length for f in found if f.offset < q) == q)
+    return found, exact
+
+
+def check_model(inp: Input) -> None:
+    frames = written_units(inp)
+    buf = bytearray(b"".join(raw for raw, _ in frames))
+    offsets, pos = [], 0
+    for raw, _ in frames:
+        offsets.append(pos)
+        pos += len(raw)
+    for _ in range(inp.below(6)):
+        kind = inp.below(3)
+        if kind == 0:
+            at = inp.int(2) % (len(buf) + 1)
+            what = garbage(inp)
+            buf[at:at] = what
+            offsets = [p + len(what) if p >= at else p for p in offsets]
+        elif buf and kind == 1:
+            at = inp.int(2) % len(buf)
+            what = garbage(inp)[: len(buf) - at]
+            buf[at : at + len(what)] = what
+        elif buf:
+            at = inp.int(2) % len(buf)
+            buf[at] ^= 1 << inp.below(8)
+    if inp.below(2):
+        del buf[inp.int(2) % (len(buf) + 1) :]
+    buf = bytes(buf)
+    survivors, exact = valid_frames(buf)
+    written = {raw for raw, _ in frames} | {HELD}
+    assert all(buf[f.offset : f.offset + f.length] in written for f in survivors)
+    starts = {f.offset for f in survivors}
+    assert all(at in starts for at, (raw, _) in zip(offsets, frames) if buf[at : at + len(raw)] == raw)
+    frames_seen, s = check_both_scans(buf, 0)
+    if exact:
+        yielded, end, regions = expected_scan(survivors)
+        assert frames_seen == yielded, (buf, frames_seen, yielded)
+        assert s.end == end, (buf, s.end, end)
+        assert [d for d in s.damage if d.offset < s.end] == regions, (buf, s.damage, regions)
+
+
+# --- mode 3: manifests and segment headers ------------------------------------------------------
+
+
+def check_headers(inp: Input) -> None:
+    fix = inp.below(4)
+    version = FORMAT_VERSION if inp.below(3) else inp.int(2)
+    body = SEGMENT_MAGIC + struct.pack("<HBBI", version, inp.below(4), inp.below(2) * inp.int(1), inp.int(4))
+    header = body + struct.pack("<I", zlib.crc32(body) if fix else inp.int(4)) + inp.blob(4)
+    header = header[: inp.int(1) % (len(header) + 1)] if inp.below(6) == 0 else header
+    ok = len(header) >= SEGMENT_HEADER_SIZE
+    try:
+        kind, salt = decode_segment_header(header)
+    except FormatVersionError as exc:
+        assert ok and exc.version == struct.unpack_from("<H", header, 8)[0] != FORMAT_VERSION
+    except CorruptionError:
+        if ok:
+            version, kind, _, _, crc = struct.unpack_from("<HBBII", header, 8)
+            assert version == FORMAT_VERSION
+            assert kind not in (KIND_LOG, KIND_COMPACTED) or crc != zlib.crc32(header[:16])
+    else:
+        assert ok and kind in (KIND_LOG, KIND_COMPACTED)
+        if header[11] == 0:
+            assert encode_segment_header(kind, salt) == header[:SEGMENT_HEADER_SIZE]
+
+    numbers = [inp.int(8) for _ in range(inp.below(8))]
+    count = len(numbers) if inp.below(3) else inp.int(4)
+    version = FORMAT_VERSION if inp.below(3) else inp.int(2)
+    reserved = 0 if inp.below(3) else inp.int(2)
+    head = struct.pack("<8sHHQQQI", MANIFEST_MAGIC, version, reserved, inp.int(8), inp.int(8), inp.int(8), count)
+    body = head + b"".join(struct.pack("<Q", n) for n in numbers)
+    data = body + struct.pack("<I", zlib.crc32(body) if inp.below(4) else inp.int(4))
+    choice = inp.below(6)
+    if choice == 0:
+        data = data[: inp.int(2) % (len(data) + 1)]
+    elif choice == 1:
+        data += inp.blob(12) or b"\0"
+    ok = len(data) >= 44
+    try:
+        m = decode_manifest(data)
+    except FormatVersionError as exc:
+        assert ok and exc.version == struct.unpack_from("<H", data, 8)[0] != FORMAT_VERSION
+    except CorruptionError:
+        if ok:
+            assert struct.unpack_from("<H", data, 8)[0] == FORMAT_VERSION
+            size = 40 + 8 * struct.unpack_from("<I", data, 36)[0]
+            assert len(data) != size + 4 or zlib.crc32(data[:size]) != struct.unpack_from("<I", data, size)[0]
+    else:
+        _, _, reserved, generation, seq_floor, bt_floor, count = struct.unpack_from("<8sHHQQQI", data)
+        assert len(data) == 44 + 8 * count
+        assert m == Manifest(generation, struct.unpack_from(f"<{count}Q", data, 40), seq_floor, bt_floor)
+        if reserved == 0:
+            assert encode_manifest(m) == data
+
+
+def test_one_input(data: bytes) -> None:
+    if not data:
+        return
+    inp = Input(data[1:MAX_INPUT])
+    mode = data[0] % 4
+    if mode == 0:
+        check_any_bytes(inp.data, data[0] // 4)
+    elif mode == 1:
+        check_pieces(inp)
+    elif mode == 2:
+        check_model(inp)
+    else:
+        check_headers(inp)
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--random":
+        rng = random.Random(0)
+        for _ in range(int(sys.argv[2])):
+            test_one_input(rng.randbytes(rng.randrange(1, 600)))
+        print(f"{sys.argv[2]} random inputs: no failure")
+        return
+    if atheris is None:
+        sys.exit("atheris is not installed: pip install atheris (or use --random N)")
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
