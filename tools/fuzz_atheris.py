@@ -26,14 +26,11 @@ an input picks how the rest is read:
 
 Any input gives frames or a documented outcome (None, a damage region, CorruptionError,
 FormatVersionError); anything else, or a failed assertion, is a crash that libFuzzer
-saves as crash-<sha1>. Set IODICT_FUZZ_STRICT=1 to also check a torn record holding
-frames of this store with damage before it, which the Scan currently gets wrong (it may
-yield a frame from inside that record's value). The tests never import this file.
+saves as crash-<sha1>. The tests never import this file.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import struct
 import sys
@@ -118,7 +115,6 @@ else:
 
 SALT = 0x5EED5A17  # the store's salt; the same value as tests/helpers.py
 FOREIGN_SALTS = (0, SALT ^ 1, SALT ^ 0x80000000, 0xFFFFFFFF)
-STRICT = os.environ.get("IODICT_FUZZ_STRICT") == "1"
 MAX_INPUT = 4096
 HELD = encode_frame(1, 0, 0, 0, b"x", b"", salt=SALT)  # held in a value when no frame precedes it
 
@@ -375,8 +371,7 @@ def expected_scan(survivors: list[Frame]) -> tuple[list[Frame], int, list[Damage
 def valid_frames(buf: bytes) -> tuple[list[Frame], bool]:
     """The valid frames not inside the span a checksummed header vouches for (found by
     trying every offset), and whether the model is exact for ``buf``: not when a damaged
-    record holds frames of this store, nor a torn one with damage before it (unless
-    IODICT_FUZZ_STRICT=1; see tests/test_fuzz.py)."""
+    (not torn) record holds frames of this store (see tests/test_fuzz.py)."""
     headers = [(at, n) for at in range(len(buf)) if (n := header_length(buf, at, SALT)) is not None]
     valid = {at: frame for at, _ in headers if (frame := decode_frame(buf, at, SALT)) is not None}
     found = [valid[at] for at in sorted(valid) if not any(q < at < q + n for q, n in headers)]
@@ -384,8 +379,7 @@ def valid_frames(buf: bytes) -> tuple[list[Frame], bool]:
     for q, n in headers:
         if q in valid or not any(q < at < q + n for at in valid):
             continue
-        torn = q + n > len(buf)
-        exact = exact and torn and (STRICT or sum(f.length for f in found if f.offset < q) == q)
+        exact = exact and q + n > len(buf)
     return found, exact
 
 
