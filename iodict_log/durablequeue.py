@@ -116,6 +116,7 @@ class DurableQueue(LogHandle, queue.Queue):
         self._pending = PendingItems()
         self._gotten = 0  # items this object handed out and task_done() has not matched yet
         self._puts = 0  # bumped by every local put, so a waiting get never misses one
+        self._waiting = 0  # threads waiting in _wait(): a put notifies only if there are any
         self._log: Log | None = None
         self._log = Log(self.path, self._pending, sync=sync, segment_bytes=segment_bytes)
 
@@ -125,16 +126,22 @@ class DurableQueue(LogHandle, queue.Queue):
         """Append the items as one write if they fit under maxsize."""
         if not self._write(self._append_puts, encoded):
             return False
-        with self.not_empty:
+        with self.mutex:  # (the lock of not_empty)
             self._puts += 1
-            self.not_empty.notify_all()
+            if self._waiting:
+                self.not_empty.notify_all()
         return True
 
     def _append_puts(self, log: Log, encoded: list[tuple[int, bytes]]) -> bool:
         if 0 < self.maxsize < len(self._pending) + len(encoded):
             return False
+        if len(encoded) == 1:
+            flags, stored = encoded[0]
+            loc = log.append_one(OP_PUT, flags, b"", stored, log.birthtime())
+            self._pending.add(log.last_seq, loc)
+            return True
         entries = [(OP_PUT, flags, b"", stored, log.birthtime()) for flags, stored in encoded]
-        for seq, loc in log.append(entries):
+        for seq, loc in log.append_batch(entries):
             self._pending.add(seq, loc)
         return True
 
@@ -146,7 +153,7 @@ class DurableQueue(LogHandle, queue.Queue):
                 log.refresh()  # without the file lock: an idle poll stays cheap
                 if not len(self._pending):
                     return False, None
-            with log.locked():
+            with log.file_lock:
                 while True:
                     log.refresh()
                     head = self._pending.head()
@@ -154,20 +161,19 @@ class DurableQueue(LogHandle, queue.Queue):
                         return False, None
                     seq, loc = head
                     try:
-                        frame = log.read(loc)
-                        item = self._serializer.decode(frame.flags, frame.value)
+                        item = self._serializer.decode(*log.read_value(loc))
                     except CorruptionError as exc:
                         item, damaged = None, exc
                     else:
                         damaged = None
-                    log.append([(OP_TAKE, 0, SEQ.pack(seq), b"", log.birthtime())])
+                    log.append_one(OP_TAKE, 0, SEQ.pack(seq), b"", log.birthtime())
                     self._pending.remove(seq)
                     self._release_consumed(log)
                     if damaged is None:
                         break
                     log.corrupt_records += 1
                     warnings.warn(f"{self.path}: skipped a damaged item: {damaged}", CorruptionWarning, stacklevel=4)
-        with self.all_tasks_done:
+        with self.mutex:  # (the lock of all_tasks_done)
             self._gotten += 1
         if self.maxsize > 0:
             self._notify_not_full()
@@ -197,7 +203,11 @@ class DurableQueue(LogHandle, queue.Queue):
             raise TimeoutError
         with condition:
             if seen is None or self._puts == seen:
-                condition.wait(wait)
+                self._waiting += 1
+                try:
+                    condition.wait(wait)
+                finally:
+                    self._waiting -= 1
         return min(delay * 2, MAX_POLL)
 
     @staticmethod

@@ -21,8 +21,8 @@ if sys.platform != "win32":
     # portalocker.lock on POSIX is fcntl.flock behind several layers of Python that
     # cost ~6 us per lock/unlock pair against ~1 us for the call itself; every write
     # takes this lock, so POSIX calls flock directly and portalocker serves elsewhere.
-    def _lock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    _flock = fcntl.flock
+    _EX, _UN = fcntl.LOCK_EX, fcntl.LOCK_UN
 
     def _try_lock(fd: int) -> bool:
         try:
@@ -31,14 +31,15 @@ if sys.platform != "win32":
             return False
         return True
 
-    def _unlock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-
 else:  # pragma: no cover - exercised on Windows only
+    _EX, _UN = portalocker.LOCK_EX, 0
 
-    def _lock(fd: int) -> None:
+    def _flock(fd: int, operation: int) -> None:
         with open(fd, "rb", closefd=False) as f:
-            portalocker.lock(f, portalocker.LOCK_EX)
+            if operation == _UN:
+                portalocker.unlock(f)
+            else:
+                portalocker.lock(f, operation)
 
     def _try_lock(fd: int) -> bool:
         with open(fd, "rb", closefd=False) as f:
@@ -47,10 +48,6 @@ else:  # pragma: no cover - exercised on Windows only
             except portalocker.LockException:
                 return False
         return True
-
-    def _unlock(fd: int) -> None:
-        with open(fd, "rb", closefd=False) as f:
-            portalocker.unlock(f)
 
 
 _fork_generation = 0
@@ -112,11 +109,23 @@ class FileLock:
         """How many times this object holds the lock (0 if not, or in a forked child)."""
         return self._depth if self._generation == _fork_generation else 0
 
-    def acquire(self) -> None:
-        self._check_fork()
+    # Every write takes the lock: __enter__/__exit__ do the work without further calls.
+
+    def __enter__(self) -> FileLock:
+        if self._generation != _fork_generation:
+            self._check_fork()
         if self._depth == 0:
-            _lock(self._fd)
+            _flock(self._fd, _EX)
         self._depth += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            _flock(self._fd, _UN)
+
+    def acquire(self) -> None:
+        self.__enter__()
 
     def try_acquire(self) -> bool:
         """Take the lock if nobody holds it; whether it was taken."""
@@ -127,16 +136,7 @@ class FileLock:
         return True
 
     def release(self) -> None:
-        self._depth -= 1
-        if self._depth == 0:
-            _unlock(self._fd)
-
-    def __enter__(self) -> FileLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+        self.__exit__()
 
     def close(self) -> None:
         # Closing a descriptor shared with the parent does not release its lock:

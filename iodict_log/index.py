@@ -17,32 +17,32 @@ from typing import Any, Callable, Iterator
 
 from .format import OP_DELETE, OP_SET, Frame
 
-_LENGTH_BITS = 32
-_OFFSET_BITS = 32
-_SLOT_BITS = 16
-_LENGTH_MASK = (1 << _LENGTH_BITS) - 1
-_OFFSET_MASK = (1 << _OFFSET_BITS) - 1
-_SLOT_MASK = (1 << _SLOT_BITS) - 1
-_OFFSET_SHIFT = _LENGTH_BITS
-_SLOT_SHIFT = _OFFSET_SHIFT + _OFFSET_BITS
-_BIRTH_SHIFT = _SLOT_SHIFT + _SLOT_BITS
+LENGTH_BITS = 32
+OFFSET_BITS = 32
+SLOT_BITS = 16
+LENGTH_MASK = (1 << LENGTH_BITS) - 1
+OFFSET_MASK = (1 << OFFSET_BITS) - 1
+SLOT_MASK = (1 << SLOT_BITS) - 1
+OFFSET_SHIFT = LENGTH_BITS
+SLOT_SHIFT = OFFSET_SHIFT + OFFSET_BITS
+BIRTH_SHIFT = SLOT_SHIFT + SLOT_BITS
 
-MAX_SLOTS = 1 << _SLOT_BITS
-MAX_OFFSET = _OFFSET_MASK
+MAX_SLOTS = 1 << SLOT_BITS
+MAX_OFFSET = OFFSET_MASK
 
 
 def pack_location(birthtime_ns: int, slot: int, offset: int, length: int) -> int:
     """One int for a record's place; ``slot`` numbers the segment in the open store."""
-    return (((birthtime_ns << _SLOT_BITS | slot) << _OFFSET_BITS | offset) << _LENGTH_BITS) | length
+    return (((birthtime_ns << SLOT_BITS | slot) << OFFSET_BITS | offset) << LENGTH_BITS) | length
 
 
 def location_birthtime(loc: int) -> int:
-    return loc >> _BIRTH_SHIFT
+    return loc >> BIRTH_SHIFT
 
 
 def unpack_location(loc: int) -> tuple[int, int, int]:
     """(slot, offset, length) of a packed location."""
-    return (loc >> _SLOT_SHIFT) & _SLOT_MASK, (loc >> _OFFSET_SHIFT) & _OFFSET_MASK, loc & _LENGTH_MASK
+    return (loc >> SLOT_SHIFT) & SLOT_MASK, (loc >> OFFSET_SHIFT) & OFFSET_MASK, loc & LENGTH_MASK
 
 
 class KeyIndex:
@@ -85,14 +85,14 @@ class KeyIndex:
         """Point ``key`` at a new record; a new key goes to the end of the order."""
         old = self._locations.get(key)
         if old is not None:
-            self.live_bytes -= old & _LENGTH_MASK
+            self.live_bytes -= old & LENGTH_MASK
         self._locations[key] = loc
-        self.live_bytes += loc & _LENGTH_MASK
+        self.live_bytes += loc & LENGTH_MASK
 
     def delete(self, key: Any) -> None:
         old = self._locations.pop(key, None)
         if old is not None:
-            self.live_bytes -= old & _LENGTH_MASK
+            self.live_bytes -= old & LENGTH_MASK
 
     def reset(self) -> None:
         """Forget everything: the log is about to replay from the start."""
@@ -128,13 +128,13 @@ class KeyIndex:
         moved = dict(copies)
         for key in copies.keys() - old.keys():
             del moved[key]  # deleted since the snapshot
-        delta = shift << _SLOT_SHIFT
-        for key, loc in [(k, loc) for k, loc in old.items() if (loc >> _SLOT_SHIFT) & _SLOT_MASK >= first_kept]:
+        delta = shift << SLOT_SHIFT
+        for key, loc in [(k, loc) for k, loc in old.items() if (loc >> SLOT_SHIFT) & SLOT_MASK >= first_kept]:
             copy = moved.get(key)
-            if copy is not None and copy >> _BIRTH_SHIFT != loc >> _BIRTH_SHIFT:
+            if copy is not None and copy >> BIRTH_SHIFT != loc >> BIRTH_SHIFT:
                 del moved[key]  # deleted and set again since: it goes to the end, as it did here
             moved[key] = loc + delta
-        if len(moved) != len(old) or sum(loc & _LENGTH_MASK for loc in moved.values()) != self.live_bytes:
+        if len(moved) != len(old) or sum(loc & LENGTH_MASK for loc in moved.values()) != self.live_bytes:
             raise ValueError("the snapshot does not hold copies of exactly the records indexed here")
         self._locations = moved
 
@@ -150,7 +150,7 @@ class KeyIndex:
 
 def snapshot_of(locations: dict[Any, int]) -> bytes:
     """The snapshot of a KeyIndex holding ``locations`` (and no queue frames)."""
-    return _dump(locations, sum(loc & _LENGTH_MASK for loc in locations.values()), 0)
+    return _dump(locations, sum(loc & LENGTH_MASK for loc in locations.values()), 0)
 
 
 def _load(snapshot: bytes) -> tuple[dict[Any, int], int, int]:

@@ -68,6 +68,7 @@ class IODict(LogHandle, MutableMapping):
         self.compact_ratio = compact_ratio
         self.compact_min_bytes = compact_min_bytes
         self._auto_retry_at = 0  # disk bytes below which no new automatic compaction starts
+        self._compact_check_at = 0  # the last_seq at which a write next looks at the dead bytes
         self._compactor: threading.Thread | None = None
         self._closing = threading.Event()
         self.path = os.fspath(path)
@@ -77,18 +78,29 @@ class IODict(LogHandle, MutableMapping):
 
     # --- plumbing -------------------------------------------------------------
 
-    def _decode_value(self, frame: Frame) -> Any:
-        return self._serializer.decode(frame.flags, frame.value)
-
-    def _value_at(self, log: Log, key: Any) -> Any:
+    def _stored_at(self, log: Log, key: Any) -> tuple[int, bytes]:
         loc = self._index.get(key)
         if loc is None:
             raise KeyError(key)
-        return self._decode_value(log.read(loc))
+        return log.read_value(loc)
+
+    def _value_at(self, log: Log, key: Any) -> Any:
+        return self._serializer.decode(*self._stored_at(log, key))
+
+    def _set(self, log: Log, key: Any, key_bytes: bytes, flags: int, stored: bytes) -> None:
+        """Append one set: the path of ``d[k] = v``."""
+        index = self._index
+        loc = index.get(key)
+        birthtime = log.birthtime() if loc is None else location_birthtime(loc)
+        index.set(key, log.append_one(OP_SET, flags, key_bytes, stored, birthtime))
+        if log.last_seq >= self._compact_check_at:
+            self._consider_compacting(log)
 
     def _put(self, log: Log, items: list[tuple[Any, bytes, int, bytes]]) -> None:
         """Append sets of (key, key bytes, flags, stored value) as one write."""
-        if not items:
+        if len(items) <= 1:
+            if items:
+                self._set(log, *items[0])
             return
         index = self._index
         born: dict[Any, int] = {}  # keys first set earlier in this same batch
@@ -99,18 +111,21 @@ class IODict(LogHandle, MutableMapping):
                 loc = index.get(key)
                 birthtime = born[key] = log.birthtime() if loc is None else location_birthtime(loc)
             entries.append((OP_SET, flags, key_bytes, stored, birthtime))
-        for (key, *_), (_, loc) in zip(items, log.append(entries)):
+        for (key, *_), (_, loc) in zip(items, log.append_batch(entries)):
             index.set(key, loc)
-        if self.auto_compact:
+        if log.last_seq >= self._compact_check_at:
             self._consider_compacting(log)
 
     def _remove(self, log: Log, keys: list[Any]) -> None:
         """Append deletes of existing keys as one write."""
         entries: list[Entry] = [(OP_DELETE, 0, encode_key(key), b"", log.birthtime()) for key in keys]
-        log.append(entries)
+        if len(entries) == 1:
+            log.append_one(*entries[0])
+        else:
+            log.append_batch(entries)
         for key in keys:
             self._index.delete(key)
-        if self.auto_compact:
+        if log.last_seq >= self._compact_check_at:
             self._consider_compacting(log)
 
     def _encoded(self, key: Any, value: Any) -> tuple[Any, bytes, int, bytes]:
@@ -120,10 +135,10 @@ class IODict(LogHandle, MutableMapping):
     # --- the mapping ----------------------------------------------------------
 
     def __getitem__(self, key: Any) -> Any:
-        return self._read(self._value_at, key)
+        return self._serializer.decode(*self._read(self._stored_at, key))  # (decoded after the lock)
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        self._write(self._put, [self._encoded(key, value)])
+        self._write(self._set, key, encode_key(key), *self._serializer.encode(value, self._compress))
 
     def __delitem__(self, key: Any) -> None:
         self._write(self._delete, key)
@@ -168,7 +183,7 @@ class IODict(LogHandle, MutableMapping):
         for key in keys:
             loc = index.get(key)
             if loc is not None:
-                out.append((key, self._decode_value(log.read(loc))))
+                out.append((key, self._serializer.decode(*log.read_value(loc))))
         return out
 
     def get(self, key: Any, default: Any = None) -> Any:
@@ -249,7 +264,8 @@ class IODict(LogHandle, MutableMapping):
     def _record(self, frame: Frame) -> Record:
         key = decode_key(frame.key)
         if frame.op == OP_SET:
-            return Record(frame.seq, frame.birthtime_ns / 1e9, "set", key, self._decode_value(frame))
+            value = self._serializer.decode(frame.flags, frame.value)
+            return Record(frame.seq, frame.birthtime_ns / 1e9, "set", key, value)
         return Record(frame.seq, frame.birthtime_ns / 1e9, "delete", key, None)
 
     def stats(self) -> dict:
@@ -344,7 +360,11 @@ class IODict(LogHandle, MutableMapping):
         return True
 
     def _consider_compacting(self, log: Log) -> None:
-        """Start a compaction in the background once dead bytes pass both thresholds."""
+        """Start a compaction in the background once dead bytes pass both thresholds.
+        Writes call it every 64 records (_compact_check_at), so most pay one compare."""
+        self._compact_check_at = log.last_seq + 64
+        if not self.auto_compact:
+            return
         disk = log.disk_bytes()
         dead = disk - self._index.live_bytes
         if dead < self.compact_min_bytes or dead < self.compact_ratio * disk or disk < self._auto_retry_at:

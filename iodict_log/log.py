@@ -57,9 +57,20 @@ from .format import (
     Scan,
     decode_frame,
     encode_frame,
+    frame_value,
 )
 from .hintfile import HINT_NAME, HINT_TMP_NAME, publish_hint, read_hint, stage_hint
-from .index import MAX_OFFSET, MAX_SLOTS, pack_location, unpack_location
+from .index import (
+    LENGTH_MASK,
+    MAX_OFFSET,
+    MAX_SLOTS,
+    OFFSET_MASK,
+    OFFSET_SHIFT,
+    SLOT_MASK,
+    SLOT_SHIFT,
+    pack_location,
+    unpack_location,
+)
 from .manifest import MANIFEST_NAME, read_manifest, write_manifest
 from .segment import Segment, close_later, parse_segment_name, segment_name
 
@@ -136,9 +147,9 @@ class Log:
         self._sync_timer: threading.Timer | None = None
         self._sync_error: OSError | None = None  # from a group-commit fsync, raised by the next call
         self._check_directory()
-        self._lock = FileLock(os.path.join(directory, LOCK_NAME))
+        self.file_lock = FileLock(os.path.join(directory, LOCK_NAME))  # around refresh() + append_*(); reentrant
         try:
-            with self._lock:
+            with self.file_lock:
                 # Create the store, or delete what interrupted steps left; then read it
                 # without the lock, so a big store opening does not hold up writers.
                 manifest = read_manifest(directory)
@@ -182,7 +193,7 @@ class Log:
                 self._load_from(manifest)
                 return
             except CorruptionError:
-                if self._lock.held or read_manifest(self.directory) == manifest:
+                if self.file_lock.held or read_manifest(self.directory) == manifest:
                     raise
 
     def _load_from(self, manifest: Manifest | None) -> None:
@@ -190,13 +201,13 @@ class Log:
         self._consumer.reset()
         self.corrupt_records = 0
         if manifest is None:  # a new store, or one whose creation crashed half-way
-            if not self._lock.held:
+            if not self.file_lock.held:
                 raise IODictLogError(f"{self.directory}: {MANIFEST_NAME} is gone")
             self._remove_leftovers(())
             Segment.create(self.directory, 1, KIND_LOG, int.from_bytes(os.urandom(4), "little")).close()
             manifest = Manifest(1, (1,))
             write_manifest(self.directory, manifest)
-        elif self._lock.held:
+        elif self.file_lock.held:
             self._remove_leftovers(manifest.segments)
         self._manifest = manifest
         self.last_seq = manifest.seq_floor
@@ -283,7 +294,7 @@ class Log:
         instead, so that it can let go of the lock and call refresh() again,
         and other writers need not wait for the rebuild (see LogHandle._write).
         """
-        if self._segments[-1].size() != self._end:
+        if os.lseek(self._segments[-1].fd, 0, os.SEEK_END) != self._end:  # (Segment.size(), inlined: every call)
             self._catch_up(defer_reload)
 
     def _catch_up(self, defer_reload: bool = False) -> None:
@@ -291,24 +302,24 @@ class Log:
             active = self._segments[-1]
             size = active.size()
             if size < self._end:  # cut back behind our back (repair): start over
-                with self._lock:
+                with self.file_lock:
                     self._load()
                 return
             sealed = self._scan(len(self._segments) - 1, active.read_from(self._end))
             if sealed:
-                with self._lock:
+                with self.file_lock:
                     reload = self._follow_seal()
                 if reload:
-                    if defer_reload and self._lock.depth == 1:
+                    if defer_reload and self.file_lock.depth == 1:
                         raise ReloadNeeded
                     self._rebuild()
                     return
                 continue
             if active.size() == self._end:
                 return
-            if not self._lock.held:
+            if not self.file_lock.held:
                 # An append in progress, or torn by a crash: wait for the writer, then look again.
-                with self._lock:
+                with self.file_lock:
                     self._catch_up()
                 return
             active.truncate(self._end)  # torn by a crash: nobody else is writing
@@ -452,10 +463,6 @@ class Log:
 
     # --- writing ------------------------------------------------------------
 
-    def locked(self) -> FileLock:
-        """The write lock; hold it around refresh() + append() (reentrant)."""
-        return self._lock
-
     def birthtime(self) -> int:
         """A fresh birthtime in ns, later than every one in the log. Needs the lock.
 
@@ -467,8 +474,8 @@ class Log:
         self.last_birthtime = now if now > self.last_birthtime else self.last_birthtime + 1000
         return self.last_birthtime
 
-    def append(self, entries: list[Entry]) -> list[tuple[int, int]]:
-        """Append entries in one write (a batch if more than one); their (seq, location)s.
+    def append_one(self, op: int, flags: int, key: bytes, value: bytes, birthtime_ns: int) -> int:
+        """Append one record; its location (its seq is then ``last_seq``).
 
         Needs the lock and a refresh() under it. A write that fails leaves
         nothing in the file. An fsync that fails (sync=True) after the bytes
@@ -476,22 +483,40 @@ class Log:
         already have read it, and it is as durable as any unsynced write; the
         next refresh applies it here.
         """
-        self._raise_sync_error()  # a failed group commit is reported before anything new is written
-        if self._end >= self.segment_bytes:
-            self._roll()
+        if self._end >= self.segment_bytes or self._sync_error is not None:
+            self._make_room()
+        segments = self._segments
+        slot = len(segments) - 1
+        active = segments[slot]
+        seq = self.last_seq + 1
+        data = encode_frame(op, flags, seq, birthtime_ns, key, value, salt=active.salt)
+        end = self._end
+        self._land(active, data)
+        self.last_seq = seq
+        return pack_location(birthtime_ns, slot, end, len(data))
+
+    def append_batch(self, entries: list[Entry]) -> list[tuple[int, int]]:
+        """Append entries as one batch, in one write; their (seq, location)s. As append_one."""
+        self._make_room()
         slot = len(self._segments) - 1
         active = self._segments[slot]
-        if len(entries) == 1:
-            op, flags, key, value, birthtime_ns = entries[0]
-            seq = self.last_seq + 1
-            data = encode_frame(op, flags, seq, birthtime_ns, key, value, salt=active.salt)
-            locs = [(seq, pack_location(birthtime_ns, slot, self._end, len(data)))]
-        else:
-            data, locs, seq = self._encode_batch(entries, slot, active.salt)
+        data, locs, seq = self._encode_batch(entries, slot, active.salt)
+        if crashpoints.ARMED:
+            crashpoints.tear("batch.half", active.fd, data)
+        self._land(active, data)
+        self.last_seq = seq
+        return locs
+
+    def _make_room(self) -> None:
+        """Report a failed group commit before anything new is written; roll if due."""
+        self._raise_sync_error()
+        if self._end >= self.segment_bytes:
+            self._roll()
+
+    def _land(self, active: Segment, data: bytes) -> None:
+        """Write ``data`` at the end of the active segment, fsync as ``sync`` says, move on."""
         if self._end + len(data) > MAX_OFFSET:
             raise IODictLogError("a segment may not grow past 4 GiB; lower segment_bytes")
-        if crashpoints.ARMED and len(entries) > 1:
-            crashpoints.tear("batch.half", active.fd, data)
         active.append(data, self._end)
         if crashpoints.ARMED:
             crashpoints.reached("append.written")
@@ -502,10 +527,8 @@ class Log:
                 message = f"written, but fsync failed, so it may not survive a power loss: {exc}"
                 raise OSError(exc.errno, message) from exc
         self._end += len(data)
-        self.last_seq = seq
         if self.sync_interval is not None:
             self._schedule_group_commit(active)
-        return locs
 
     def _encode_batch(self, entries: list[Entry], slot: int, salt: int) -> tuple[bytes, list[tuple[int, int]], int]:
         """BEGIN, the entries flagged as batch members, COMMIT: (bytes, (seq, location)s, last seq)."""
@@ -631,14 +654,14 @@ class Log:
 
     # --- reading --------------------------------------------------------------
 
-    def read(self, loc: int) -> Frame:
-        """The frame at ``loc``, checksums verified."""
-        slot, offset, length = unpack_location(loc)
-        segment = self._segments[slot]
-        frame = decode_frame(segment.read(offset, length), 0, segment.salt)
-        if frame is None:
+    def read_value(self, loc: int) -> tuple[int, bytes]:
+        """(flags, stored value) of the record at ``loc``, checksums verified."""
+        segment = self._segments[(loc >> SLOT_SHIFT) & SLOT_MASK]  # (unpack_location, inlined: every get)
+        offset = (loc >> OFFSET_SHIFT) & OFFSET_MASK
+        found = frame_value(segment.read(offset, loc & LENGTH_MASK), segment.salt)
+        if found is None:
             raise CorruptionError(f"{segment.path}: record at offset {offset} fails its checksum")
-        return frame
+        return found
 
     def frames(self, start_seq: int = 0) -> Iterator[Frame]:
         """Committed data frames (SET, DELETE, PUT, TAKE) with seq >= start_seq, in sequence order.
@@ -785,7 +808,7 @@ class Log:
 
     def _release_files(self) -> None:
         self._close_segments()
-        lock = getattr(self, "_lock", None)
+        lock = getattr(self, "file_lock", None)
         if lock is not None:
             lock.close()
 
@@ -816,17 +839,21 @@ class LogHandle:
     def _read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(log, *args) on up-to-date state."""
         with self._lock:
-            log = self._open_log()
+            log = self._log
+            if log is None:
+                self._open_log()  # raises StoreClosedError
             log.refresh()
             return fn(log, *args)
 
     def _write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(log, *args) holding the file lock, on up-to-date state."""
         with self._lock:
-            log = self._open_log()
+            log = self._log
+            if log is None:
+                self._open_log()  # raises StoreClosedError
             while True:
                 try:
-                    with log.locked():
+                    with log.file_lock:
                         log.refresh(defer_reload=True)
                         return fn(log, *args)
                 except ReloadNeeded:

@@ -105,7 +105,9 @@ class Segment:
     def append(self, data: bytes, offset: int) -> None:
         """Write ``data`` at the end, which must be ``offset``; all of it or none of it."""
         try:
-            fileops.write_all(self.fd, data)
+            written = fileops.write(self.fd, data)  # the usual case: all of it at once
+            if written != len(data):
+                fileops.write_all(self.fd, memoryview(data)[written:])
         except BaseException:
             try:
                 self.truncate(offset)

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import msgpack
 
 from .errors import IODictLogError
-from .format import FLAG_PICKLE, compress_value, stored_value
+from .format import COMPRESS_MIN, FLAG_LZ4, FLAG_PICKLE, compress_value, stored_value
 
 EXT_TUPLE = 1
 
@@ -97,12 +97,18 @@ class Serializer:
     def encode(self, value: Any, compress: bool = True) -> tuple[int, bytes]:
         """(record flags, stored bytes) for a value: serialized, lz4-compressed if that pays."""
         data = self._dumps(value)
-        flags, stored = compress_value(data) if compress else (0, data)
-        return flags | self.flag, stored
+        if compress and len(data) >= COMPRESS_MIN:  # (checked here too: most values are small)
+            flags, data = compress_value(data)
+            return flags | self.flag, data
+        return self.flag, data
 
     def decode(self, flags: int, stored: bytes) -> Any:
         """Undo encode()."""
-        return self.loads(flags, stored_value(flags, stored))
+        if flags & FLAG_LZ4:
+            stored = stored_value(flags, stored)
+        if flags & FLAG_PICKLE:
+            return self.loads(flags, stored)
+        return _unpack(stored)
 
     def loads(self, flags: int, data: bytes) -> Any:
         if flags & FLAG_PICKLE:

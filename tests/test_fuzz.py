@@ -67,6 +67,7 @@ from iodict_log.format import (
     encode_frame,
     encode_manifest,
     encode_segment_header,
+    frame_value,
     header_length,
     stored_value,
 )
@@ -203,6 +204,22 @@ def test_decode_frame_at_every_offset_of_adversarial_bytes_gives_none_or_its_exa
         assert frame.op in KNOWN_OPS and not frame.flags & ~KNOWN_FLAGS
         raw = encode_frame(frame.op, frame.flags, frame.seq, frame.birthtime_ns, frame.key, frame.value, salt=salt)
         assert raw == buf[pos : pos + frame.length]
+
+
+@given(buf=garbage_or_adversarial, salt=st.one_of(st.just(SALT), U32))
+def test_frame_value_the_get_path_agrees_with_decode_frame_on_any_bytes(buf, salt):
+    # frame_value checks a record read alone (every get); it must accept exactly the
+    # buffers that decode_frame decodes whole, and give the same flags and value.
+    hits: list[bool] = []
+    for start in range(len(buf) + 1):
+        vouched = header_length(buf, start, salt) or 0  # (so that valid frames are cut out whole)
+        for stop in {start, len(buf), *(start + n for n in (36, 37, vouched - 1, vouched) if start + n <= len(buf))}:
+            piece = buf[start:stop]
+            frame = decode_frame(piece, 0, salt)
+            whole = frame is not None and frame.length == len(piece)
+            assert frame_value(piece, salt) == ((frame.flags, frame.value) if whole else None)
+            hits.append(whole)
+    assert len(hits) > 0
 
 
 @SOME

@@ -53,7 +53,7 @@ def test_a_second_object_follows_rolls_made_by_the_first(tmp_path):
 def seal_without_rolling(d: IODict) -> None:
     """What a roller that dies right after its SEAL frame leaves behind."""
     log = d._log
-    with log.locked():
+    with log.file_lock:
         log.refresh()
         log._seal()
 

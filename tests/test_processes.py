@@ -196,7 +196,7 @@ HOLD_STORE_LOCK = """
 import sys
 from iodict_log import IODict
 d = IODict(sys.argv[1])
-with d._log.locked():
+with d._log.file_lock:
     print("locked", flush=True)
     sys.stdin.readline()
 """

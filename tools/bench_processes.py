@@ -67,9 +67,9 @@ class _NoLock:
 def run(path: str, keys: list[str], second: str | None) -> tuple[float, float, int]:
     d = IODict(path)
     if second == "none":  # reference: what the same calls cost with no coordination at all
-        d._log._lock.close()
-        d._log._lock = _NoLock()
-        d._log.refresh = lambda: None
+        d._log.file_lock.close()
+        d._log.file_lock = _NoLock()
+        d._log.refresh = lambda defer_reload=False: None
         second = None
     proc = None
     if second:
