@@ -247,7 +247,7 @@ class Scan:
             if frame is None:
                 resume = self._resync(pos)
                 if resume is None:
-                    return  # nothing valid follows: an unfinished tail (with any open batch)
+                    break  # nothing valid follows: an unfinished tail, or a finished segment's damaged end
                 region = Damage(pos, resume - pos, "damaged frame")
                 pos = resume
                 if batch is None:
@@ -277,6 +277,13 @@ class Scan:
             if frame.op != OP_BATCH_COMMIT:
                 yield frame
             self.end = pos
+        if batch and self.complete:
+            # A finished segment was sealed after this batch, so its writer wrote it
+            # whole (a torn tail is cut before anything else is appended): only
+            # damage to its COMMIT hides that. Its intact members stand.
+            yield from batch
+            self.damage += batch_damage
+            self.end = batch[-1].offset + batch[-1].length
 
     def _resync(self, pos: int) -> int | None:
         """Where scanning resumes after the bad frame at ``pos``; None if nothing valid follows.

@@ -66,6 +66,12 @@ class KeyIndex:
         else:
             self.other_frames += 1
 
+    def damaged(self) -> None:
+        """Put the keys back in birthtime order, which replay keeps only if nothing was lost:
+        after a lost DELETE, a key set again keeps its old place with its new birthtime;
+        after a lost first SET, a key's later overwrite puts it at the end with its old one."""
+        self._locations = dict(sorted(self._locations.items(), key=_birthtime_of))
+
     def __len__(self) -> int:
         return len(self._locations)
 
@@ -146,6 +152,10 @@ class KeyIndex:
 
     def items(self) -> Iterator[tuple[Any, int]]:
         return iter(self._locations.items())
+
+
+def _birthtime_of(item: tuple[Any, int]) -> int:
+    return item[1] >> BIRTH_SHIFT
 
 
 def snapshot_of(locations: dict[Any, int]) -> bytes:

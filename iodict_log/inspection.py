@@ -126,6 +126,10 @@ class Census:
         self.keys.apply(frame, loc)
         self.items.apply(frame, loc)
 
+    def damaged(self) -> None:
+        self.keys.damaged()
+        self.items.damaged()
+
 
 def open_log(path: str, census: Census) -> Log:
     """Open an existing store (never create one) with ``census`` as its consumer."""

@@ -103,6 +103,13 @@ def _replay(ops) -> dict:
     return state
 
 
+def _in_birth_order(d, state: dict) -> list:
+    """``state``'s items in the order of the birthtimes ``d``'s records carry: when damage
+    cost a record, replay order and birthtime order can differ (a lost DELETE, then a key
+    set again; a lost first SET, then an overwrite), and birthtime wins (CONTRACT §2)."""
+    return sorted(state.items(), key=lambda item: d.birthtime(item[0]))
+
+
 def _log_of(ops) -> list:
     """What records() must replay after ``ops``: (op, key, value), a batch as its members."""
     out = []
@@ -567,13 +574,15 @@ def test_random_bytes_over_part_of_a_segment_lose_only_the_frames_they_hit(tmp_p
         with _bounded(), _quiet():
             d = IODict(store)
         with d:
-            assert list(d.items()) == list(_replay(kept).items())
+            assert list(d.items()) == _in_birth_order(d, _replay(kept))
+            births = [d.birthtime(k) for k in d]
+            assert births == sorted(set(births))
             assert _records(d) == _log_of(kept)
             if any(hit[i] and not all(hit[i + 1 :]) for i in range(len(hit))):
                 assert d.stats()["corrupt_records"] >= 1, "damage followed by intact records is counted"
             d["after"] = 1
         with _bounded(), _quiet(), IODict(store) as d:
-            assert list(d.items()) == [*_replay(kept).items(), ("after", 1)]
+            assert list(d.items()) == [*_in_birth_order(d, _replay(kept)), ("after", 1)]
             assert _records(d) == [*_log_of(kept), ("set", "after", 1)]
         shutil.rmtree(store)
 
@@ -677,6 +686,50 @@ def test_garbage_over_a_segment_never_yields_a_value_that_was_not_written(tmp_pa
 BATCH_BEFORE = [("set", f"k{i:02d}", f"old-{i}") for i in range(5)]
 BATCH = ("batch", [["k01", "batch-overwrite"], ["new1", "batch-1"], ["new2", "batch-2"], ["new3", "batch-3"]])
 BATCH_AFTER = [("set", f"a{i:02d}", f"after-{i}") for i in range(4)] + [("set", "k02", "after-2")]
+
+
+@pytest.mark.parametrize("lost", ["the delete before a key was set again", "a key's first set"])
+def test_a_lost_record_never_puts_a_key_out_of_birthtime_order(tmp_path, lost):
+    src = str(tmp_path / "src")
+    if lost == "a key's first set":
+        ops = [("set", "a", 1), ("set", "k", "first"), ("set", "b", 2), ("set", "k", "overwritten")]
+        victim, expected = 1, ["a", "k", "b"]  # the overwrite carries k's birthtime: before b's
+    else:
+        ops = [("set", "k", "old"), ("set", "a", 1), ("del", "k"), ("set", "k", "new")]
+        victim, expected = 2, ["a", "k"]  # set again after its delete: born after a
+    with IODict(src) as d:
+        spans = _write_ops(d, src, ops)
+    seg_path, start, end = spans[victim]
+    store = _clone(
+        src, str(tmp_path / "damaged"), {os.path.basename(seg_path): flip(_read(seg_path), (start + end) * 4)}
+    )
+    for _ in range(2):  # and again from the hint file the first close leaves
+        with pytest.warns(CorruptionWarning), IODict(store) as d:
+            assert list(d) == expected
+            births = [d.birthtime(k) for k in d]
+            assert births == sorted(births)
+
+
+def test_damage_over_a_batchs_commit_and_the_seal_keeps_the_batchs_intact_members(tmp_path):
+    # The SEAL proves the batch before it was written whole: only its COMMIT is unreadable.
+    src = str(tmp_path / "src")
+    batch = ("batch", [[f"b{i}", [i, "x" * 100]] for i in range(5)])  # ~700 bytes
+    with IODict(src, segment_bytes=4096) as d:
+        i = 0
+        while os.path.getsize(_segments(src)[-1]) < 4096 - 300:
+            _apply(d, ("set", f"k{i:03d}", "p" * 60))
+            i += 1
+        spans = _write_ops(d, src, [batch])  # the segment is past segment_bytes now...
+        d["next"] = "rolls first"  # ...so this write SEALs it and starts the next one
+    seg_path, start, end = spans[0]
+    assert len(_segments(src)) == 2 and seg_path == _segments(src)[0]
+    commit = _frames(_read(seg_path), start, end)[-1][0]
+    seg = bytearray(_read(seg_path))
+    seg[commit:] = bytes(len(seg) - commit)  # a bad sector over the COMMIT and the SEAL after it
+    store = _clone(src, str(tmp_path / "damaged"), {os.path.basename(seg_path): bytes(seg)})
+    with pytest.warns(CorruptionWarning), IODict(store, segment_bytes=4096) as d:
+        assert [d[f"b{i}"] for i in range(5)] == [[i, "x" * 100] for i in range(5)]
+        assert d["next"] == "rolls first" and d.stats()["corrupt_records"] == 1
 
 
 @pytest.mark.parametrize("frame", ["begin", "first member", "middle member", "last member", "commit"])
