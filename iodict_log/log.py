@@ -315,8 +315,7 @@ class Log:
                 if reload:
                     if defer_reload and self.file_lock.depth == 1:
                         raise ReloadNeeded
-                    self._rebuild()
-                    return
+                    self._rebuild()  # (a rebase leaves the segments after its copies to read below)
                 continue
             if active.size() == self._end:
                 return
@@ -395,8 +394,12 @@ class Log:
 
     def _rebuild(self) -> None:
         """Rebuild the index after another process replaced our first segments."""
-        if not self._rebase():
-            self._load()
+        try:
+            if self._rebase():
+                return
+        except CorruptionError:
+            pass  # a segment went missing: compacted again meanwhile; _load starts over as often as needed
+        self._load()
 
     def _rebase(self) -> bool:
         """After a compaction: move the index onto the copies (the compaction's hint

@@ -15,6 +15,7 @@ import warnings
 
 import pytest
 
+import iodict_log
 import iodict_log.compaction
 import iodict_log.log
 from iodict_log import IODict, IODictLogError
@@ -348,7 +349,9 @@ def test_a_process_that_wrote_during_a_compaction_moves_its_index_onto_the_copie
     pause.release.set()
     thread.join(TIMEOUT)
     assert "error" not in outcome, outcome
-    seen = snapshot(b)  # b meets the SEAL here
+    a["written after the commit"] = 1  # into the segment the commit started
+    assert b["written after the commit"] == 1  # b's first call after it: b meets the SEAL here
+    seen = snapshot(b)
     assert True in rebased, "b rebuilt its index from scratch: the rebase went untested"
     b_stats = {k: v for k, v in b.stats().items() if k != "index_from_hint"}
     with IODict(path, segment_bytes=SMALL, auto_compact=False) as fresh:
@@ -356,5 +359,36 @@ def test_a_process_that_wrote_during_a_compaction_moves_its_index_onto_the_copie
         assert {k: v for k, v in fresh.stats().items() if k != "index_from_hint"} == b_stats
     b["after"] = 1  # and b goes on writing where the others read it
     assert a["after"] == 1
+    a.close()
+    b.close()
+
+
+def test_a_segment_deleted_under_a_rebase_makes_it_rebuild_from_scratch(tmp_path, monkeypatch):
+    # Between reading CURRENT and opening the segments after the copies, yet another
+    # compaction may delete one: the rebase gives up and the index is rebuilt from the files.
+    path = tmp_path / "s"
+    a = overwritten_store(path)
+    b = IODict(path, segment_bytes=SMALL, auto_compact=False)
+    pause = PausedCopy(monkeypatch)
+    thread, outcome = in_thread(a.compact)
+    assert pause.copying.wait(TIMEOUT)
+    for i in range(100):
+        b[f"k{i}"] = ("during", i)
+    pause.release.set()
+    thread.join(TIMEOUT)
+    assert "error" not in outcome, outcome
+    real_open_after = iodict_log.log.Log._open_after
+    failures = []
+
+    def gone_once(log, manifest, known):
+        if not failures:
+            failures.append(known)
+            raise iodict_log.CorruptionError("segment listed in the manifest is missing")
+        return real_open_after(log, manifest, known)
+
+    monkeypatch.setattr(iodict_log.log.Log, "_open_after", gone_once)
+    a["after"] = 1
+    assert b["after"] == 1 and failures, "the rebase never met the missing segment"
+    assert snapshot(b) == snapshot(a)
     a.close()
     b.close()
