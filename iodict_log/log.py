@@ -685,8 +685,9 @@ class Log:
     @staticmethod
     def _frames(snapshot: list[tuple[int, int, int]], ends: list[int | None], start_seq: int) -> Iterator[Frame]:
         def scan(fd: int, salt: int, end: int | None) -> Scan:
+            # Read as the index was built: every segment but the last is finished (complete).
             size = os.fstat(fd).st_size if end is None else end
-            return Scan(os.pread(fd, size - SEGMENT_HEADER_SIZE, SEGMENT_HEADER_SIZE), salt)
+            return Scan(os.pread(fd, size - SEGMENT_HEADER_SIZE, SEGMENT_HEADER_SIZE), salt, complete=end is None)
 
         try:
             # Compacted segments hold their frames in birthtime order: sort them all

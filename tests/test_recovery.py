@@ -730,6 +730,8 @@ def test_damage_over_a_batchs_commit_and_the_seal_keeps_the_batchs_intact_member
     with pytest.warns(CorruptionWarning), IODict(store, segment_bytes=4096) as d:
         assert [d[f"b{i}"] for i in range(5)] == [[i, "x" * 100] for i in range(5)]
         assert d["next"] == "rolls first" and d.stats()["corrupt_records"] == 1
+        replayed = {r.key: r.value for r in d.records()}  # (only sets here)
+        assert replayed == dict(d.items()), "records() must replay to what the store holds"
 
 
 @pytest.mark.parametrize("frame", ["begin", "first member", "middle member", "last member", "commit"])
