@@ -64,7 +64,7 @@ class PendingItems:
         elif frame.op == OP_TAKE and len(frame.key) == SEQ.size:
             self.remove(SEQ.unpack(frame.key)[0])
 
-    def damaged(self) -> None:
+    def settle(self) -> None:
         pass  # (items are in seq order whatever was skipped)
 
     def add(self, seq: int, loc: int) -> None:

@@ -48,29 +48,42 @@ def unpack_location(loc: int) -> tuple[int, int, int]:
 class KeyIndex:
     """Keys in birthtime order, each with its packed location, and live byte count."""
 
-    __slots__ = ("_locations", "_decode_key", "live_bytes", "other_frames")
+    __slots__ = ("_locations", "_decode_key", "live_bytes", "other_frames", "_newest", "_unordered")
 
     def __init__(self, decode_key: Callable[[bytes], Any]) -> None:
         self._locations: dict[Any, int] = {}
         self._decode_key = decode_key
         self.live_bytes = 0
         self.other_frames = 0  # data frames that are not the dict's (a queue's), seen since reset
+        self._newest = 0  # the highest birthtime applied
+        self._unordered = False  # whether apply() broke birthtime order since the last settle()
 
     # The log feeds every committed frame, in order, through these two.
 
     def apply(self, frame: Frame, loc: int) -> None:
         if frame.op == OP_SET:
-            self.set(self._decode_key(frame.key), loc)
+            key = self._decode_key(frame.key)
+            birth = loc >> BIRTH_SHIFT
+            old = self._locations.get(key)
+            # Replay keeps birthtime order only if no record was lost: a new key is
+            # always the newest, and an overwrite keeps its key's birthtime. A lost
+            # first SET (then an overwrite) or a lost DELETE (then the key set again)
+            # breaks that; settle() puts the order right.
+            if (birth < self._newest) if old is None else (old >> BIRTH_SHIFT != birth):
+                self._unordered = True
+            if birth > self._newest:
+                self._newest = birth
+            self.set(key, loc)
         elif frame.op == OP_DELETE:
             self.delete(self._decode_key(frame.key))
         else:
             self.other_frames += 1
 
-    def damaged(self) -> None:
-        """Put the keys back in birthtime order, which replay keeps only if nothing was lost:
-        after a lost DELETE, a key set again keeps its old place with its new birthtime;
-        after a lost first SET, a key's later overwrite puts it at the end with its old one."""
-        self._locations = dict(sorted(self._locations.items(), key=_birthtime_of))
+    def settle(self) -> None:
+        """After a scan: if records it applied broke birthtime order, sort by birthtime."""
+        if self._unordered:
+            self._locations = dict(sorted(self._locations.items(), key=_birthtime_of))
+            self._unordered = False
 
     def __len__(self) -> int:
         return len(self._locations)
@@ -105,6 +118,8 @@ class KeyIndex:
         self._locations.clear()
         self.live_bytes = 0
         self.other_frames = 0
+        self._newest = 0
+        self._unordered = False
 
     # A hint file carries the index as a snapshot (see hintfile.py).
 
@@ -115,6 +130,8 @@ class KeyIndex:
         """Replace the contents by a snapshot's; ValueError if it is not one."""
         locations, live_bytes, other_frames = _load(snapshot)
         self._locations = locations
+        self._newest = next(reversed(locations.values()), 0) >> BIRTH_SHIFT  # (in birthtime order)
+        self._unordered = False
         self.live_bytes = live_bytes
         self.other_frames = other_frames
 

@@ -126,9 +126,9 @@ class Census:
         self.keys.apply(frame, loc)
         self.items.apply(frame, loc)
 
-    def damaged(self) -> None:
-        self.keys.damaged()
-        self.items.damaged()
+    def settle(self) -> None:
+        self.keys.settle()
+        self.items.settle()
 
 
 def open_log(path: str, census: Census) -> Log:

@@ -102,8 +102,8 @@ class LogConsumer(Protocol):
 
     def apply(self, frame: Frame, loc: int) -> None: ...
 
-    def damaged(self) -> None:
-        """Damaged records were skipped: what was applied may be out of order."""
+    def settle(self) -> None:
+        """Called after each scan, to restore an order that lost records may have broken."""
 
 
 def check_options(sync: object, segment_bytes: object) -> None:
@@ -349,8 +349,7 @@ class Log:
             apply(frame, pack_location(frame.birthtime_ns, slot, base + frame.offset, frame.length))
         self.last_seq = max(self.last_seq, scan.last_seq)
         self.last_birthtime = max(self.last_birthtime, scan.last_birthtime)
-        if scan.damage:
-            self._consumer.damaged()
+        self._consumer.settle()
         for region in scan.damage:
             self.corrupt_records += 1
             warnings.warn(

@@ -710,6 +710,31 @@ def test_a_lost_record_never_puts_a_key_out_of_birthtime_order(tmp_path, lost):
             assert births == sorted(births)
 
 
+def test_a_lost_compacted_record_and_an_overwrite_in_a_later_segment_keep_birthtime_order(tmp_path):
+    # The damage is in one segment, what it puts out of order in the next: the order is
+    # put right across segments, not only within the one that held the damage.
+    src = str(tmp_path / "src")
+    with IODict(src, auto_compact=False) as d:
+        d["a"] = 1
+        d["b"] = 2
+        d.compact()  # a and b now sit in a compacted segment
+        d["c"] = 3
+        d["a"] = 10  # an overwrite keeps a's birthtime
+    from iodict_log.manifest import read_manifest
+
+    compacted = os.path.join(src, f"{read_manifest(src).segments[0]:010d}.seg")  # (CURRENT's first)
+    seg = _read(compacted)
+    start = seg.index(msgpack.packb("a")) - FRAME_HEADER  # a's compacted record (key "a" packs to 1 byte)
+    store = _clone(src, str(tmp_path / "damaged"), {os.path.basename(compacted): flip(seg, (start + 20) * 8)})
+    for name in os.listdir(store):
+        if name == "HINT":
+            os.unlink(os.path.join(store, name))
+    with pytest.warns(CorruptionWarning), IODict(store) as d:
+        assert list(d.items()) == [("a", 10), ("b", 2), ("c", 3)]
+        births = [d.birthtime(k) for k in d]
+        assert births == sorted(births)
+
+
 def test_damage_over_a_batchs_commit_and_the_seal_keeps_the_batchs_intact_members(tmp_path):
     # The SEAL proves the batch before it was written whole: only its COMMIT is unreadable.
     src = str(tmp_path / "src")
