@@ -281,6 +281,8 @@ class Scan:
             # A finished segment was sealed after this batch, so its writer wrote it
             # whole (a torn tail is cut before anything else is appended): only
             # damage to its COMMIT hides that. Its intact members stand.
+            self.last_seq = max(self.last_seq, *(f.seq for f in batch))
+            self.last_birthtime = max(self.last_birthtime, *(f.birthtime_ns for f in batch))
             yield from batch
             self.damage += batch_damage
             self.end = batch[-1].offset + batch[-1].length

@@ -27,11 +27,9 @@ def read_hint(directory: str) -> Hint | None:
         return None
 
 
-def stage_hint(directory: str, hint: Hint) -> str:
-    """Write ``hint`` under the temporary name (no fsync: readers verify it); its path."""
-    path = os.path.join(directory, HINT_TMP_NAME)
-    write_file(path, encode_hint(hint), sync=False)
-    return path
+def stage_hint(directory: str, hint: Hint) -> None:
+    """Write ``hint`` under the temporary name (no fsync: readers verify it)."""
+    write_file(os.path.join(directory, HINT_TMP_NAME), encode_hint(hint), sync=False)
 
 
 def publish_hint(directory: str) -> None:

@@ -296,7 +296,7 @@ class IODict(LogHandle, MutableMapping):
         already running (here or in another process) to finish first.
         ``progress(done, total)``, if given, is called as keys are copied.
         """
-        self._read(lambda log: None)  # StoreClosedError before waiting for anything
+        self._catch_up()  # (StoreClosedError before waiting for anything)
         lock = compaction.compaction_lock(self.path)
         try:
             with lock:
@@ -308,7 +308,7 @@ class IODict(LogHandle, MutableMapping):
         """The three steps of a compaction; needs the compaction lock."""
         started = time.perf_counter()
         compaction.remove_leftovers(self.path)
-        self._read(lambda log: None)  # (as before the commit, below)
+        self._catch_up()  # (as before the commit, below)
         plan = self._write(self._seal_for_compaction)
         sources, live = plan.sources, plan.live
         try:
@@ -323,7 +323,7 @@ class IODict(LogHandle, MutableMapping):
                     crashpoints.reached("compaction.copied")
                 if self._closing.is_set():
                     raise compaction.CompactionStopped("compaction stopped: the store is closing")
-                self._read(lambda log: None)  # catch up on the copy's time unlocked: the commit stays short
+                self._catch_up()  # on what was written during the copy, unlocked: the commit stays short
                 self._write(lambda log: log.commit_compaction(sources.numbers, written, hint))
             except BaseException:
                 out.abort()
@@ -377,8 +377,9 @@ class IODict(LogHandle, MutableMapping):
         self._compactor.start()
 
     def _auto_compact(self) -> None:
-        lock = compaction.compaction_lock(self.path)
+        lock = None
         try:
+            lock = compaction.compaction_lock(self.path)
             if lock.try_acquire():  # else another process is compacting this store
                 try:
                     self._compact_holding(None)
@@ -390,7 +391,8 @@ class IODict(LogHandle, MutableMapping):
         except Exception as exc:
             warnings.warn(f"{self.path}: automatic compaction failed: {exc}", RuntimeWarning, stacklevel=1)
         finally:
-            lock.close()
+            if lock is not None:
+                lock.close()
 
     def close(self) -> None:
         """Close the files; the data stays on disk, the object is unusable afterwards. Idempotent.
@@ -399,7 +401,8 @@ class IODict(LogHandle, MutableMapping):
         was written since the last one, so the next open is fast.
         """
         self._closing.set()
-        thread = self._compactor
+        with self._lock:  # (a write starting a compaction holds it: none starts after this)
+            thread = self._compactor
         if thread is not None and thread is not threading.current_thread():
             thread.join()
         super().close()
@@ -409,7 +412,10 @@ class IODict(LogHandle, MutableMapping):
         compacts (which writes one too)."""
         if not log.wants_hint():
             return
-        lock = compaction.compaction_lock(self.path)
+        try:
+            lock = compaction.compaction_lock(self.path)
+        except OSError:
+            return  # (a cache: the next open scans instead)
         try:
             if lock.try_acquire():
                 try:
@@ -426,7 +432,7 @@ class IODict(LogHandle, MutableMapping):
 
     def flush(self) -> None:
         """Push everything to the OS: every write already has, so this only checks the store is open."""
-        self._read(lambda log: None)
+        self._catch_up()
 
     def sync(self) -> None:
         """fsync: what has been written survives a power loss."""

@@ -309,7 +309,7 @@ class Log:
                     self._load()
                 return
             sealed = self._scan(len(self._segments) - 1, active.read_from(self._end))
-            if sealed:
+            if sealed:  # (_end stays before the SEAL, so until it is followed every refresh meets it again)
                 with self.file_lock:
                     reload = self._follow_seal()
                 if reload:
@@ -423,9 +423,12 @@ class Log:
         to_rescan = sum(self._segments[slot].size() for slot in kept_slots) / max(frame_bytes, 1)
         if to_rescan * _RESCAN_COST < len(consumer):  # type: ignore[arg-type]
             return False
+        segments: list[Segment] = []
         try:
-            segments = [Segment.open(self.directory, n) for n in manifest.segments[:copies]]
+            for number in manifest.segments[:copies]:
+                segments.append(Segment.open(self.directory, number))
         except CorruptionError:
+            close_later(segments)
             return False  # compacted again meanwhile
         try:
             if not self._hint_covers(hint, segments):
@@ -852,6 +855,11 @@ class LogHandle:
                 self._open_log()  # raises StoreClosedError
             log.refresh()
             return fn(log, *args)
+
+    def _catch_up(self) -> None:
+        """Apply what other processes appended, without the write lock (StoreClosedError once closed)."""
+        with self._lock:
+            self._open_log().refresh()
 
     def _write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(log, *args) holding the file lock, on up-to-date state."""

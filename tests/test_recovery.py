@@ -757,6 +757,10 @@ def test_damage_over_a_batchs_commit_and_the_seal_keeps_the_batchs_intact_member
         assert d["next"] == "rolls first" and d.stats()["corrupt_records"] == 1
         replayed = {r.key: r.value for r in d.records()}  # (only sets here)
         assert replayed == dict(d.items()), "records() must replay to what the store holds"
+    with _quiet(), IODict(store, segment_bytes=4096) as d:  # a fresh sequence number for what comes next
+        d["after"] = 1
+        seqs = [r.seq for r in d.records()]
+        assert len(seqs) == len(set(seqs)) and seqs == sorted(seqs)
 
 
 @pytest.mark.parametrize("frame", ["begin", "first member", "middle member", "last member", "commit"])
