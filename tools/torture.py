@@ -86,9 +86,10 @@ def inject_enospc(store_dir: str, rng: random.Random) -> FileSizeCap:
     This is the one place where the workload injects write faults; everything
     else (the journal, the checker) only sees that the call raised ``OSError``,
     after which the store must be exactly as if the call had not happened, and
-    stay usable (CONTRACT.md §3). Once iodict_log has a fault-injection file
-    shim, ENOSPC is injected here through it. Today the worker caps its own
-    file size with ``RLIMIT_FSIZE`` for the length of the call: a ``write()``
+    stay usable (CONTRACT.md §3). (tests/test_power_loss.py injects ENOSPC and
+    EIO through iodict_log.fileops; here, in real worker processes, a real
+    kernel limit does it.) The worker caps its own file size with
+    ``RLIMIT_FSIZE`` for the length of the call: a ``write()``
     that would grow a file past the cap is cut short at the cap, and the next
     fails with ``EFBIG`` (``SIGXFSZ`` is ignored), inside the library's own
     write, as a full disk does. The cap is drawn around the size of the store's
