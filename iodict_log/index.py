@@ -62,9 +62,8 @@ class KeyIndex:
 
     def apply(self, frame: Frame, loc: int) -> None:
         if frame.op == OP_SET:
-            key = self._decode_key(frame.key)
             birth = loc >> BIRTH_SHIFT
-            old = self._locations.get(key)
+            old = self.set(self._decode_key(frame.key), loc)
             # Replay keeps birthtime order only if no record was lost: a new key is
             # always the newest, and an overwrite keeps its key's birthtime. A lost
             # first SET (then an overwrite) or a lost DELETE (then the key set again)
@@ -73,7 +72,6 @@ class KeyIndex:
                 self._unordered = True
             if birth > self._newest:
                 self._newest = birth
-            self.set(key, loc)
         elif frame.op == OP_DELETE:
             self.delete(self._decode_key(frame.key))
         else:
@@ -100,13 +98,14 @@ class KeyIndex:
     def get(self, key: Any) -> int | None:
         return self._locations.get(key)
 
-    def set(self, key: Any, loc: int) -> None:
-        """Point ``key`` at a new record; a new key goes to the end of the order."""
+    def set(self, key: Any, loc: int) -> int | None:
+        """Point ``key`` at a new record (a new key goes to the end of the order); its old location."""
         old = self._locations.get(key)
         if old is not None:
             self.live_bytes -= old & LENGTH_MASK
         self._locations[key] = loc
         self.live_bytes += loc & LENGTH_MASK
+        return old
 
     def delete(self, key: Any) -> None:
         old = self._locations.pop(key, None)

@@ -142,12 +142,12 @@ def scan(buf: bytes, start: int = 0, complete: bool = False) -> tuple[list[Frame
     return list(s), s
 
 
-def check_frame(buf: bytes, frame: Frame) -> None:
+def check_frame(buf: bytes, frame: Frame, salt: int = SALT) -> None:
     """A decoded frame is exactly the bytes it came from, inside the buffer."""
     assert frame.offset >= 0 and frame.offset + frame.length <= len(buf)
     assert frame.length == HEADER_SIZE + len(frame.key) + len(frame.value)
     assert frame.op in KNOWN_OPS and not frame.flags & ~KNOWN_FLAGS
-    raw = encode_frame(frame.op, frame.flags, frame.seq, frame.birthtime_ns, frame.key, frame.value, salt=SALT)
+    raw = encode_frame(frame.op, frame.flags, frame.seq, frame.birthtime_ns, frame.key, frame.value, salt=salt)
     assert raw == buf[frame.offset : frame.offset + frame.length]
     assert type(frame.key) is bytes and type(frame.value) is bytes
 
@@ -272,10 +272,8 @@ def test_damaged_lz4_blocks_decompress_or_raise_corruption_error(value, bits):
 # --- Scan over adversarial bytes ------------------------------------------------------------
 
 
-@MANY
-@given(buf=garbage_or_adversarial, data=st.data())
-def test_scan_of_adversarial_bytes_yields_exact_frames_in_order_and_accounts_for_every_byte(buf, data):
-    start = data.draw(st.integers(0, len(buf)), label="start")
+def check_both_scans(buf: bytes, start: int) -> tuple[list[Frame], Scan]:
+    """Scan as the last segment and as a finished one, check both; the first."""
     frames, s = scan(buf, start)
     check_scan(buf, frames, s, start)
     done, c = scan(buf, start, complete=True)
@@ -290,6 +288,13 @@ def test_scan_of_adversarial_bytes_yields_exact_frames_in_order_and_accounts_for
     else:
         assert c.end == s.end
         assert c.damage == s.damage + ([Damage(s.end, s.tail, "damaged end of a finished segment")] if s.tail else [])
+    return frames, s
+
+
+@MANY
+@given(buf=garbage_or_adversarial, data=st.data())
+def test_scan_of_adversarial_bytes_yields_exact_frames_in_order_and_accounts_for_every_byte(buf, data):
+    check_both_scans(buf, data.draw(st.integers(0, len(buf)), label="start"))
 
 
 @MANY

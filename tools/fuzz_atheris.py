@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A coverage-guided fuzz target for iodict_log's decoders, for runs longer than the test suite.
 
-    pip install atheris
+    pip install ".[test]" atheris    # (the checks come from tests/test_fuzz.py)
     python tools/fuzz_atheris.py -max_total_time=600          # libFuzzer flags pass through
     python tools/fuzz_atheris.py -max_total_time=600 corpus/  # keep the inputs it finds
     python tools/fuzz_atheris.py crash-<sha1>                 # replay a crash file
@@ -31,6 +31,8 @@ saves as crash-<sha1>. The tests never import this file.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import struct
 import sys
@@ -41,47 +43,11 @@ try:
 except ImportError:  # --random works without it
     atheris = None
 
-if atheris is not None:
-    with atheris.instrument_imports(include=["iodict_log"]):
-        from iodict_log.errors import CorruptionError, FormatVersionError
-        from iodict_log.format import (
-            COUNT,
-            DATA_OPS,
-            FIELDS,
-            FLAG_BATCH,
-            FLAG_LZ4,
-            FORMAT_VERSION,
-            HEADER_SIZE,
-            KIND_COMPACTED,
-            KIND_LOG,
-            KNOWN_FLAGS,
-            KNOWN_OPS,
-            MANIFEST_MAGIC,
-            OP_BATCH_BEGIN,
-            OP_BATCH_COMMIT,
-            OP_SEAL,
-            PREFIX,
-            SEGMENT_HEADER_SIZE,
-            SEGMENT_MAGIC,
-            SYNC,
-            Damage,
-            Frame,
-            Manifest,
-            Scan,
-            decode_frame,
-            decode_manifest,
-            decode_segment_header,
-            encode_frame,
-            encode_manifest,
-            encode_segment_header,
-            header_length,
-            stored_value,
-        )
-else:
+# Only iodict_log is instrumented for coverage; the checks come from the test suite.
+with atheris.instrument_imports(include=["iodict_log"]) if atheris else contextlib.nullcontext():
     from iodict_log.errors import CorruptionError, FormatVersionError
     from iodict_log.format import (
         COUNT,
-        DATA_OPS,
         FIELDS,
         FLAG_BATCH,
         FLAG_LZ4,
@@ -94,15 +60,11 @@ else:
         MANIFEST_MAGIC,
         OP_BATCH_BEGIN,
         OP_BATCH_COMMIT,
-        OP_SEAL,
         PREFIX,
         SEGMENT_HEADER_SIZE,
         SEGMENT_MAGIC,
         SYNC,
-        Damage,
-        Frame,
         Manifest,
-        Scan,
         decode_frame,
         decode_manifest,
         decode_segment_header,
@@ -113,7 +75,16 @@ else:
         stored_value,
     )
 
-SALT = 0x5EED5A17  # the store's salt; the same value as tests/helpers.py
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from helpers import SALT  # noqa: E402
+from test_fuzz import (  # noqa: E402  (the same checks the tests make: one definition of each)
+    check_both_scans,
+    check_frame,
+    expected_scan,
+    scan,
+    valid_frames,
+)
+
 FOREIGN_SALTS = (0, SALT ^ 1, SALT ^ 0x80000000, 0xFFFFFFFF)
 MAX_INPUT = 4096
 HELD = encode_frame(1, 0, 0, 0, b"x", b"", salt=SALT)  # held in a value when no frame precedes it
@@ -147,70 +118,13 @@ class Input:
 # --- what holds for any buffer --------------------------------------------------------------
 
 
-def is_member(frame: Frame) -> bool:
-    return bool(frame.flags & FLAG_BATCH) and frame.op in DATA_OPS
-
-
-def check_frame(buf: bytes, frame: Frame, pos: int, salt: int) -> None:
-    assert frame.offset == pos and pos + frame.length <= len(buf)
-    assert frame.length == HEADER_SIZE + len(frame.key) + len(frame.value)
-    assert frame.op in KNOWN_OPS and not frame.flags & ~KNOWN_FLAGS
-    raw = encode_frame(frame.op, frame.flags, frame.seq, frame.birthtime_ns, frame.key, frame.value, salt=salt)
-    assert raw == buf[pos : pos + frame.length]
-    assert header_length(buf, pos, salt) == frame.length
-
-
-def scan(buf: bytes, start: int = 0, complete: bool = False) -> tuple[list[Frame], Scan]:
-    s = Scan(buf, SALT, start, complete=complete)
-    return list(s), s
-
-
-def check_scan(buf: bytes, frames: list[Frame], s: Scan, start: int) -> None:
-    assert start <= s.end <= len(buf) and s.tail == len(buf) - s.end
-    for frame in frames:
-        check_frame(buf, frame, frame.offset, SALT)
-        assert frame.op in DATA_OPS or frame.op == OP_SEAL
-        assert start <= frame.offset and frame.offset + frame.length <= s.end
-    for a, b in zip(frames, frames[1:]):
-        assert a.offset + a.length <= b.offset
-    for region in s.damage:
-        assert region.length > 0 and start <= region.offset and region.offset + region.length <= len(buf)
-    # Regions past ``end`` (a damaged member of a batch held back as the tail) are
-    # reported too; only those before ``end`` are checked for order and coverage.
-    before = [d for d in s.damage if d.offset < s.end]
-    for a, b in zip(before, before[1:]):
-        assert a.offset + a.length <= b.offset
-    if s.complete and s.tail:
-        assert s.damage[-1] == Damage(s.end, s.tail, "damaged end of a finished segment")
-    spans = {f.offset: f.length for f in frames}
-    spans.update((d.offset, d.length) for d in before)
-    pos = start
-    while pos < s.end:
-        if pos in spans:
-            pos += spans[pos]
-            continue
-        bookkeeping = decode_frame(buf, pos, SALT)
-        assert bookkeeping is not None and bookkeeping.op in (OP_BATCH_BEGIN, OP_BATCH_COMMIT), pos
-        pos += bookkeeping.length
-    assert pos == s.end
-
-
-def check_both_scans(buf: bytes, start: int) -> tuple[list[Frame], Scan]:
-    frames, s = scan(buf, start)
-    check_scan(buf, frames, s, start)
-    done, c = scan(buf, start, complete=True)
-    check_scan(buf, done, c, start)
-    assert done == frames and c.end == s.end
-    assert c.damage == s.damage + ([Damage(s.end, s.tail, "damaged end of a finished segment")] if s.tail else [])
-    return frames, s
-
-
 def check_any_bytes(buf: bytes, start: int) -> None:
     for salt in (SALT, FOREIGN_SALTS[1]):
         for pos in range(len(buf) + 1):
             frame = decode_frame(buf, pos, salt)
             if frame is not None:
-                check_frame(buf, frame, pos, salt)
+                assert frame.offset == pos and header_length(buf, pos, salt) == frame.length
+                check_frame(buf, frame, salt)
     check_both_scans(buf, min(start, len(buf)))
     for data in (buf, SEGMENT_MAGIC + buf, MANIFEST_MAGIC + buf):
         try:
@@ -335,52 +249,6 @@ def garbage(inp: Input) -> bytes:
     raw = bytearray(any_frame(inp, SALT))
     raw[6] ^= 1  # dcrc damaged: the header checksum fails
     return bytes(raw)
-
-
-def expected_scan(survivors: list[Frame]) -> tuple[list[Frame], int, list[Damage]]:
-    yielded: list[Frame] = []
-    held: list[Frame] | None = None
-    for frame in survivors:
-        if is_member(frame):
-            held = (held or []) + [frame]
-            continue
-        if held is not None:
-            yielded += held
-            held = None
-        if frame.op == OP_BATCH_BEGIN:
-            held = []
-        elif frame.op != OP_BATCH_COMMIT:
-            yielded.append(frame)
-    i = len(survivors)
-    while i and is_member(survivors[i - 1]):
-        i -= 1
-    if i and survivors[i - 1].op == OP_BATCH_BEGIN:
-        end = survivors[i - 1].offset
-    elif i < len(survivors):
-        end = survivors[i].offset
-    else:
-        end = survivors[-1].offset + survivors[-1].length if survivors else 0
-    regions, pos = [], 0
-    for frame in survivors:
-        if frame.offset > pos:
-            regions.append(Damage(pos, frame.offset - pos, "damaged frame"))
-        pos = frame.offset + frame.length
-    return yielded, end, [d for d in regions if d.offset < end]
-
-
-def valid_frames(buf: bytes) -> tuple[list[Frame], bool]:
-    """The valid frames not inside the span a checksummed header vouches for (found by
-    trying every offset), and whether the model is exact for ``buf``: not when a damaged
-    (not torn) record holds frames of this store (see tests/test_fuzz.py)."""
-    headers = [(at, n) for at in range(len(buf)) if (n := header_length(buf, at, SALT)) is not None]
-    valid = {at: frame for at, _ in headers if (frame := decode_frame(buf, at, SALT)) is not None}
-    found = [valid[at] for at in sorted(valid) if not any(q < at < q + n for q, n in headers)]
-    exact = True
-    for q, n in headers:
-        if q in valid or not any(q < at < q + n for at in valid):
-            continue
-        exact = exact and q + n > len(buf)
-    return found, exact
 
 
 def check_model(inp: Input) -> None:

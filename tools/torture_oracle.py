@@ -56,7 +56,7 @@ import math
 import os
 import queue
 import shutil
-import struct
+import sys
 import tempfile
 import warnings
 from collections import Counter
@@ -83,27 +83,12 @@ from iodict_log.format import (
 )
 from iodict_log.serialize import Serializer, decode_key
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from helpers import same  # noqa: E402  (type-strict equality, as the tests compare)
+
 OWN_KEYS = 48  # keys per worker slot
 SHARED_KEYS = 12  # keys every slot writes
 INT_KEY_BASE = 10**12
-
-
-# --- type-strict equality ------------------------------------------------------------
-
-
-def same(a: Any, b: Any) -> bool:
-    """Equal and of the same type, recursively (a tuple never passes for a list)."""
-    if type(a) is not type(b):
-        return False
-    if type(a) is float:
-        return struct.pack("<d", a) == struct.pack("<d", b) or (math.isnan(a) and math.isnan(b))
-    if type(a) in (list, tuple):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    if type(a) is dict:
-        return len(a) == len(b) and all(
-            same(ka, kb) and same(va, vb) for (ka, va), (kb, vb) in zip(a.items(), b.items())
-        )
-    return a == b
 
 
 # --- keys, values, items -------------------------------------------------------------
