@@ -1,7 +1,14 @@
 """iodict_log: a persistent, ordered, process-safe dict and durable queue on an append-only log."""
 
 from .durablequeue import DurableQueue
-from .errors import CorruptionError, CorruptionWarning, FormatVersionError, IODictLogError, StoreClosedError
+from .errors import (
+    CorruptionError,
+    CorruptionWarning,
+    FormatVersionError,
+    IODictLogError,
+    LockTimeoutError,
+    StoreClosedError,
+)
 from .flushqueue import FlushQueue
 from .iodict import IODict, Record
 
@@ -13,6 +20,7 @@ __all__ = [
     "FormatVersionError",
     "IODict",
     "IODictLogError",
+    "LockTimeoutError",
     "Record",
     "StoreClosedError",
 ]

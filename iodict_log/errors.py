@@ -29,5 +29,10 @@ class StoreClosedError(IODictLogError):
     """The store was used after close()."""
 
 
+class LockTimeoutError(IODictLogError, TimeoutError):
+    """The store's write lock was not free before the caller's deadline (another
+    process holds it: stopped, slow, or in a long repair)."""
+
+
 class CorruptionWarning(UserWarning):
     """Damaged records were skipped while reading a store."""

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import weakref
 
 import portalocker
+
+from .errors import LockTimeoutError
 
 if sys.platform != "win32":
     import fcntl
@@ -81,6 +84,9 @@ class FileLock:
 
     def __init__(self, path: str, *, close_in_child: bool = False) -> None:
         self.path = path
+        # A time.monotonic() by which taking the lock must succeed, or LockTimeoutError:
+        # set around one call by whoever serialises this object's users (LogHandle).
+        self.deadline: float | None = None
         self._fd = -1
         self._depth = 0
         self._generation = -1
@@ -115,17 +121,40 @@ class FileLock:
         if self._generation != _fork_generation:
             self._check_fork()
         if self._depth == 0:
-            _flock(self._fd, _EX)
+            if self.deadline is None:
+                _flock(self._fd, _EX)
+            elif not self._lock_by(self.deadline):
+                raise LockTimeoutError(f"{self.path}: another process holds the lock")
         self._depth += 1
         return self
+
+    def _lock_by(self, deadline: float) -> bool:
+        """Poll for the lock until ``deadline``; whether it was taken. (flock has no
+        timed wait, and a blocking flock cannot be interrupted by a deadline.)"""
+        delay = 0.0005
+        while not _try_lock(self._fd):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 0.02)
+        return True
 
     def __exit__(self, *exc: object) -> None:
         self._depth -= 1
         if self._depth == 0:
             _flock(self._fd, _UN)
 
-    def acquire(self) -> None:
-        self.__enter__()
+    def acquire(self, timeout: float | None = None) -> bool:
+        """Take the lock, waiting at most ``timeout`` seconds if given; whether it was taken."""
+        if timeout is None:
+            self.__enter__()
+            return True
+        self._check_fork()
+        if self._depth == 0 and not self._lock_by(time.monotonic() + timeout):
+            return False
+        self._depth += 1
+        return True
 
     def try_acquire(self) -> bool:
         """Take the lock if nobody holds it; whether it was taken."""

@@ -847,33 +847,43 @@ class LogHandle:
             raise StoreClosedError(f"{self.path}: this {type(self).__name__} is closed")
         return log
 
-    def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run fn(log, *args) on up-to-date state."""
+    def _read(self, fn: Callable[..., T], *args: Any, deadline: float | None = None) -> T:
+        """Run fn(log, *args) on up-to-date state. With a ``deadline`` (time.monotonic()),
+        waiting for the write lock past it raises LockTimeoutError."""
         with self._lock:
             log = self._log
             if log is None:
                 self._open_log()  # raises StoreClosedError
-            log.refresh()
-            return fn(log, *args)
+            log.file_lock.deadline = deadline
+            try:
+                log.refresh()
+                return fn(log, *args)
+            finally:
+                log.file_lock.deadline = None
 
     def _catch_up(self) -> None:
         """Apply what other processes appended, without the write lock (StoreClosedError once closed)."""
         with self._lock:
             self._open_log().refresh()
 
-    def _write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run fn(log, *args) holding the file lock, on up-to-date state."""
+    def _write(self, fn: Callable[..., T], *args: Any, deadline: float | None = None) -> T:
+        """Run fn(log, *args) holding the file lock, on up-to-date state. With a
+        ``deadline`` (time.monotonic()), waiting for the lock past it raises LockTimeoutError."""
         with self._lock:
             log = self._log
             if log is None:
                 self._open_log()  # raises StoreClosedError
-            while True:
-                try:
-                    with log.file_lock:
-                        log.refresh(defer_reload=True)
-                        return fn(log, *args)
-                except ReloadNeeded:
-                    log.refresh()  # rebuild the index without holding up other writers
+            log.file_lock.deadline = deadline
+            try:
+                while True:
+                    try:
+                        with log.file_lock:
+                            log.refresh(defer_reload=True)
+                            return fn(log, *args)
+                    except ReloadNeeded:
+                        log.refresh()  # rebuild the index without holding up other writers
+            finally:
+                log.file_lock.deadline = None
 
     def close(self) -> None:
         """Close the files; the data stays on disk, the object is unusable afterwards. Idempotent."""

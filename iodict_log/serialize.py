@@ -5,9 +5,8 @@ tuples (lists stay lists), and ``strict_types`` so subclasses (IntEnum, str
 subclasses, ...) are refused instead of silently losing their type. The one
 type msgpack changes anyway: bytearray and memoryview are stored as binary
 and come back as bytes. Keys are
-restricted to str, bytes, int and tuples of these, so equal keys always encode
-to equal bytes. bool is refused as a key: ``True == 1`` in a dict, but msgpack
-would store them as different keys.
+restricted to str, bytes, int and tuples of these, and brought to one canonical
+form (canonical_key), so keys equal in a dict always encode to equal bytes.
 """
 
 from __future__ import annotations
@@ -53,26 +52,44 @@ def _unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_ext_hook)
 
 
-def check_key(key: Any) -> None:
-    """Raise TypeError unless ``key`` is a str, bytes, int or a tuple of these."""
+MAX_KEY_DEPTH = 16  # tuples nested in a key, at most
+
+
+def canonical_key(key: Any, _depth: int = 0) -> Any:
+    """The one stored form of ``key``, or TypeError if no such key can be stored.
+
+    Keys equal in a dict are one key here too: ``True``, ``1.0`` and ``1`` are
+    the key ``1``, and subclasses of str, bytes and int (an IntEnum, a str
+    subclass) are their plain value. Tuples are canonical element by element.
+    """
     kind = type(key)
     if kind is str or kind is bytes:
-        return
-    if kind is int:
-        if -(2**63) <= key < 2**64:
-            return
-        raise TypeError(f"int key {key} is out of range (-2**63 .. 2**64-1)")
+        return key
     if kind is tuple:
-        for part in key:
-            check_key(part)
-        return
-    raise TypeError(f"keys must be str, bytes, int or tuples of these, not {kind.__name__!r}")
+        if _depth >= MAX_KEY_DEPTH:
+            raise TypeError(f"tuple keys may nest at most {MAX_KEY_DEPTH} deep")
+        return tuple([canonical_key(part, _depth + 1) for part in key])
+    if kind is float:
+        if not key.is_integer():
+            raise TypeError(f"float key {key!r} is not equal to any int; keys must be str, bytes, int or tuples")
+        key = int(key)
+    elif isinstance(key, int):  # int, bool, IntEnum, other int subclasses
+        key = int(key)
+    elif isinstance(key, str):
+        return key[:]  # (slicing gives the plain str)
+    elif isinstance(key, bytes):
+        return bytes(key)
+    else:
+        raise TypeError(f"keys must be str, bytes, int or tuples of these, not {kind.__name__!r}")
+    if -(2**63) <= key < 2**64:
+        return key
+    raise TypeError(f"int key {key} is out of range (-2**63 .. 2**64-1)")
 
 
 def encode_key(key: Any) -> bytes:
-    check_key(key)
+    """The bytes of the canonical form of ``key`` (TypeError for a key that cannot be stored)."""
     try:
-        return _pack(key)
+        return _pack(canonical_key(key))
     except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from os.listdir()
         raise TypeError(f"str key is not valid Unicode: {exc}") from None
 
