@@ -12,6 +12,9 @@ change nothing and stay direct.
 from __future__ import annotations
 
 import os
+import stat
+
+from .errors import CorruptionError
 
 # --- the primitives (replaceable) -----------------------------------------------
 
@@ -65,6 +68,46 @@ def write_all(fd: int, data: bytes) -> None:
             view = view[write(fd, view) :]
 
 
-def read_file(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+def store_path(path: str | os.PathLike) -> str:
+    """A store's directory as an absolute path with ``~`` expanded, fixed at open:
+    a later os.chdir() must not move the store under an open object."""
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
+def read_file(path: str, max_bytes: int | None = None) -> bytes:
+    """The contents of the small regular file ``path``, never through a symbolic link.
+
+    FileNotFoundError if it is missing; CorruptionError, naming the path, if it is
+    a link, a directory, a FIFO or another special file, or larger than
+    ``max_bytes``, so that a hostile store cannot make a reader hang or fill memory.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise
+    except OSError:
+        if os.path.islink(path):
+            raise CorruptionError(f"{path}: is a symbolic link; a store's files never are") from None
+        if os.path.isdir(path):
+            raise CorruptionError(f"{path}: is a directory, not a file") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise CorruptionError(f"{path}: is not a regular file")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise CorruptionError(f"{path}: is {info.st_size} bytes, more than the {max_bytes} it can hold")
+        chunks = []
+        left = info.st_size if max_bytes is None else max_bytes + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 2**24))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+        if max_bytes is not None and len(data) > max_bytes:
+            raise CorruptionError(f"{path}: grew past the {max_bytes} bytes it can hold")
+        return data
+    finally:
+        os.close(fd)

@@ -78,8 +78,9 @@ OP_BATCH_COMMIT = 4
 OP_SEAL = 5  # last frame of a segment: readers move on to the next one
 OP_PUT = 16  # queue: key empty, value the item
 OP_TAKE = 17  # queue: key the u64 seq of the PUT taken, value empty
-KNOWN_OPS = frozenset({OP_SET, OP_DELETE, OP_BATCH_BEGIN, OP_BATCH_COMMIT, OP_SEAL, OP_PUT, OP_TAKE})
-DATA_OPS = frozenset({OP_SET, OP_DELETE, OP_PUT, OP_TAKE})
+OP_DEAD = 18  # queue: key the u64 seq of a PUT moved to the dead letters, value empty
+KNOWN_OPS = frozenset({OP_SET, OP_DELETE, OP_BATCH_BEGIN, OP_BATCH_COMMIT, OP_SEAL, OP_PUT, OP_TAKE, OP_DEAD})
+DATA_OPS = frozenset({OP_SET, OP_DELETE, OP_PUT, OP_TAKE, OP_DEAD})
 SEQ = struct.Struct("<Q")
 
 # Flag bits.
