@@ -28,9 +28,8 @@ files that the next compaction deletes.
 
 from __future__ import annotations
 
-import fnmatch
-import glob
 import os
+import re
 import zlib
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -40,26 +39,27 @@ from .filelock import FileLock
 from .fileops import sync_directory
 from .format import FLAG_BATCH, SEGMENT_HEADER_SIZE, Frame, decode_frame, encode_frame, encode_segment_header
 from .index import location_birthtime, pack_location, unpack_location
-from .segment import segment_name
+from .segment import close_from_thread, segment_name
 
 COMPACTION_LOCK_NAME = "COMPACT.LOCK"
-_TMP_PATTERN = "compact.*.tmp"
+_TMP_NAME = re.compile(r"compact\.[0-9]{4,}\.tmp")  # compact.NNNN.tmp, as SegmentWriter names them
 _WRITE_BATCH = 4096  # frames per write() while copying
 
 
 def compaction_lock(directory: str) -> FileLock:
     """The lock held by whoever writes new segments or a hint file (see hintfile.py)."""
-    return FileLock(os.path.join(directory, COMPACTION_LOCK_NAME), close_in_child=True)
+    return FileLock(os.path.join(directory, COMPACTION_LOCK_NAME))
 
 
 def is_compaction_file(name: str) -> bool:
-    return name == COMPACTION_LOCK_NAME or fnmatch.fnmatch(name, _TMP_PATTERN)
+    return name == COMPACTION_LOCK_NAME or _TMP_NAME.fullmatch(name) is not None
 
 
 def remove_leftovers(directory: str) -> None:
     """Delete the temporary files of an interrupted compaction. Needs the compaction lock."""
-    for path in glob.glob(os.path.join(glob.escape(directory), _TMP_PATTERN)):
-        fileops.unlink(path)
+    for name in os.listdir(directory):
+        if _TMP_NAME.fullmatch(name):
+            fileops.unlink(os.path.join(directory, name))
 
 
 def standalone(frame: Frame, salt: int) -> bytes:
@@ -96,7 +96,7 @@ class SegmentWriter:
         if self._fd < 0 or (self._size + len(frame) > self._segment_bytes and self._size > SEGMENT_HEADER_SIZE):
             self._finish_file()
             self._path = os.path.join(self._directory, f"compact.{len(self.written):04d}.tmp")
-            self._fd = fileops.open_fd(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._fd = fileops.create_new(self._path)
             self._pending = [self._header]
             self._size = len(self._header)
             self._crc = 0
@@ -160,7 +160,7 @@ class Sources(NamedTuple):
 
     def close(self) -> None:
         for fd, _, _ in self.files.values():
-            os.close(fd)
+            close_from_thread(fd)  # (see Log.seal_for_compaction: a forked child closes them itself)
 
 
 class CompactionStopped(Exception):

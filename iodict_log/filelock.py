@@ -3,8 +3,13 @@
 The OS drops the lock when its holder dies, so a ``kill -9`` never blocks the
 other processes. flock locks belong to the open file description, which a
 forked child shares with its parent: unlocking in the child would release the
-parent's lock. So after a fork the child opens its own description before it
-locks anything, and never touches the inherited one.
+parent's lock, and merely keeping the inherited descriptor keeps the lock held
+after the parent dies (every other process then waits for the child). So a
+child closes its copy of every lock's descriptor at fork time (a fork hook) and
+opens its own description the first time it locks.
+
+The lock file is opened as a regular file only, never through a link: a LOCK
+that is a dangling link must not create the file it points to.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import weakref
 
 import portalocker
 
+from . import fileops
 from .errors import LockTimeoutError
 
 if sys.platform != "win32":
@@ -56,14 +62,14 @@ else:  # pragma: no cover - exercised on Windows only
 _fork_generation = 0
 
 
-_close_in_child: weakref.WeakSet[FileLock] = weakref.WeakSet()
+_every_lock: weakref.WeakSet[FileLock] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
     global _fork_generation
     _fork_generation += 1
-    for lock in list(_close_in_child):
-        lock.close()  # held by a thread the child does not have: let it go with the parent
+    for lock in list(_every_lock):
+        lock.close()  # (the parent's, maybe held: it must go with the parent)
 
 
 if hasattr(os, "register_at_fork"):
@@ -78,11 +84,11 @@ def fork_generation() -> int:
 class FileLock:
     """An exclusive lock on ``path``, reentrant within one object (a depth count).
 
-    With ``close_in_child``, a forked child closes its copy of the descriptor, so
-    that a parent killed while holding the lock does not leave it held by the child.
+    A forked child closes its copy of the descriptor at once, so that a parent
+    killed while holding the lock does not leave it held by the child.
     """
 
-    def __init__(self, path: str, *, close_in_child: bool = False) -> None:
+    def __init__(self, path: str) -> None:
         self.path = path
         # A time.monotonic() by which taking the lock must succeed, or LockTimeoutError:
         # set around one call by whoever serialises this object's users (LogHandle).
@@ -91,19 +97,16 @@ class FileLock:
         self._depth = 0
         self._generation = -1
         self._open()
-        if close_in_child:
-            _close_in_child.add(self)
+        _every_lock.add(self)
 
     def _open(self) -> None:
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd = fileops.open_regular(self.path, os.O_RDWR | os.O_CREAT, opener=os.open)  # (not a data file)
         self._generation = _fork_generation
         self._depth = 0
 
     def _check_fork(self) -> None:
         if self._generation != _fork_generation:
-            # Leave the inherited description alone: it may hold the parent's lock.
-            if self._fd >= 0:
-                os.close(self._fd)
+            # (The fork hook closed the inherited descriptor, which may hold the parent's lock.)
             self._open()
 
     @property

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import Callable
 
 from .errors import CorruptionError
 
@@ -26,6 +27,9 @@ ftruncate = os.ftruncate
 truncate = os.truncate
 replace = os.replace
 unlink = os.unlink
+
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
 # --- sequences ------------------------------------------------------------------
@@ -48,9 +52,47 @@ def replace_file(path: str, data: bytes) -> None:
     sync_directory(os.path.dirname(path) or ".")
 
 
+def open_regular(path: str, flags: int, mode: int = 0o644, opener: Callable[..., int] | None = None) -> int:
+    """A descriptor on the regular file ``path``, never through a link; opened with
+    ``opener`` (default: open_fd, the replaceable primitive).
+
+    FileNotFoundError / FileExistsError as os.open raises them; CorruptionError,
+    naming the path, if it is a link, a directory, a FIFO or another special file.
+    """
+    try:
+        fd = (opener or open_fd)(path, flags | NOFOLLOW | NONBLOCK, mode)
+    except (FileNotFoundError, FileExistsError):
+        raise
+    except OSError:
+        if os.path.islink(path):
+            raise CorruptionError(f"{path}: is a symbolic link; a store's files never are") from None
+        if os.path.isdir(path):
+            raise CorruptionError(f"{path}: is a directory, not a file") from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CorruptionError(f"{path}: is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def create_new(path: str) -> int:
+    """A write descriptor on a new, empty file ``path`` (a temporary file): whatever
+    had that name is removed first, a link included (never its target)."""
+    try:
+        unlink(path)
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:
+        raise CorruptionError(f"{path}: is a directory, not a file") from None
+    return open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+
+
 def write_file(path: str, data: bytes, *, sync: bool = True) -> None:
-    """Create or truncate ``path`` and write ``data`` into it (fsynced unless told not to)."""
-    fd = open_fd(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    """Write ``data`` into a new file ``path`` (create_new), fsynced unless told not to."""
+    fd = create_new(path)
     try:
         write_all(fd, data)
         if sync:
@@ -81,20 +123,9 @@ def read_file(path: str, max_bytes: int | None = None) -> bytes:
     a link, a directory, a FIFO or another special file, or larger than
     ``max_bytes``, so that a hostile store cannot make a reader hang or fill memory.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise
-    except OSError:
-        if os.path.islink(path):
-            raise CorruptionError(f"{path}: is a symbolic link; a store's files never are") from None
-        if os.path.isdir(path):
-            raise CorruptionError(f"{path}: is a directory, not a file") from None
-        raise
+    fd = open_regular(path, os.O_RDONLY, opener=os.open)  # (a read: not through open_fd)
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise CorruptionError(f"{path}: is not a regular file")
         if max_bytes is not None and info.st_size > max_bytes:
             raise CorruptionError(f"{path}: is {info.st_size} bytes, more than the {max_bytes} it can hold")
         chunks = []

@@ -68,7 +68,11 @@ PREFIX = struct.Struct("<2sI")  # sync, hcrc
 FIELDS = struct.Struct("<IBBIIQQ")  # dcrc, op, flags, key_len, value_len, seq, birthtime
 HEADER = struct.Struct("<2sIIBBIIQQ")  # PREFIX then FIELDS, for reading in one go
 HEADER_SIZE = HEADER.size  # 36
+_HCRC = struct.Struct("<I")  # hcrc alone, at offset 2
 MAX_FIELD = 2**32 - 1  # largest key or stored value
+# Sequence numbers and birthtimes stay below 2**63 (birthtimes: the year 2262), so
+# that the next one always fits its u64 field: a frame beyond is not valid.
+MAX_SEQ = 2**63 - 1
 
 # Operation codes. 16..31 are for queues.
 OP_SET = 1
@@ -155,7 +159,7 @@ def decode_frame(buf: bytes, pos: int, salt: int) -> Frame | None:
     start = pos + HEADER_SIZE
     middle = start + klen
     stop = middle + vlen
-    if stop > len(buf) or op not in KNOWN_OPS or flags & ~KNOWN_FLAGS:
+    if stop > len(buf) or op not in KNOWN_OPS or flags & ~KNOWN_FLAGS or (seq | birthtime) > MAX_SEQ:
         return None
     key = buf[start:middle]
     value = buf[middle:stop]
@@ -170,7 +174,7 @@ def frame_value(buf: bytes, salt: int) -> tuple[int, bytes] | None:
     key and value together (the same CRC as the two chained). tests/test_fuzz.py
     checks that it agrees with decode_frame on any bytes."""
     try:
-        sync, hcrc, dcrc, op, flags, klen, vlen, _, _ = HEADER.unpack_from(buf)
+        sync, hcrc, dcrc, op, flags, klen, vlen, seq, birthtime = HEADER.unpack_from(buf)
     except struct.error:
         return None
     stop = HEADER_SIZE + klen + vlen
@@ -180,6 +184,7 @@ def frame_value(buf: bytes, salt: int) -> tuple[int, bytes] | None:
         or stop != len(buf)
         or op not in KNOWN_OPS
         or flags & ~KNOWN_FLAGS
+        or (seq | birthtime) > MAX_SEQ
         or zlib.crc32(buf[HEADER_SIZE:], salt) != dcrc
     ):
         return None
@@ -295,43 +300,62 @@ class Scan:
         exactly its bad payload, or, if the frame runs past the end, it is an
         unfinished append. Never search inside such a frame (its value may hold
         the bytes of other frames), which also keeps the search linear.
+
+        (The rules of header_length and decode_frame, inlined: this loop meets
+        every sync pair in a damaged region, so each costs one header CRC.)
         """
         buf, salt = self.buf, self.salt
-        while True:
+        last = len(buf) - HEADER_SIZE  # the last offset a whole header can start at
+        find, crc32, hcrc_at = buf.find, zlib.crc32, _HCRC.unpack_from
+        if pos <= last and buf.startswith(SYNC, pos):
             length = header_length(buf, pos, salt)
             if length is not None:
                 if pos + length > len(buf):
                     return None
-                pos += length
-            else:
-                pos += 1
-            pos = buf.find(SYNC, pos)
-            if pos < 0:
-                return None
+                pos += length - 1
+        while True:
+            pos = find(SYNC, pos + 1)
+            if pos < 0 or pos > last:
+                return None  # (no header fits: no frame can follow)
+            if crc32(buf[pos + 6 : pos + HEADER_SIZE], salt) != hcrc_at(buf, pos + 2)[0]:
+                continue  # the common case in a damaged region: one CRC per sync pair
             if decode_frame(buf, pos, salt) is not None:
                 return pos
+            length = HEADER_SIZE + sum(HEADER.unpack_from(buf, pos)[5:7])
+            if pos + length > len(buf):
+                return None
+            pos += length - 1
 
 
 # --- the manifest (file CURRENT) -------------------------------------------
 
 MANIFEST_MAGIC = b"\x89IODCUR\n"
-MANIFEST_HEAD = struct.Struct("<8sHHQQQI")  # magic, version, reserved, generation, seq floor, birthtime floor, count
+MANIFEST_HEAD = struct.Struct("<8sHHQQQI")  # magic, version, kind, generation, seq floor, birthtime floor, count
 MANIFEST_NUMBER = struct.Struct("<Q")
+
+# What a store holds (the manifest's kind): never both, since a queue's reclaim
+# and a dict's compaction each drop what is not theirs. 0: a store written before
+# the field existed (its contents tell), or one opened only by the tools so far.
+STORE_UNKNOWN = 0
+STORE_DICT = 1
+STORE_QUEUE = 2
 
 
 class Manifest(NamedTuple):
-    """Which segment files make up the store, in order, and the floors that keep
-    sequence numbers and birthtimes increasing after compaction drops records."""
+    """Which segment files make up the store, in order, the floors that keep
+    sequence numbers and birthtimes increasing after compaction drops records,
+    and what kind of store it is."""
 
     generation: int
     segments: tuple[int, ...]
     seq_floor: int = 0
     birthtime_floor: int = 0
+    kind: int = STORE_UNKNOWN
 
 
 def encode_manifest(m: Manifest) -> bytes:
     body = MANIFEST_HEAD.pack(
-        MANIFEST_MAGIC, FORMAT_VERSION, 0, m.generation, m.seq_floor, m.birthtime_floor, len(m.segments)
+        MANIFEST_MAGIC, FORMAT_VERSION, m.kind, m.generation, m.seq_floor, m.birthtime_floor, len(m.segments)
     ) + b"".join(MANIFEST_NUMBER.pack(n) for n in m.segments)
     return body + COUNT.pack(zlib.crc32(body))
 
@@ -339,14 +363,14 @@ def encode_manifest(m: Manifest) -> bytes:
 def decode_manifest(data: bytes) -> Manifest:
     if not data.startswith(MANIFEST_MAGIC) or len(data) < MANIFEST_HEAD.size + COUNT.size:
         raise CorruptionError("not an iodict_log manifest (bad magic or too short)")
-    _, version, _, generation, seq_floor, bt_floor, count = MANIFEST_HEAD.unpack_from(data)
+    _, version, kind, generation, seq_floor, bt_floor, count = MANIFEST_HEAD.unpack_from(data)
     if version != FORMAT_VERSION:
         raise FormatVersionError(version)
     size = MANIFEST_HEAD.size + count * MANIFEST_NUMBER.size
     if len(data) != size + COUNT.size or zlib.crc32(data[:size]) != COUNT.unpack_from(data, size)[0]:
         raise CorruptionError("manifest checksum mismatch")
     numbers = tuple(MANIFEST_NUMBER.unpack_from(data, MANIFEST_HEAD.size + i * 8)[0] for i in range(count))
-    return Manifest(generation, numbers, seq_floor, bt_floor)
+    return Manifest(generation, numbers, seq_floor, bt_floor, kind)
 
 
 # --- the hint file ------------------------------------------------------------------

@@ -26,6 +26,18 @@ Bytes past the last committed frame of the last segment are an unfinished
 append: still being written by another process, or torn by a crash. Readers
 stop there; a writer, holding the lock, knows nobody is writing and truncates
 them before it appends.
+
+A store holds dict records or queue items, never both (a queue's reclaim
+drops whole segments, a dict's compaction drops what it does not index):
+CURRENT records which, and opening the other kind refuses before anything is
+written. A store from before that field (kind 0) is classified by what its
+frames hold, and its kind is recorded under the lock at open, or at the next
+change of CURRENT.
+
+After os.fork() the child closes every descriptor it inherited from the
+parent's logs at once (a fork hook), and on first use opens its own on the
+same segments: a child never keeps the parent's segments (or, filelock.py,
+its write lock) past the fork.
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ import os
 import threading
 import time
 import warnings
+import weakref
 from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
 from . import crashpoints, fileops
@@ -49,8 +62,16 @@ from .format import (
     KIND_LOG,
     OP_BATCH_BEGIN,
     OP_BATCH_COMMIT,
+    OP_DEAD,
+    OP_DELETE,
+    OP_PUT,
     OP_SEAL,
+    OP_SET,
+    OP_TAKE,
     SEGMENT_HEADER_SIZE,
+    STORE_DICT,
+    STORE_QUEUE,
+    STORE_UNKNOWN,
     Frame,
     Hint,
     Manifest,
@@ -71,8 +92,16 @@ from .index import (
     pack_location,
     unpack_location,
 )
-from .manifest import MANIFEST_NAME, read_manifest, write_manifest
-from .segment import Segment, close_later, parse_segment_name, segment_name
+from .manifest import MANIFEST_NAME, MAX_SEGMENTS, read_manifest, write_manifest
+from .segment import (
+    MAX_NUMBER,
+    Segment,
+    close_from_thread,
+    close_later,
+    hand_to_thread,
+    parse_segment_name,
+    segment_name,
+)
 
 LOCK_NAME = "LOCK"
 # A clean close writes a hint file once this many records lie past the last one:
@@ -85,6 +114,22 @@ H = TypeVar("H", bound="LogHandle")
 
 # (op, flags, key, stored value, birthtime_ns) of one record to append.
 Entry = tuple[int, int, bytes, bytes, int]
+
+# The ``kind`` argument, and what CURRENT records; which kind each data op belongs to.
+STORE_KINDS = {None: STORE_UNKNOWN, "dict": STORE_DICT, "queue": STORE_QUEUE}
+_HOLDS = {STORE_DICT: "dict records", STORE_QUEUE: "queue items", STORE_DICT | STORE_QUEUE: "dict and queue records"}
+_OP_KIND = {OP_SET: STORE_DICT, OP_DELETE: STORE_DICT, OP_PUT: STORE_QUEUE, OP_TAKE: STORE_QUEUE, OP_DEAD: STORE_QUEUE}
+
+_open_logs: weakref.WeakSet[Log] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for log in list(_open_logs):
+        log._drop_descriptors()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class ReloadNeeded(Exception):
@@ -127,12 +172,23 @@ class Log:
 
     The caller serialises calls (one thread at a time); the log serialises
     processes. ``consumer`` receives every committed data frame, in order.
+    ``kind`` ("dict", "queue", or None to accept either, for the tools) is what
+    the store must hold; IODictLogError if it holds the other.
     """
 
     def __init__(
-        self, directory: str, consumer: LogConsumer, *, sync: bool | float, segment_bytes: int, hints: bool = False
+        self,
+        directory: str | os.PathLike,
+        consumer: LogConsumer,
+        *,
+        sync: bool | float,
+        segment_bytes: int,
+        hints: bool = False,
+        kind: str | None = None,
     ) -> None:
-        self.directory = directory
+        if kind not in STORE_KINDS:
+            raise ValueError(f"kind must be 'dict', 'queue' or None, not {kind!r}")
+        self.directory = directory = fileops.store_path(directory)
         self.segment_bytes = segment_bytes
         self.sync_interval: float | None = None if isinstance(sync, bool) else float(sync)
         self.sync_always = sync is True
@@ -149,6 +205,10 @@ class Log:
         self.hinted_seq = -1  # last_seq covered by the hint this index was loaded from; -1: scanned
         self._sync_timer: threading.Timer | None = None
         self._sync_error: OSError | None = None  # from a group-commit fsync, raised by the next call
+        self._kind = STORE_KINDS[kind]
+        self._seen = STORE_UNKNOWN  # kinds of the frames read while CURRENT records none (bits)
+        self._forked = False  # a forked child whose descriptors the fork hook closed
+        _open_logs.add(self)
         self._check_directory()
         self.file_lock = FileLock(os.path.join(directory, LOCK_NAME))  # around refresh() + append_*(); reentrant
         try:
@@ -162,6 +222,7 @@ class Log:
                     self._remove_leftovers(manifest.segments)
             if not self._segments:
                 self._load()
+            self._settle_kind()
         except BaseException:
             self.close()
             raise
@@ -183,6 +244,33 @@ class Log:
                     f"{foreign[0]!r})"
                 )
 
+    def _settle_kind(self) -> None:
+        """Refuse a store of the other kind; record ours in a store that has none yet.
+        Nothing has been written when it refuses."""
+        if not self._kind:
+            return
+        self._refuse_other_kind(self._manifest.kind or self._seen)
+        if self._manifest.kind:
+            return
+        with self.file_lock:
+            self.refresh()  # (what was appended since the scan counts too)
+            manifest = read_manifest(self.directory)
+            if manifest is None:
+                raise IODictLogError(f"{self.directory}: {MANIFEST_NAME} is gone")
+            self._refuse_other_kind(manifest.kind or self._seen)
+            if not manifest.kind:
+                write_manifest(self.directory, manifest._replace(generation=manifest.generation + 1, kind=self._kind))
+            self._manifest = self._manifest._replace(kind=self._kind)
+
+    def _refuse_other_kind(self, holds: int) -> None:
+        if holds not in (STORE_UNKNOWN, self._kind):
+            wanted = "a dict" if self._kind == STORE_DICT else "a queue"
+            raise IODictLogError(f"{self.directory}: this store holds {_HOLDS[holds]}; it cannot be opened as {wanted}")
+
+    def _kind_to_record(self, manifest: Manifest) -> int:
+        """The kind a new CURRENT records: the one it has, ours, or what the frames hold."""
+        return manifest.kind or self._kind or (self._seen if self._seen in (STORE_DICT, STORE_QUEUE) else 0)
+
     def _load(self) -> None:
         """(Re)build all state from the files.
 
@@ -203,12 +291,13 @@ class Log:
         self._close_segments(later=True)  # (a reload: those may be deleted segments)
         self._consumer.reset()
         self.corrupt_records = 0
+        self._seen = STORE_UNKNOWN
         if manifest is None:  # a new store, or one whose creation crashed half-way
             if not self.file_lock.held:
                 raise IODictLogError(f"{self.directory}: {MANIFEST_NAME} is gone")
             self._remove_leftovers(())
             Segment.create(self.directory, 1, KIND_LOG, int.from_bytes(os.urandom(4), "little")).close()
-            manifest = Manifest(1, (1,))
+            manifest = Manifest(1, (1,), kind=self._kind)
             write_manifest(self.directory, manifest)
         elif self.file_lock.held:
             self._remove_leftovers(manifest.segments)
@@ -219,6 +308,8 @@ class Log:
         for i, number in enumerate(numbers):
             self._segments.append(Segment.open(self.directory, number, writable=i == len(numbers) - 1))
         first, start = self._restore_hint() or (0, SEGMENT_HEADER_SIZE)
+        if self.hinted_seq >= 0:
+            self._seen |= STORE_DICT  # (only a dict writes hints)
         last = len(self._segments) - 1
         for slot in range(first, last):
             self._scan_complete(slot, start if slot == first else SEGMENT_HEADER_SIZE)
@@ -297,8 +388,35 @@ class Log:
         instead, so that it can let go of the lock and call refresh() again,
         and other writers need not wait for the rebuild (see LogHandle._write).
         """
-        if os.lseek(self._segments[-1].fd, 0, os.SEEK_END) != self._end:  # (Segment.size(), inlined: every call)
+        try:
+            end = os.lseek(self._segments[-1].fd, 0, os.SEEK_END)  # (Segment.size(), inlined: every call)
+        except OSError:
+            if not self._forked:
+                raise
+            self._reopen()
+            end = -1
+        if end != self._end:
             self._catch_up(defer_reload)
+
+    def _drop_descriptors(self) -> None:
+        """In a forked child, at fork time: close the descriptors shared with the parent."""
+        for segment in self._segments:
+            if segment is not None and segment.fd >= 0:
+                os.close(segment.fd)
+                segment.fd = -1
+                self._forked = True
+
+    def _reopen(self) -> None:
+        """In a forked child, on first use: open our own descriptors on the same
+        segments, or rebuild everything if they are gone (compacted meanwhile)."""
+        self._forked = False
+        last = len(self._segments) - 1
+        try:
+            for slot, segment in enumerate(self._segments):
+                if segment is not None:
+                    self._segments[slot] = Segment.open(self.directory, segment.number, writable=slot == last)
+        except CorruptionError:
+            self._load()
 
     def _catch_up(self, defer_reload: bool = False) -> None:
         while True:
@@ -338,7 +456,7 @@ class Log:
         base = self._end
         segment = self._segments[slot]
         scan = Scan(buf, segment.salt, complete=complete)
-        apply = self._consumer.apply
+        apply = self._consumer.apply if self._manifest.kind else self._classifying
         sealed = False
         for frame in scan:
             if frame.op == OP_SEAL:
@@ -346,7 +464,15 @@ class Log:
                 if not complete:
                     break
                 continue
-            apply(frame, pack_location(frame.birthtime_ns, slot, base + frame.offset, frame.length))
+            try:
+                apply(frame, pack_location(frame.birthtime_ns, slot, base + frame.offset, frame.length))
+            except CorruptionError as exc:  # checksums hold, but the consumer cannot read it (a forged key)
+                self.corrupt_records += 1
+                warnings.warn(
+                    f"{segment.path}: skipped the record at offset {base + frame.offset}: {exc}",
+                    CorruptionWarning,
+                    stacklevel=4,
+                )
         self.last_seq = max(self.last_seq, scan.last_seq)
         self.last_birthtime = max(self.last_birthtime, scan.last_birthtime)
         self._consumer.settle()
@@ -359,6 +485,11 @@ class Log:
             )
         self._end = base + scan.end
         return sealed
+
+    def _classifying(self, frame: Frame, loc: int) -> None:
+        """The consumer's apply, noting which kind of store the frame belongs to."""
+        self._seen |= _OP_KIND.get(frame.op, STORE_UNKNOWN)
+        self._consumer.apply(frame, loc)
 
     def _scan_complete(self, slot: int, start: int = SEGMENT_HEADER_SIZE) -> None:
         self._end = start
@@ -564,7 +695,7 @@ class Log:
             # with close(). When the active segment changes the timer is dropped (the old
             # one still fires) so the next write schedules one for the new segment; a roll
             # fsyncs the sealed segment itself.
-            timer = threading.Timer(self.sync_interval, self._group_commit, (os.dup(active.fd),))
+            timer = threading.Timer(self.sync_interval, self._group_commit, (hand_to_thread(os.dup(active.fd)),))
             timer.daemon = True
             timer.start()
             self._sync_timer = timer
@@ -575,7 +706,7 @@ class Log:
         except OSError as exc:
             self._sync_error = exc
         finally:
-            os.close(fd)
+            close_from_thread(fd)
 
     def _raise_sync_error(self) -> None:
         error, self._sync_error = self._sync_error, None
@@ -584,6 +715,7 @@ class Log:
 
     def _roll(self) -> None:
         """Seal the last segment and start the next one. Needs the lock."""
+        self._check_room(self._manifest, 1)  # (before the SEAL, which commits us to the roll)
         with self._rewind_on_error():
             self._seal()
             if crashpoints.ARMED:
@@ -602,6 +734,17 @@ class Log:
             self._end = end
             raise
 
+    def _check_room(self, manifest: Manifest, new: int) -> None:
+        """IODictLogError, before anything is written, if ``new`` more segments would not
+        fit CURRENT's limits (MAX_SEGMENTS listed, ten-digit numbers)."""
+        if len(manifest.segments) + new > MAX_SEGMENTS:
+            raise IODictLogError(
+                f"{self.directory}: a store may list at most {MAX_SEGMENTS} segments; "
+                "compact it, or reopen it with a larger segment_bytes"
+            )
+        if max(manifest.segments, default=0) + new > MAX_NUMBER:
+            raise IODictLogError(f"{self.directory}: segment numbers have run out (see `iodict-log repair`)")
+
     def _seal(self) -> None:
         """Append the SEAL frame that tells every process to re-read CURRENT."""
         self.last_seq += 1
@@ -617,9 +760,13 @@ class Log:
             raise CorruptionError(f"{self.directory}: {MANIFEST_NAME} does not end with the segment being rolled")
         self._forget_unlisted(manifest.segments)
         self._remove_leftovers(manifest.segments)
+        self._check_room(manifest, 1)
         number = max(manifest.segments) + 1  # (repair may have put a higher number earlier in the list)
         segment = Segment.create(self.directory, number, KIND_LOG, active.salt)
-        manifest = manifest._replace(generation=manifest.generation + 1, segments=manifest.segments + (number,))
+        kind = self._kind_to_record(manifest)
+        manifest = manifest._replace(
+            generation=manifest.generation + 1, segments=manifest.segments + (number,), kind=kind
+        )
         if crashpoints.ARMED:
             crashpoints.reached("roll.created")
         try:
@@ -651,6 +798,7 @@ class Log:
             segments=tuple(n for n in manifest.segments if n not in doomed),
             seq_floor=self.last_seq,  # the frames holding the latest may be among the dropped
             birthtime_floor=self.last_birthtime,
+            kind=self._kind_to_record(manifest),
         )
         write_manifest(self.directory, manifest)
         if crashpoints.ARMED:
@@ -678,19 +826,32 @@ class Log:
 
         Takes its snapshot now, on duplicates of the file descriptors, so the
         iterator may be consumed while the store is written, compacted or closed.
+        They are closed when it ends, or when it is dropped, started or not (a
+        generator's ``finally`` runs only once it has started).
         """
         live = [s for s in self._segments if s is not None]
-        snapshot = [(os.dup(s.fd), s.kind, s.salt) for s in live]
-        ends = [None] * (len(snapshot) - 1) + [self._end]
-        return self._frames(snapshot, ends, start_seq)
+        fds = _Descriptors()
+        try:
+            for segment in live:
+                fds.add(os.dup(segment.fd))
+        except BaseException:
+            fds.close()
+            raise
+        ends = [None] * (len(live) - 1) + [self._end]
+        frames = self._frames(fds, [(s.kind, s.salt) for s in live], ends, start_seq)
+        weakref.finalize(frames, fds.close)
+        return frames
 
     @staticmethod
-    def _frames(snapshot: list[tuple[int, int, int]], ends: list[int | None], start_seq: int) -> Iterator[Frame]:
+    def _frames(
+        fds: _Descriptors, kinds: list[tuple[int, int]], ends: list[int | None], start_seq: int
+    ) -> Iterator[Frame]:
         def scan(fd: int, salt: int, end: int | None) -> Scan:
             # Read as the index was built: every segment but the last is finished (complete).
             size = os.fstat(fd).st_size if end is None else end
             return Scan(os.pread(fd, size - SEGMENT_HEADER_SIZE, SEGMENT_HEADER_SIZE), salt, complete=end is None)
 
+        snapshot = [(fd, kind, salt) for fd, (kind, salt) in zip(fds.fds, kinds)]
         try:
             # Compacted segments hold their frames in birthtime order: sort them all
             # by seq, remembering only where each frame is, then read them back.
@@ -712,8 +873,7 @@ class Log:
                 if kind == KIND_LOG:
                     yield from (f for f in scan(fd, salt, end) if f.op != OP_SEAL and f.seq >= start_seq)
         finally:
-            for fd, _, _ in snapshot:
-                os.close(fd)
+            fds.close()
 
     # --- compaction (the long part is in compaction.py) -------------------------
 
@@ -725,7 +885,8 @@ class Log:
         if self._end > SEGMENT_HEADER_SIZE:
             self._roll()
         sealed = [(slot, s) for slot, s in enumerate(self._segments[:-1]) if s is not None]
-        files = {slot: (os.dup(s.fd), s.salt, s.number) for slot, s in sealed}
+        # (Duplicates a compaction thread owns: a forked child, without that thread, closes them.)
+        files = {slot: (hand_to_thread(os.dup(s.fd)), s.salt, s.number) for slot, s in sealed}
         return Sources(tuple(s.number for _, s in sealed), files, self._segments[-1].salt)
 
     def commit_compaction(self, replaced: tuple[int, ...], written: list[Written], hint: bool) -> None:
@@ -741,6 +902,10 @@ class Log:
         manifest = read_manifest(directory)  # under the lock: the latest
         if manifest is None or manifest.segments[: len(replaced)] != replaced:
             raise IODictLogError(f"{directory}: the segments changed during compaction (a repair?); nothing changed")
+        self._check_room(manifest._replace(segments=manifest.segments[len(replaced) :]), len(written) + 1)
+        # A compactor that died after installing its copies left them, unlisted, under
+        # the very numbers this one is about to use: remove them first.
+        self._remove_leftovers(manifest.segments)
         numbers = install(directory, written, max(manifest.segments) + 1)
         active = (numbers[-1] if numbers else max(manifest.segments)) + 1
         Segment.create(directory, active, KIND_LOG, self._segments[-1].salt).close()
@@ -752,7 +917,10 @@ class Log:
             if crashpoints.ARMED:
                 crashpoints.reached("compaction.sealed")
             segments = (*numbers, *manifest.segments[len(replaced) :], active)
-            write_manifest(directory, Manifest(manifest.generation + 1, segments, self.last_seq, self.last_birthtime))
+            kind = self._kind_to_record(manifest)
+            write_manifest(
+                directory, Manifest(manifest.generation + 1, segments, self.last_seq, self.last_birthtime, kind)
+            )
             if crashpoints.ARMED:
                 crashpoints.reached("compaction.committed")
             if hint:
@@ -812,7 +980,7 @@ class Log:
     def close(self) -> None:
         """Close the files; with group commit, fsync first (its error propagates)."""
         try:
-            if self.sync_interval is not None and self._segments:
+            if self.sync_interval is not None and self._segments and not self._forked:
                 self.sync()
         finally:
             self._release_files()
@@ -828,6 +996,23 @@ class Log:
         # (No fsync here: a pending group commit still holds its own descriptor.)
         if getattr(self, "_segments", None) is not None:
             self._release_files()
+
+
+class _Descriptors:
+    """Duplicated descriptors that an iterator reads; close() is idempotent."""
+
+    __slots__ = ("fds",)
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+
+    def add(self, fd: int) -> None:
+        self.fds.append(fd)
+
+    def close(self) -> None:
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            os.close(fd)
 
 
 class LogHandle:

@@ -4,6 +4,11 @@ Invariant: a write either lands whole or is truncated away before the call
 returns its error, so the bytes of a failed append never stay behind (queuelib
 and LevelDB shipped bugs where they did). A crash in the middle of a write can
 still leave a torn tail; the log cuts it off before its next append.
+
+Segment files are opened only as regular files, never through a link
+(fileops.open_regular), and one larger than an offset can address (4 GiB,
+index.MAX_OFFSET) is damage: no writer makes one, and reading it would only
+exhaust memory.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import zlib
 from . import fileops
 from .errors import CorruptionError, FormatVersionError
 from .format import SEGMENT_HEADER_SIZE, decode_segment_header, encode_segment_header
+from .index import MAX_OFFSET
 
 SUFFIX = ".seg"
 _CHECKSUM_CHUNK = 4 * 2**20
@@ -24,9 +30,13 @@ def segment_name(number: int) -> str:
     return f"{number:010d}{SUFFIX}"
 
 
+MAX_NUMBER = 10**10 - 1  # segment names have ten decimal digits
+
+
 def parse_segment_name(name: str) -> int | None:
+    """The number of a segment file's name (ten ASCII digits, ``.seg``), else None."""
     stem, dot, ext = name.partition(".")
-    if dot and "." + ext == SUFFIX and stem.isdigit() and len(stem) == 10:
+    if dot and "." + ext == SUFFIX and len(stem) == 10 and stem.isascii() and stem.isdigit():
         return int(stem)
     return None
 
@@ -50,7 +60,7 @@ class Segment:
     def create(cls, directory: str, number: int, kind: int, salt: int) -> Segment:
         """Create a new segment holding only its header, durably."""
         path = os.path.join(directory, segment_name(number))
-        fd = fileops.open_fd(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        fd = fileops.open_regular(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND)
         try:
             fileops.write_all(fd, encode_segment_header(kind, salt))
             fileops.fsync(fd)
@@ -65,10 +75,13 @@ class Segment:
     def open(cls, directory: str, number: int, writable: bool = False) -> Segment:
         path = os.path.join(directory, segment_name(number))
         try:
-            fd = fileops.open_fd(path, (os.O_RDWR | os.O_APPEND) if writable else os.O_RDONLY)
+            fd = fileops.open_regular(path, (os.O_RDWR | os.O_APPEND) if writable else os.O_RDONLY)
         except FileNotFoundError:
             raise CorruptionError(f"{path}: segment listed in the manifest is missing") from None
         try:
+            size = os.fstat(fd).st_size
+            if size > MAX_OFFSET:
+                raise CorruptionError(f"{path}: is {size} bytes, more than a segment can hold ({MAX_OFFSET})")
             header = os.pread(fd, SEGMENT_HEADER_SIZE, 0)
             try:
                 kind, salt = decode_segment_header(header)
@@ -92,7 +105,10 @@ class Segment:
 
     def read_from(self, offset: int) -> bytes:
         """Everything from ``offset`` to the end of the file as it is now."""
-        return os.pread(self.fd, max(0, self.size() - offset), offset)
+        size = self.size()
+        if size > MAX_OFFSET:
+            raise CorruptionError(f"{self.path}: grew to {size} bytes, more than a segment can hold ({MAX_OFFSET})")
+        return os.pread(self.fd, max(0, size - offset), offset)
 
     def checksum(self, size: int) -> int:
         """CRC-32 of the first ``size`` bytes (short if the file is): ~5 GB/s, so a hint
@@ -127,12 +143,42 @@ class Segment:
             self.fd = -1
 
 
+# Descriptors of segments that a background thread will close (close_later, a
+# group-commit fsync, a compaction's sources). A forked child has none of those
+# threads: it closes these at fork time, so it never keeps a deleted segment's
+# space, or anything else of the parent's, alive.
+_held_by_threads: set[int] = set()
+
+
+def hand_to_thread(fd: int) -> int:
+    """Note that a background thread owns ``fd`` and will close it with close_from_thread."""
+    _held_by_threads.add(fd)
+    return fd
+
+
+def close_from_thread(fd: int) -> None:
+    _held_by_threads.discard(fd)  # (first: a fork in between leaks it in the child, never closes a reused number)
+    os.close(fd)
+
+
+def _after_fork_in_child() -> None:
+    for fd in list(_held_by_threads):
+        os.close(fd)
+    _held_by_threads.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def close_later(segments: list[Segment]) -> None:
     """Close segments in a background thread. Closing the last descriptor of a
     deleted file frees its blocks, ~20 ms per 64 MiB on ext4: after another
     process compacted, that should not stall the call that noticed."""
-    fds = [s.fd for s in segments if s.fd >= 0]
+    fds = [hand_to_thread(s.fd) for s in segments if s.fd >= 0]
     for s in segments:
         s.fd = -1
     if fds:
-        threading.Thread(target=lambda: [os.close(fd) for fd in fds], name="iodict_log-close", daemon=True).start()
+        closer = threading.Thread(target=lambda: [close_from_thread(fd) for fd in fds], name="iodict_log-close")
+        closer.daemon = True
+        closer.start()

@@ -28,6 +28,7 @@ from iodict_log.format import (
     KIND_LOG,
     KNOWN_FLAGS,
     KNOWN_OPS,
+    MAX_SEQ,
     OP_BATCH_BEGIN,
     OP_BATCH_COMMIT,
     OP_DELETE,
@@ -47,6 +48,7 @@ from iodict_log.format import (
     encode_frame,
     encode_manifest,
     encode_segment_header,
+    frame_value,
     stored_value,
 )
 
@@ -160,8 +162,8 @@ flag_sets = st.sets(st.sampled_from([FLAG_LZ4, FLAG_PICKLE, FLAG_BATCH])).map(la
 @given(
     op=ops,
     flags=flag_sets,
-    seq=U64,
-    birthtime=U64,
+    seq=st.integers(0, MAX_SEQ),
+    birthtime=st.integers(0, MAX_SEQ),
     key=st.binary(max_size=64),
     value=st.binary(max_size=512),
     prefix=st.binary(max_size=16),
@@ -174,6 +176,19 @@ def test_frame_round_trips_at_any_offset(op, flags, seq, birthtime, key, value, 
     frame = decode_frame(buf, len(prefix), SALT)
     assert frame == Frame(len(prefix), len(raw), op, flags, seq, birthtime, key, value)
     assert type(frame.key) is bytes and type(frame.value) is bytes
+
+
+@pytest.mark.parametrize("field", ["seq", "birthtime"])
+@pytest.mark.parametrize("value", [MAX_SEQ + 1, 2**64 - 1])
+def test_frame_with_a_seq_or_birthtime_of_2_63_or_more_is_not_valid(field, value):
+    # Guards 21.8: such a frame opened, then every write overflowed its u64 field.
+    fields = {"seq": 1, "birthtime": 1, field: value}
+    raw = encode_frame(OP_SET, 0, fields["seq"], fields["birthtime"], b"k", b"v", salt=SALT)
+    assert decode_frame(raw, 0, SALT) is None and frame_value(raw, SALT) is None
+    scan = Scan(raw + encode_frame(OP_SET, 0, 2, 2, b"k2", b"v", salt=SALT), SALT)
+    assert [f.key for f in scan] == [b"k2"] and [d.length for d in scan.damage] == [len(raw)]
+    edge = encode_frame(OP_SET, 0, MAX_SEQ, MAX_SEQ, b"k", b"v", salt=SALT)
+    assert decode_frame(edge, 0, SALT) is not None
 
 
 def test_frame_with_unknown_op_or_flag_is_not_decoded():
@@ -853,7 +868,7 @@ def test_every_bit_flip_in_a_segment_header_raises():
 
 # --- manifest -----------------------------------------------------------------
 
-manifests = st.builds(Manifest, U64, st.lists(U64, max_size=20).map(tuple), U64, U64)
+manifests = st.builds(Manifest, U64, st.lists(U64, max_size=20).map(tuple), U64, U64, st.integers(0, 2**16 - 1))
 
 
 @SETTINGS

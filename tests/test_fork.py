@@ -1,0 +1,180 @@
+"""fork(): a child never holds the parent's write lock or segments past the fork
+(issue 17.10), and its objects keep working.
+
+A parent process opens a store, forks (a multiprocessing fork Pool whose workers
+never touch the store, or bare os.fork() children), writes, and is SIGKILLed
+while it holds the write lock. flock locks belong to the open file description:
+a child that kept its inherited descriptor would keep the lock held, and every
+other process would wait for the child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from iodict_log import IODict
+
+PARENT = textwrap.dedent(
+    """
+    import multiprocessing, os, signal, sys
+    from iodict_log import IODict
+
+    path, mode = sys.argv[1], sys.argv[2]
+    d = IODict(path, segment_bytes=4096)
+    for i in range(100):
+        d[f"k{i}"] = i
+    lock = d._log.file_lock
+    if mode.endswith("-locked"):
+        lock.acquire()  # fork while holding the write lock
+    ready_r, ready_w = os.pipe()
+    if mode.startswith("pool"):
+        pool = multiprocessing.get_context("fork").Pool(2, initializer=os.write, initargs=(ready_w, b"x"))
+        pids = [p.pid for p in pool._pool]
+    else:
+        pids = []
+        for _ in range(2):
+            pid = os.fork()
+            if pid == 0:
+                os.write(ready_w, b"x")
+                while True:
+                    signal.pause()
+            pids.append(pid)
+    got = b""
+    while len(got) < 2:
+        got += os.read(ready_r, 2 - len(got))  # every child is past its fork hooks
+    for i in range(300):
+        d[f"loop{i % 10}"] = i  # the parent writes on (rolling segments)...
+    if not lock.held:
+        lock.acquire()  # ...and is killed holding the write lock
+    print(" ".join(map(str, pids)), flush=True)
+    sys.stdin.read()
+    """
+)
+
+THIRD = textwrap.dedent(
+    """
+    import sys
+    from iodict_log import IODict
+    with IODict(sys.argv[1], segment_bytes=4096) as d:
+        d["third"] = len(d)
+    """
+)
+
+
+def read_line(stream, timeout: float) -> str:
+    ready, _, _ = select.select([stream], [], [], timeout)
+    assert ready, "the parent process did not report in time"
+    return stream.readline().strip()
+
+
+def store_descriptors(pid: int, store: str) -> list[str]:
+    """What process ``pid`` has open inside ``store``."""
+    found = []
+    fd_dir = f"/proc/{pid}/fd"
+    for name in os.listdir(fd_dir):
+        try:
+            target = os.readlink(os.path.join(fd_dir, name))
+        except FileNotFoundError:
+            continue
+        if target.startswith(store + os.sep):
+            found.append(target)
+    return found
+
+
+@pytest.mark.parametrize("mode", ["pool", "bare", "pool-locked", "bare-locked"])
+def test_a_parent_killed_holding_the_lock_never_leaves_it_held_by_its_forked_children(tmp_path, mode):
+    store = str(tmp_path / "store")
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, store, mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    children: list[int] = []
+    try:
+        children = [int(pid) for pid in read_line(parent.stdout, 60).split()]
+        assert len(children) == 2
+        for pid in children:
+            assert store_descriptors(pid, store) == []  # neither LOCK nor any segment
+        parent.kill()
+        parent.wait(timeout=30)
+        if mode.startswith("bare"):  # (pool workers exit soon after their parent; these stay)
+            for pid in children:
+                os.kill(pid, 0)  # alive, so they would keep the lock held
+        third = subprocess.run([sys.executable, "-c", THIRD, store], capture_output=True, text=True, timeout=60)
+        assert third.returncode == 0, third.stderr
+    finally:
+        parent.kill()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        parent.wait(timeout=30)
+    with IODict(store) as d:
+        assert d["third"] == len(d) - 1 and d["k99"] == 99
+
+
+def wait_for_child(pid: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)  # (polling a child's exit, with a deadline)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError("the forked child did not finish in time")
+
+
+@pytest.mark.parametrize("sync", [False, 0.05])
+def test_objects_keep_working_in_a_forked_child(tmp_path, sync):
+    store = str(tmp_path / "store")
+    d = IODict(store, segment_bytes=4096, sync=sync)
+    for i in range(200):
+        d[f"k{i}"] = i
+    pid = os.fork()
+    if pid == 0:  # the child: its own descriptors, opened on first use
+        code = 1
+        try:
+            ok = dict(d.items()) == {f"k{i}": i for i in range(200)}
+            for i in range(200):
+                d[f"child{i}"] = i  # rolls segments too
+            d.close()
+            code = 0 if ok else 2
+        finally:
+            os._exit(code)
+    assert wait_for_child(pid, 60) == 0
+    d["parent"] = 1  # the parent's descriptors and lock are untouched
+    assert d["child199"] == 199 and len(d) == 401
+    d.close()
+
+
+def test_a_child_forked_after_a_compaction_elsewhere_rebuilds_on_first_use(tmp_path):
+    store = str(tmp_path / "store")
+    d = IODict(store, segment_bytes=4096, auto_compact=False)
+    for i in range(300):
+        d[f"k{i % 50}"] = i
+    other = IODict(store, segment_bytes=4096, auto_compact=False)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            other.compact()  # the segments the parent's d had open are deleted
+            other.close()
+            expected = {f"k{i}": 250 + i for i in range(50)}
+            code = 0 if dict(d.items()) == expected else 2
+        finally:
+            os._exit(code)
+    assert wait_for_child(pid, 60) == 0
+    assert dict(d.items()) == {f"k{i}": 250 + i for i in range(50)}
+    d.close()
+    other.close()
