@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
 from iodict_log import IODict
 from iodict_log import log as log_module
+from iodict_log.crashpoints import CRASH_EXIT, POINTS
 from iodict_log.manifest import read_manifest
 from iodict_log.segment import parse_segment_name, segment_name
 
@@ -215,3 +218,60 @@ def test_a_producer_does_not_pile_up_segments_a_consumer_deleted(tmp_path):
     assert len(held) <= 2, held
     producer.close()
     consumer.close()
+
+
+# --- iterators own nothing once dropped (17.12) ----------------------------------
+
+
+def test_dropped_records_iterators_give_their_descriptors_back_started_or_not(tmp_path):
+    # Guards 17.12: frames() duplicated descriptors eagerly and closed them only in a
+    # finally that a never-started generator does not run (1,380 leaked for 20 iterators).
+    path = tmp_path / "s"
+    d = IODict(path, segment_bytes=SMALL, auto_compact=False)
+    fill(d, 300)
+    before = len(open_files())
+    unstarted = [d.records() for _ in range(20)]
+    started = [d.records() for _ in range(5)]
+    for iterator in started:
+        next(iterator)
+    assert len(open_files()) > before  # (each holds its snapshot until dropped)
+    del unstarted, started, iterator
+    assert len(open_files()) == before
+    assert len(list(d.records())) == 300  # an exhausted one closes them too
+    assert len(open_files()) == before
+    d.close()
+
+
+# --- compaction after a compactor died, from an already-open process (17.13) --------
+
+COMPACT_AND_DIE = (
+    "import sys; from iodict_log import IODict; "
+    "IODict(sys.argv[1], segment_bytes=4096, auto_compact=False).compact()"
+)
+
+
+@pytest.mark.parametrize("point", [p for p in POINTS if p.startswith("compaction.")])
+@pytest.mark.parametrize("empty_tail", [True, False])
+def test_compaction_works_from_an_open_process_after_a_compactor_died_at_any_point(tmp_path, point, empty_tail):
+    # Guards 17.13: after a death at compaction.installed, compact() in an open process
+    # raised FileExistsError until some write rolled the dead compactor's files away.
+    path = str(tmp_path / "s")
+    d = IODict(path, segment_bytes=SMALL, auto_compact=False)
+    written = fill(d, 200)
+    fill(d, 50)  # (dead records, for the compactions to drop)
+    written.update(fill(d, 50))
+    d.compact()
+    if not empty_tail:
+        d["tail"] = b"t"
+        written["tail"] = b"t"
+    env = dict(os.environ, IODICT_LOG_CRASH_AT=point)
+    child = subprocess.run([sys.executable, "-c", COMPACT_AND_DIE, path], env=env, capture_output=True, timeout=120)
+    assert child.returncode == CRASH_EXIT, child.stderr
+    summary = d.compact()
+    assert summary["live_keys"] == len(written)
+    assert dict(d.items()) == written
+    d["after"] = b"a"
+    d.close()
+    with IODict(path) as d:
+        assert dict(d.items()) == {**written, "after": b"a"}
+    assert segment_files(path) == sorted(read_manifest(path).segments)
