@@ -16,8 +16,6 @@ import os
 from .errors import CorruptionError, FormatVersionError
 from .fileops import read_file, replace_file
 from .format import (
-    MANIFEST_HEAD,
-    MANIFEST_NUMBER,
     MAX_SEQ,
     STORE_DICT,
     STORE_QUEUE,
@@ -31,7 +29,7 @@ from .segment import MAX_NUMBER
 MANIFEST_NAME = "CURRENT"
 # At most this many live segments: every one needs a slot in a packed location.
 MAX_SEGMENTS = MAX_SLOTS - 1
-_MAX_BYTES = MANIFEST_HEAD.size + MAX_SEGMENTS * MANIFEST_NUMBER.size + 4
+_MAX_BYTES = 2**20  # (a CURRENT of MAX_SEGMENTS is ~512 KiB: anything far larger is not read at all)
 
 
 def read_manifest(directory: str) -> Manifest | None:

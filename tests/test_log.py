@@ -6,12 +6,14 @@ import os
 import subprocess
 import sys
 
+import forged
 import pytest
 
-from iodict_log import IODict
+from iodict_log import CorruptionError, CorruptionWarning, IODict, IODictLogError
 from iodict_log import log as log_module
 from iodict_log.crashpoints import CRASH_EXIT, POINTS
 from iodict_log.manifest import read_manifest
+from iodict_log.serialize import encode_key
 from iodict_log.segment import parse_segment_name, segment_name
 
 SMALL = 4096
@@ -275,3 +277,116 @@ def test_compaction_works_from_an_open_process_after_a_compactor_died_at_any_poi
     with IODict(path) as d:
         assert dict(d.items()) == {**written, "after": b"a"}
     assert segment_files(path) == sorted(read_manifest(path).segments)
+
+
+# --- extreme fields and limits (21.8, 17.4) -----------------------------------------
+
+
+@pytest.mark.parametrize("field", ["seq", "birthtime"])
+def test_a_frame_with_a_seq_or_birthtime_beyond_2_63_is_damage_and_writes_go_on(tmp_path, field):
+    # Guards 21.8: a forged frame with seq or birthtime 2**64-1 opened, then every write,
+    # compact and close raised struct.error.
+    path = str(tmp_path / "s")
+    with IODict(path, auto_compact=False) as d:
+        d["a"] = 1
+    last = forged.segment_paths(path)[-1]
+    huge = {"seq": 5, "birthtime": 5, field: 2**64 - 1}
+    after = forged.frame(last, encode_key("after"), b"\x03", seq=6, birthtime=6)  # (so it is not a torn tail)
+    forged.append(last, forged.frame(last, encode_key("forged"), b"\x01", **huge), after)
+    with pytest.warns(CorruptionWarning):
+        d = IODict(path, auto_compact=False)
+    assert d.stats()["corrupt_records"] == 1 and "forged" not in d
+    d["b"] = 2
+    d.compact()
+    d.close()
+    with IODict(path) as d:
+        assert dict(d.items()) == {"a": 1, "after": 3, "b": 2}
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"segments": (1, 10**10)}, "beyond the ten-digit names"),
+        ({"segments": tuple(range(1, 2**16 + 1))}, "more than the 65535"),
+        ({"segments": (1, 1)}, "twice"),
+        ({"seq_floor": 2**63}, "floor"),
+        ({"kind": 7}, "unknown store kind"),
+    ],
+)
+def test_a_current_beyond_the_limits_is_damage_naming_the_file(tmp_path, fields, message):
+    # Guards 21.8 and the suspected slot wrap: such a CURRENT is refused before any
+    # segment is opened, never an 11-digit file or a slot number that wraps.
+    path = str(tmp_path / "s")
+    IODict(path).close()
+    forged.rewrite_current(path, **fields)
+    with pytest.raises(CorruptionError, match=message) as raised:
+        IODict(path)
+    assert os.path.join(path, "CURRENT") in str(raised.value)
+
+
+def test_a_damaged_current_is_reported_with_its_path(tmp_path):
+    # Guards 17.4: "manifest checksum mismatch" did not say which file.
+    path = str(tmp_path / "s")
+    IODict(path).close()
+    current = os.path.join(path, "CURRENT")
+    data = bytearray(open(current, "rb").read())
+    data[14] ^= 1
+    open(current, "wb").write(bytes(data))
+    with pytest.raises(CorruptionError, match=f"{current}: manifest checksum mismatch"):
+        IODict(path)
+
+
+def test_a_roll_past_the_segment_limit_is_refused_before_its_seal(tmp_path, monkeypatch):
+    monkeypatch.setattr(log_module, "MAX_SEGMENTS", 3)
+    path = str(tmp_path / "s")
+    d = IODict(path, segment_bytes=SMALL, auto_compact=False)
+    with pytest.raises(IODictLogError, match="at most 3 segments"):
+        fill(d, 300)
+    written = dict(d.items())
+    assert len(read_manifest(path).segments) == 3
+    d.close()
+    monkeypatch.undo()
+    with IODict(path, segment_bytes=SMALL) as d:
+        assert dict(d.items()) == written
+        d["more"] = b"m"
+
+
+class Refusing:
+    """A log consumer that cannot read one key, as decode_key cannot read a forged one."""
+
+    def __init__(self) -> None:
+        self.keys: list[bytes] = []
+
+    def reset(self) -> None:
+        self.keys = []
+
+    def apply(self, frame, loc) -> None:
+        if frame.key == b"bad":
+            raise CorruptionError("key does not decode")
+        self.keys.append(frame.key)
+
+    def settle(self) -> None:
+        pass
+
+
+def test_a_record_the_consumer_cannot_read_counts_as_one_damaged_record(tmp_path):
+    # Guards 21.4: a forged key's decode error escaped from open.
+    path = str(tmp_path / "s")
+    IODict(path).close()
+    last = forged.segment_paths(path)[-1]
+    forged.append(last, *(forged.frame(last, key, seq=seq) for seq, key in enumerate([b"a", b"bad", b"c"], 10)))
+    with pytest.warns(CorruptionWarning, match="key does not decode"):
+        log = log_module.Log(path, Refusing(), sync=False, segment_bytes=SMALL)
+    assert log._consumer.keys == [b"a", b"c"] and log.corrupt_records == 1
+    log.close()
+
+
+def test_a_relative_path_stays_the_same_store_after_chdir(tmp_path, monkeypatch):
+    # Guards 17.2 (the log's part): the directory is made absolute once, at open.
+    monkeypatch.chdir(tmp_path)
+    log = log_module.Log("s", Refusing(), sync=False, segment_bytes=SMALL)
+    (tmp_path / "elsewhere").mkdir()
+    os.chdir(tmp_path / "elsewhere")
+    assert log.directory == str(tmp_path / "s")
+    log.close()
+    assert not os.listdir(tmp_path / "elsewhere")
