@@ -267,9 +267,11 @@ class Log:
             wanted = "a dict" if self._kind == STORE_DICT else "a queue"
             raise IODictLogError(f"{self.directory}: this store holds {_HOLDS[holds]}; it cannot be opened as {wanted}")
 
-    def _kind_to_record(self, manifest: Manifest) -> int:
+    def _kind_to_record(self, manifest: Manifest | None) -> int:
         """The kind a new CURRENT records: the one it has, ours, or what the frames hold."""
-        return manifest.kind or self._kind or (self._seen if self._seen in (STORE_DICT, STORE_QUEUE) else 0)
+        return (
+            (manifest and manifest.kind) or self._kind or (self._seen if self._seen in (STORE_DICT, STORE_QUEUE) else 0)
+        )
 
     def _load(self) -> None:
         """(Re)build all state from the files.

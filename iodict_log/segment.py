@@ -179,6 +179,9 @@ def close_later(segments: list[Segment]) -> None:
     for s in segments:
         s.fd = -1
     if fds:
-        closer = threading.Thread(target=lambda: [close_from_thread(fd) for fd in fds], name="iodict_log-close")
-        closer.daemon = True
-        closer.start()
+        threading.Thread(target=_close_all, args=(fds,), name="iodict_log-close", daemon=True).start()
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        close_from_thread(fd)

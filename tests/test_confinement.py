@@ -84,11 +84,11 @@ def test_a_queue_releasing_segments_never_writes_through_a_current_tmp_link(tmp_
     victim = tmp_path / "victim"
     victim.write_bytes(b"precious")
     q = DurableQueue(path, segment_bytes=SMALL)
-    for i in range(200):
+    for _ in range(200):
         q.put(b"x" * 100)
     segments = len(os.listdir(path))
     os.symlink(victim, os.path.join(path, "CURRENT.tmp"))  # (after the rolls, which remove leftovers)
-    for i in range(60):
+    for _ in range(60):
         q.get_nowait()
     assert len(os.listdir(path)) < segments  # consumed segments were released: CURRENT was replaced
     q.close()
@@ -106,13 +106,20 @@ def test_lock_files_as_dangling_links_refuse_the_store_and_create_nothing(tmp_pa
         IODict(path)
     assert not os.path.lexists(tmp_path / "created-by-LOCK")
     os.unlink(os.path.join(path, "LOCK"))
-    with IODict(path) as d:
-        with pytest.raises(CorruptionError, match="COMPACT.LOCK: is a symbolic link"):
-            d.compact()
+    with IODict(path) as d, pytest.raises(CorruptionError, match="COMPACT.LOCK: is a symbolic link"):
+        d.compact()
     assert not os.path.lexists(tmp_path / "created-by-COMPACT.LOCK")
 
 
-OPEN = "import sys; from iodict_log import IODict, IODictLogError\ntry:\n    IODict(sys.argv[1])\nexcept IODictLogError as e:\n    print(e)\n    sys.exit(3)"
+OPEN = """
+import sys
+from iodict_log import IODict, IODictLogError
+try:
+    IODict(sys.argv[1])
+except IODictLogError as e:
+    print(e)
+    sys.exit(3)
+"""
 
 
 def open_elsewhere(path: str) -> subprocess.CompletedProcess:

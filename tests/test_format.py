@@ -49,6 +49,7 @@ from iodict_log.format import (
     encode_manifest,
     encode_segment_header,
     frame_value,
+    header_length,
     stored_value,
 )
 
@@ -922,3 +923,60 @@ def test_manifest_decoder_on_arbitrary_bytes_raises_only_corruption_errors(data)
             decode_manifest(candidate)
         except (CorruptionError, FormatVersionError):
             pass
+
+
+# --- resync: the same rules, one header CRC per candidate (21.6) ------------------------
+
+
+def reference_resync(buf: bytes, pos: int, salt: int) -> int | None:
+    """Scan._resync as FORMAT.md words it (and as it was written before it was made
+    cheap): header_length vouches for a length, decode_frame for a resume point."""
+    while True:
+        length = header_length(buf, pos, salt)
+        if length is not None:
+            if pos + length > len(buf):
+                return None
+            pos += length
+        else:
+            pos += 1
+        pos = buf.find(SYNC, pos)
+        if pos < 0:
+            return None
+        if decode_frame(buf, pos, salt) is not None:
+            return pos
+
+
+resync_chunks = st.one_of(
+    st.builds(
+        lambda *a: encode_frame(*a, salt=SALT),
+        ops,
+        flag_sets,
+        st.integers(0, 9),
+        st.integers(0, 9),
+        st.binary(max_size=8),
+        st.binary(max_size=40),
+    ),
+    st.builds(
+        lambda op, k, v: encode_frame(op, 0, 1, 1, b"", b"", salt=SALT)[:2] + bytes(k) + bytes(v),
+        st.integers(0, 255),
+        st.integers(0, 8),
+        st.integers(0, 40),
+    ),
+    st.builds(
+        lambda op, klen, vlen: (lambda f: SYNC + struct.pack("<I", zlib.crc32(f, SALT)) + f)(
+            struct.pack("<IBBIIQQ", 0, op, 0, klen, vlen, 1, 1)
+        ),
+        st.integers(0, 255),
+        st.integers(0, 60),
+        st.integers(0, 60),
+    ),  # a header whose hcrc holds, lengths and dcrc made up
+    st.sampled_from([SYNC, SYNC * 5, b"\xd1", b"\x0c", bytes(40)]),
+    st.binary(max_size=30),
+)
+
+
+@SETTINGS
+@given(buf=st.lists(resync_chunks, max_size=14).map(b"".join), data=st.data())
+def test_resync_finds_exactly_where_the_rules_say(buf, data):
+    pos = data.draw(st.integers(0, len(buf)))
+    assert Scan(buf, SALT)._resync(pos) == reference_resync(buf, pos, SALT)

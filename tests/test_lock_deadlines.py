@@ -75,9 +75,7 @@ def store_with(path: str, count: int) -> dict:
 
 
 @pytest.mark.parametrize("mode", ["half-append", "sealed", "cut-back"])
-def test_a_read_that_must_wait_for_the_lock_raises_at_its_deadline_and_the_log_stays_consistent(
-    tmp_path, holder, mode
-):
+def test_a_read_that_must_wait_for_the_lock_raises_at_its_deadline_and_the_log_stays_consistent(tmp_path, holder, mode):
     path = str(tmp_path / "s")
     written = store_with(path, 30)
     d = IODict(path, segment_bytes=4096, auto_compact=False)

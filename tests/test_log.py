@@ -13,8 +13,8 @@ from iodict_log import CorruptionError, CorruptionWarning, IODict, IODictLogErro
 from iodict_log import log as log_module
 from iodict_log.crashpoints import CRASH_EXIT, POINTS
 from iodict_log.manifest import read_manifest
-from iodict_log.serialize import encode_key
 from iodict_log.segment import parse_segment_name, segment_name
+from iodict_log.serialize import encode_key
 
 SMALL = 4096
 
@@ -247,8 +247,7 @@ def test_dropped_records_iterators_give_their_descriptors_back_started_or_not(tm
 # --- compaction after a compactor died, from an already-open process (17.13) --------
 
 COMPACT_AND_DIE = (
-    "import sys; from iodict_log import IODict; "
-    "IODict(sys.argv[1], segment_bytes=4096, auto_compact=False).compact()"
+    "import sys; from iodict_log import IODict; IODict(sys.argv[1], segment_bytes=4096, auto_compact=False).compact()"
 )
 
 
@@ -329,9 +328,11 @@ def test_a_damaged_current_is_reported_with_its_path(tmp_path):
     path = str(tmp_path / "s")
     IODict(path).close()
     current = os.path.join(path, "CURRENT")
-    data = bytearray(open(current, "rb").read())
-    data[14] ^= 1
-    open(current, "wb").write(bytes(data))
+    with open(current, "r+b") as f:
+        data = bytearray(f.read())
+        data[14] ^= 1
+        f.seek(0)
+        f.write(bytes(data))
     with pytest.raises(CorruptionError, match=f"{current}: manifest checksum mismatch"):
         IODict(path)
 
