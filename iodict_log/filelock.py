@@ -70,6 +70,7 @@ def _after_fork_in_child() -> None:
     _fork_generation += 1
     for lock in list(_every_lock):
         lock.close()  # (the parent's, maybe held: it must go with the parent)
+        lock._depth = 0  # (a `with` the fork happened inside then leaves without unlocking anything)
 
 
 if hasattr(os, "register_at_fork"):

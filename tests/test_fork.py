@@ -29,7 +29,7 @@ PARENT = textwrap.dedent(
     from iodict_log import IODict
 
     path, mode = sys.argv[1], sys.argv[2]
-    d = IODict(path, segment_bytes=4096)
+    d = IODict(path, segment_bytes=4096, sync=30.0)  # (a group-commit fsync pending: a thread's duplicate)
     for i in range(100):
         d[f"k{i}"] = i
     lock = d._log.file_lock
@@ -178,3 +178,23 @@ def test_a_child_forked_after_a_compaction_elsewhere_rebuilds_on_first_use(tmp_p
     assert dict(d.items()) == {f"k{i}": 250 + i for i in range(50)}
     d.close()
     other.close()
+
+
+def test_a_child_forked_inside_the_write_lock_never_releases_the_parents_lock(tmp_path):
+    store = str(tmp_path / "store")
+    d = IODict(store)
+    lock = d._log.file_lock
+    with lock:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                lock.__exit__(None, None, None)  # the child leaves the `with` it was forked inside
+                taken = lock.acquire(timeout=0.2)  # the parent still holds it
+                code = 0 if not taken else 2
+            finally:
+                os._exit(code)
+        assert wait_for_child(pid, 60) == 0
+        assert lock.held
+    d["after"] = 1
+    d.close()
