@@ -313,12 +313,15 @@ class Scan:
                 if pos + length > len(buf):
                     return None
                 pos += length - 1
+        failed = b""  # the last header (from hcrc on) whose checksum failed: a run of sync bytes repeats it
         while True:
             pos = find(SYNC, pos + 1)
             if pos < 0 or pos > last:
                 return None  # (no header fits: no frame can follow)
-            if crc32(buf[pos + 6 : pos + HEADER_SIZE], salt) != hcrc_at(buf, pos + 2)[0]:
-                continue  # the common case in a damaged region: one CRC per sync pair
+            header = buf[pos + 2 : pos + HEADER_SIZE]
+            if header == failed or crc32(header[4:], salt) != hcrc_at(header)[0]:
+                failed = header
+                continue  # the common case in a damaged region: at most one CRC per sync pair
             if decode_frame(buf, pos, salt) is not None:
                 return pos
             length = HEADER_SIZE + sum(HEADER.unpack_from(buf, pos)[5:7])
