@@ -302,7 +302,8 @@ class Scan:
         the bytes of other frames), which also keeps the search linear.
 
         (The rules of header_length and decode_frame, inlined: this loop meets
-        every sync pair in a damaged region, so each costs one header CRC.)
+        every sync pair in a damaged region, so each costs at most one header
+        CRC, and none when its header bytes repeat the last one that failed.)
         """
         buf, salt = self.buf, self.salt
         last = len(buf) - HEADER_SIZE  # the last offset a whole header can start at
