@@ -235,7 +235,9 @@ class Log:
         if os.path.exists(path) and not os.path.isdir(path):
             raise NotADirectoryError(20, "not a directory (an iodict_log store is a directory)", path)
         os.makedirs(path, exist_ok=True)
-        read_manifest(path)  # raises FormatVersionError before anything is written
+        manifest = read_manifest(path)  # raises FormatVersionError before anything is written
+        if manifest is not None and self._kind:
+            self._refuse_other_kind(manifest.kind)  # (likewise; an older store's kind is known only once read)
         if not os.path.exists(os.path.join(path, MANIFEST_NAME)):
             foreign = sorted(name for name in os.listdir(path) if not _is_store_file(name))
             if foreign:
