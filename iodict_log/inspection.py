@@ -829,7 +829,10 @@ def to_json(value: Any, depth: int = 0) -> Any:
 def from_json(value: Any) -> Any:
     """Undo to_json (the decoder docs/OPERATIONS.md shows): the value as stored."""
     if isinstance(value, list):
-        return [from_json(v) for v in value]
+        items = []
+        for item in value:  # (loops, not comprehensions: one frame per level of nesting)
+            items.append(from_json(item))
+        return items
     if not isinstance(value, dict):
         return value
     if len(value) == 1:
@@ -837,13 +840,19 @@ def from_json(value: Any) -> Any:
         if tag == "$bytes":
             return base64.b64decode(body)
         if tag == "$tuple":
-            return tuple(from_json(v) for v in body)
+            return tuple(from_json(body))
         if tag == "$map":
-            return {from_json(k): from_json(v) for k, v in body}
+            mapping = {}
+            for k, v in body:
+                mapping[from_json(k)] = from_json(v)
+            return mapping
         if tag == "$float":
             return _FLOATS[body]
         if tag == "$ext":
             return msgpack.ExtType(body[0], base64.b64decode(body[1]))
         if tag.startswith("$"):
             return value  # $pickle, $repr: left as they are
-    return {k: from_json(v) for k, v in value.items()}
+    plain = {}
+    for k, v in value.items():
+        plain[k] = from_json(v)
+    return plain

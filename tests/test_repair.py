@@ -23,7 +23,7 @@ from iodict_log.format import (
     encode_frame,
     encode_segment_header,
 )
-from iodict_log.inspection import backup_store, repair
+from iodict_log.inspection import repair
 from iodict_log.serialize import encode_key
 
 
@@ -247,6 +247,8 @@ def test_backup_copies_only_the_stores_own_regular_files_and_follows_no_link(tmp
     os.symlink("..", path / "0000000093.seg")
     os.symlink("/usr", path / "linked-dir")
     os.mkfifo(path / "0000000094.seg")
+    from iodict_log.inspection import backup_store
+
     notes = backup_store(str(path), str(tmp_path / "backup"))
     copied = sorted(p.name for p in (tmp_path / "backup").iterdir())
     assert copied == ["0000000001.seg", "CURRENT"]
@@ -261,6 +263,6 @@ def test_repair_with_nothing_to_do_changes_nothing_and_makes_no_backup(tmp_path)
     path = tmp_path / "s"
     before = busy_dict(path)
     listing = sorted(os.listdir(path))
-    assert repair(str(path)).backup is None
+    assert repair(str(path))[0] is None
     assert sorted(os.listdir(path)) == listing and not list(tmp_path.glob("s.backup-*"))
     assert contents(path) == before
