@@ -81,7 +81,7 @@ from .format import (
     encode_frame,
     stored_value,
 )
-from .hintfile import HINT_NAME
+from .hintfile import HINT_NAME, read_hint
 from .index import MAX_OFFSET, KeyIndex
 from .log import LOCK_NAME, Log
 from .manifest import MANIFEST_NAME, read_manifest, write_manifest
@@ -446,6 +446,13 @@ class _Repair:
                     for f in seen.findings
                 ]
         left_out = [s for n, s in surveyed.items() if n not in order]
+        try:  # (a hint of this store may know of later records than its files still hold)
+            hint = read_hint(self.path)
+        except CorruptionError:
+            hint = None
+        if hint is not None and hint.salt in self.salts:
+            self.last_seq = max(self.last_seq, hint.last_seq)
+            self.last_birthtime = max(self.last_birthtime, hint.last_birthtime)
         self.rebuilt = Manifest(max(numbers, default=0) + 1, order, self.last_seq, self.last_birthtime)
         self.dropped.append(
             problem._replace(reason=f"{MANIFEST_NAME} was damaged or missing: rebuilt from the segment files")
@@ -514,8 +521,8 @@ class _Repair:
             salt = self.salts[0]
         fd = fileops.open_fd(file, os.O_RDWR | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0))
         try:
-            start = SEGMENT_HEADER_SIZE if known_end is None else known_end
             size = os.lseek(fd, 0, os.SEEK_END)
+            start = SEGMENT_HEADER_SIZE if known_end is None or known_end > size else known_end
             if salt is None or size < SEGMENT_HEADER_SIZE:
                 raise IODictLogError(f"{file}: the last segment has no readable header; nothing more changed")
             scan = Scan(os.pread(fd, size - start, start), salt)
