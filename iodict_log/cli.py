@@ -15,12 +15,14 @@ import sys
 import tempfile
 import time
 import warnings
-from typing import Callable, NoReturn, Sequence
+from typing import Any, Callable, Iterable, NoReturn, Sequence, TypeVar
 
 from . import __version__
 from .errors import CorruptionWarning, IODictLogError
 from .inspection import Census, dump_line, open_log, repair, require_store, verify
 from .iodict import IODict
+
+T = TypeVar("T")
 
 
 class _Demo:
@@ -32,7 +34,7 @@ class _Demo:
         self.out = out
         self.rng = random.Random(42)
 
-    def step(self, name: str, count: int, unit: str, fn: Callable[[], object]) -> object:
+    def step(self, name: str, count: int, unit: str, fn: Callable[[], T]) -> T:
         started = time.perf_counter()
         result = fn()
         seconds = time.perf_counter() - started
@@ -49,7 +51,7 @@ class _Demo:
         keys = list(events)
         self.out(f"iodict-log demo: {n:,} events in {self.path}")
         d = IODict(self.path)
-        self.step("write", n, "sets", lambda: [d.__setitem__(k, v) for k, v in events.items()])
+        self.step("write", n, "sets", lambda: _set_each(d, events.items()))
         sample = self.rng.sample(keys, min(n, 10_000))
         got = self.step("read", len(sample), "gets", lambda: [d[k] for k in sample])
         bad = sum(1 for k, v in zip(sample, got) if v != events[k])
@@ -63,9 +65,9 @@ class _Demo:
             "overwrite",
             len(changed),
             "sets",
-            lambda: [d.__setitem__(k, {**events[k], "kind": "edit"}) for k in changed],
+            lambda: _set_each(d, ((k, {**events[k], "kind": "edit"}) for k in changed)),
         )
-        self.step("delete", len(doomed), "deletes", lambda: [d.__delitem__(k) for k in doomed])
+        self.step("delete", len(doomed), "deletes", lambda: _delete_each(d, doomed))
         summary = self.step("compact", len(d), "keys", d.compact)
         gone = set(doomed)
         expected = [k for k in keys if k not in gone]
@@ -81,6 +83,16 @@ class _Demo:
             return 1
         self.out("all checks passed: every value read back as written, in birthtime order")
         return 0
+
+
+def _set_each(d: IODict, items: Iterable[tuple[str, Any]]) -> None:
+    for key, value in items:
+        d[key] = value
+
+
+def _delete_each(d: IODict, keys: Iterable[str]) -> None:
+    for key in keys:
+        del d[key]
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -149,7 +149,14 @@ def _contents(file: str) -> Iterator[tuple[bytes, int]]:
     is scanned; a writer cuts only a torn tail and appends right after it, so the
     window is one append wide.
     """
-    fd = os.open(file, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    try:
+        fd = os.open(file, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise
+    except OSError:
+        if os.path.islink(file):
+            raise CorruptionError(f"{file}: is a symbolic link; a store's files never are") from None
+        raise  # (unreadable, say: the user's problem to fix, not damage to drop)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -175,6 +182,15 @@ def _contents(file: str) -> Iterator[tuple[bytes, int]]:
         os.close(fd)
 
 
+def _size(file: str) -> int:
+    """Size of ``file`` if it is a regular file (not through a link), else 0."""
+    try:
+        info = os.lstat(file)
+    except OSError:
+        return 0
+    return info.st_size if stat.S_ISREG(info.st_mode) else 0
+
+
 def _header(data: bytes) -> tuple[int, int] | None:
     """(kind, salt) of a segment header, None if it is damaged. A header whose
     checksum holds but names another format version raises FormatVersionError."""
@@ -189,13 +205,22 @@ def _header(data: bytes) -> tuple[int, int] | None:
         return None
 
 
-def _header_salt(file: str) -> int | None:
-    """The salt of ``file``'s header if that header is intact."""
+def _intact_header(file: str) -> tuple[int, int] | None:
+    """(kind, salt) of ``file``'s header if it is a regular file whose header is intact."""
     try:
-        with open(file, "rb", buffering=0) as f:
-            found = _header(f.read(SEGMENT_HEADER_SIZE))
+        fd = os.open(file, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return _header(os.pread(fd, SEGMENT_HEADER_SIZE, 0))
+    finally:
+        os.close(fd)
+
+
+def _header_salt(file: str) -> int | None:
+    found = _intact_header(file)
     return None if found is None else found[1]
 
 
@@ -353,7 +378,7 @@ def verify(path: str, progress: Progress | None = None) -> Iterator[Finding]:
         numbers = manifest.segments
     files = [os.path.join(path, segment_name(n)) for n in numbers]
     salts = [s for s in map(_header_salt, files) if s is not None]
-    total = sum(os.path.getsize(f) for f in files if os.path.isfile(f))
+    total = sum(map(_size, files))
     done = 0
     for i, (number, file) in enumerate(zip(numbers, files)):
         seen = _examine(number, file, complete=i < len(numbers) - 1, salts=salts)
@@ -412,7 +437,7 @@ class _Repair:
     def _survey(self, numbers: tuple[int, ...], complete_all_but_last: bool) -> list[_Examined]:
         files = [self._file(n) for n in numbers]
         self.salts = list(dict.fromkeys(s for s in map(_header_salt, files) if s is not None))
-        total = sum(os.path.getsize(f) for f in files if os.path.isfile(f))
+        total = sum(map(_size, files))
         done = 0
         surveyed = []
         for i, (number, file) in enumerate(zip(numbers, files)):
@@ -632,12 +657,7 @@ class _Repair:
 
 
 def _kind_of(file: str) -> int:
-    try:
-        with open(file, "rb", buffering=0) as f:
-            head = f.read(SEGMENT_HEADER_SIZE)
-    except OSError:
-        return KIND_LOG
-    found = _header(head)
+    found = _intact_header(file)
     return KIND_LOG if found is None else found[0]
 
 

@@ -302,3 +302,19 @@ def test_repair_copies_damaged_segments_without_holding_the_write_lock(tmp_path,
     assert free_while_copying == [True, True] and len([f for f in repaired.dropped if f.damage]) == 2
     with DurableQueue(path, serializer="msgpack") as q:
         assert [q.get_nowait() for _ in range(q.qsize())] == [b"item-%03d-" % i * 4 for i in range(150) if i not in hit]
+
+
+def test_rebuilding_current_next_to_links_and_fifos_named_like_segments_reads_none_of_them(tmp_path):
+    # Guards 21.10 for repair: a FIFO named like a segment must not hang it, a link must not be read.
+    path = tmp_path / "s"
+    before = busy_dict(path)
+    os.mkfifo(path / "0000000097.seg")
+    os.symlink("/dev/zero", path / "0000000098.seg")
+    (path / "CURRENT").unlink()
+    result = run("verify", str(path))
+    assert result.returncode == 1 and "0000000097.seg" in result.stdout
+    result = run("repair", str(path), "--backup", str(tmp_path / "backup"))
+    assert result.returncode == 0, result.stderr
+    os.unlink(path / "0000000097.seg")  # (left out of CURRENT; an open would delete them as leftovers)
+    os.unlink(path / "0000000098.seg")
+    assert contents(path) == before
