@@ -179,14 +179,17 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _repair(args: argparse.Namespace) -> int:
     backup, dropped, notes = repair(args.path, args.backup, _progress("repair"))
-    if backup is None:
+    if backup is None and not dropped:
         print(f"{args.path}: nothing to repair")
         return 0
     for finding in dropped:
         print(f"dropped: {finding.path}: offset {finding.offset}: {finding.length} bytes: {finding.reason}")
     for note in notes:
         print(f"note: {note}")
-    print(f"{args.path}: repaired; the store as it was is kept in {backup}")
+    if backup is None:  # only a torn tail, which any writer would cut as well
+        print(f"{args.path}: repaired (a torn tail cut; no backup needed)")
+    else:
+        print(f"{args.path}: repaired; the store as it was is kept in {backup}")
     return 0
 
 

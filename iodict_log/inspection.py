@@ -495,8 +495,12 @@ class _Repair:
         lost = {s.number for s in surveyed if s.lost}
         damaged = {s.number: s for s in surveyed if s.damaged and not s.lost}
         torn = bool(surveyed) and surveyed[-1].tail > 0
-        if not (lost or damaged or torn or force):
-            return Repaired(None, [], [])
+        if not (lost or damaged or force):
+            if torn:  # (or an append in progress): cut under the lock if it still is; no backup for that
+                last = surveyed[-1]
+                with self.lock:
+                    self._settle_last(last.number, last.end, seal=False)
+            return Repaired(None, self.dropped, self.notes)
         self._backup()
         for seen in surveyed:
             if seen.lost:

@@ -318,3 +318,17 @@ def test_rebuilding_current_next_to_links_and_fifos_named_like_segments_reads_no
     os.unlink(path / "0000000097.seg")  # (left out of CURRENT; an open would delete them as leftovers)
     os.unlink(path / "0000000098.seg")
     assert contents(path) == before
+
+
+def test_a_torn_tail_alone_is_cut_without_a_backup(tmp_path):
+    path = tmp_path / "s"
+    with IODict(path, compression=None) as d:
+        d["a"] = b"x" * 50
+        d["b"] = b"y" * 50
+    last = segments(path)[-1]
+    last.write_bytes(last.read_bytes()[:-7])  # a crash in the middle of the last append
+    result = run("repair", str(path))
+    assert result.returncode == 0 and "torn tail cut" in result.stdout, result.stdout
+    assert not list(tmp_path.glob("s.backup-*"))
+    assert "note:" not in run("verify", str(path)).stdout
+    assert contents(path)[0][:2] == ("a", b"x" * 50)
