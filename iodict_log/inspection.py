@@ -497,9 +497,8 @@ class _Repair:
         torn = bool(surveyed) and surveyed[-1].tail > 0
         if not (lost or damaged or force):
             if torn:  # (or an append in progress): cut under the lock if it still is; no backup for that
-                last = surveyed[-1]
                 with self.lock:
-                    self._settle_last(last.number, last.end, seal=False)
+                    self._settle_last(surveyed[-1].number, surveyed[-1].end, seal=False)
             return Repaired(None, self.dropped, self.notes)
         self._backup()
         for seen in surveyed:
