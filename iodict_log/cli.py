@@ -2,6 +2,7 @@
 
 Errors a user can cause (bad arguments, a path that is not a store) print one
 line on stderr and exit with status 2; damaged data exits 1; no tracebacks.
+A CorruptionWarning prints as one line, ``iodict-log CMD: warning: MESSAGE``.
 """
 
 from __future__ import annotations
@@ -13,11 +14,15 @@ import random
 import sys
 import tempfile
 import time
-from typing import Callable, NoReturn, Sequence
+import warnings
+from typing import Any, Callable, Iterable, NoReturn, Sequence, TypeVar
 
-from .errors import IODictLogError
-from .inspection import Census, open_log, repair, require_store, to_json_record, verify
+from . import __version__
+from .errors import CorruptionWarning, IODictLogError
+from .inspection import Census, dump_line, open_log, repair, require_store, verify
 from .iodict import IODict
+
+T = TypeVar("T")
 
 
 class _Demo:
@@ -29,7 +34,7 @@ class _Demo:
         self.out = out
         self.rng = random.Random(42)
 
-    def step(self, name: str, count: int, unit: str, fn: Callable[[], object]) -> object:
+    def step(self, name: str, count: int, unit: str, fn: Callable[[], T]) -> T:
         started = time.perf_counter()
         result = fn()
         seconds = time.perf_counter() - started
@@ -46,7 +51,7 @@ class _Demo:
         keys = list(events)
         self.out(f"iodict-log demo: {n:,} events in {self.path}")
         d = IODict(self.path)
-        self.step("write", n, "sets", lambda: [d.__setitem__(k, v) for k, v in events.items()])
+        self.step("write", n, "sets", lambda: _set_each(d, events.items()))
         sample = self.rng.sample(keys, min(n, 10_000))
         got = self.step("read", len(sample), "gets", lambda: [d[k] for k in sample])
         bad = sum(1 for k, v in zip(sample, got) if v != events[k])
@@ -60,9 +65,9 @@ class _Demo:
             "overwrite",
             len(changed),
             "sets",
-            lambda: [d.__setitem__(k, {**events[k], "kind": "edit"}) for k in changed],
+            lambda: _set_each(d, ((k, {**events[k], "kind": "edit"}) for k in changed)),
         )
-        self.step("delete", len(doomed), "deletes", lambda: [d.__delitem__(k) for k in doomed])
+        self.step("delete", len(doomed), "deletes", lambda: _delete_each(d, doomed))
         summary = self.step("compact", len(d), "keys", d.compact)
         gone = set(doomed)
         expected = [k for k in keys if k not in gone]
@@ -78,6 +83,16 @@ class _Demo:
             return 1
         self.out("all checks passed: every value read back as written, in birthtime order")
         return 0
+
+
+def _set_each(d: IODict, items: Iterable[tuple[str, Any]]) -> None:
+    for key, value in items:
+        d[key] = value
+
+
+def _delete_each(d: IODict, keys: Iterable[str]) -> None:
+    for key in keys:
+        del d[key]
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -163,13 +178,18 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _repair(args: argparse.Namespace) -> int:
-    backup, dropped = repair(args.path, args.backup, _progress("repair"))
-    if backup is None:
+    backup, dropped, notes = repair(args.path, args.backup, _progress("repair"))
+    if backup is None and not dropped:
         print(f"{args.path}: nothing to repair")
         return 0
     for finding in dropped:
         print(f"dropped: {finding.path}: offset {finding.offset}: {finding.length} bytes: {finding.reason}")
-    print(f"{args.path}: repaired; the store as it was is kept in {backup}")
+    for note in notes:
+        print(f"note: {note}")
+    if backup is None:  # only a torn tail, which any writer would cut as well
+        print(f"{args.path}: repaired (a torn tail cut; no backup needed)")
+    else:
+        print(f"{args.path}: repaired; the store as it was is kept in {backup}")
     return 0
 
 
@@ -181,9 +201,14 @@ def _dump(args: argparse.Namespace) -> int:
         frames = log.frames(args.start)
     finally:
         log.close()
+    refused = 0
     for frame in frames:
-        print(json.dumps(to_json_record(frame)))
-    return 0
+        line, reason = dump_line(frame)
+        print(line)
+        refused += reason is not None
+    if refused:
+        print(f'iodict-log dump: {refused} record(s) could not be shown (see their "error")', file=sys.stderr)
+    return 1 if refused or args.warned else 0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -193,33 +218,94 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
+_EXIT = "exit status: 0 done; 2 bad arguments, not a store, or an error naming the file"
+_EXIT_DAMAGE = "exit status: 0 no damage; 1 damage found (each place listed); 2 bad arguments or not a store"
+
+
+def _command(
+    sub: argparse._SubParsersAction, name: str, summary: str, description: str, exit: str = _EXIT
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help has a description and its exit statuses."""
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=exit + "; 130 interrupted. See docs/OPERATIONS.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="iodict-log", description="Inspect, maintain and try out iodict_log stores.")
+    parser.add_argument("--version", action="version", version=f"iodict-log {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = sub.add_parser("demo", help="write, read, replay and compact a sample store, with timings")
+    demo = _command(
+        sub,
+        "demo",
+        "write, read, replay and compact a sample store, with timings",
+        "Write sample events into a store, read them back, reopen, replay, overwrite,\n"
+        "delete and compact, timing each step and checking every value read.",
+        "exit status: 0 every check passed; 1 a value read back differs; 2 bad arguments",
+    )
     demo.add_argument("--path", help="store directory (new or empty); default: a temporary directory")
     demo.add_argument("--events", type=int, default=100_000, help="number of events to write (default 100000)")
     demo.set_defaults(run=_demo)
 
-    stats = sub.add_parser("stats", help="counts and sizes of a store")
+    stats = _command(
+        sub,
+        "stats",
+        "counts and sizes of a store",
+        "Count the keys or queue items of a store and its live and dead bytes, from its segments.",
+    )
     stats.add_argument("path", help="the store directory")
     stats.add_argument("--json", action="store_true", help="one JSON object instead of lines")
     stats.set_defaults(run=_stats)
 
-    compact = sub.add_parser("compact", help="rewrite a dict store's live keys and drop dead bytes")
+    compact = _command(
+        sub,
+        "compact",
+        "rewrite a dict store's live keys and drop dead bytes",
+        "Rewrite the live keys of a dict store into new segments and delete the old ones,\n"
+        "while applications go on using it. A queue store is refused.",
+    )
     compact.add_argument("path", help="the store directory")
     compact.set_defaults(run=_compact)
 
-    check = sub.add_parser("verify", help="check every record; exit 1 and say where if any is damaged")
+    check = _command(
+        sub,
+        "verify",
+        "check every record; exit 1 and say where if any is damaged",
+        "Read every record of every segment and check its checksums, that its key and\n"
+        "(msgpack) value decode, and that CURRENT is intact; print each damaged place.\n"
+        "Takes no lock and changes nothing.",
+        _EXIT_DAMAGE,
+    )
     check.add_argument("path", help="the store directory")
     check.set_defaults(run=_verify)
 
-    mend = sub.add_parser("repair", help="drop damaged records and a torn tail for good, keeping a backup")
+    mend = _command(
+        sub,
+        "repair",
+        "drop damaged records and a torn tail for good, keeping a backup",
+        "Copy the store's files aside, then drop damaged and undecodable records and a\n"
+        "torn tail for good, rebuild a damaged or missing CURRENT from the segments,\n"
+        "recover a damaged segment header's salt from the others, and go on past\n"
+        "missing segments, printing everything dropped. Applications may keep using\n"
+        "the store meanwhile.",
+    )
     mend.add_argument("path", help="the store directory")
     mend.add_argument("--backup", help="where to copy the store first (default: PATH.backup-<time>)")
     mend.set_defaults(run=_repair)
 
-    dump = sub.add_parser("dump", help="replay the log in order as JSON lines (see docs/OPERATIONS.md)")
+    dump = _command(
+        sub,
+        "dump",
+        "replay the log in order as JSON lines (see docs/OPERATIONS.md)",
+        "Print every record in sequence order as one line of strict JSON (RFC 8259);\n"
+        "values JSON cannot carry are tagged as docs/OPERATIONS.md describes.",
+        'exit status: 0 every record shown; 1 some record could not be shown (an "error"\n'
+        "line) or damage was skipped (a warning); 2 bad arguments or not a store",
+    )
     dump.add_argument("path", help="the store directory")
     dump.add_argument("--start", type=int, default=0, metavar="SEQ", help="first sequence number to show")
     dump.set_defaults(run=_dump)
@@ -229,8 +315,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.warned = 0
+
+    def show(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+        args.warned += 1
+        print(f"iodict-log {args.command}: warning: {message}", file=sys.stderr)
+
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", CorruptionWarning)
+            warnings.showwarning = show
+            return args.run(args)
     except BrokenPipeError:  # e.g. `iodict-log dump PATH | head`: the reader has gone
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141

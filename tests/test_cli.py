@@ -281,3 +281,37 @@ def test_repair_of_a_segment_with_nothing_readable_left_keeps_a_working_store(tm
         d["again"] = b"works"
     with IODict(path) as d:
         assert d["again"] == b"works"
+
+
+def test_version_prints_the_package_version():
+    # Guards 17.9: there was no --version.
+    import iodict_log
+
+    result = run("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"iodict-log {iodict_log.__version__}"
+
+
+def test_every_subcommand_help_has_a_description_and_its_exit_statuses():
+    # Guards 17.9: subcommand --help had neither.
+    for command in ("demo", "stats", "compact", "verify", "dump", "repair"):
+        out = run(command, "--help").stdout
+        description = out.split("\n\n")[1]
+        assert not description.startswith(("positional", "options")), (command, out)
+        assert "exit status: 0" in out and "2 " in out.split("exit status:")[1], (command, out)
+
+
+def test_corruption_warnings_print_as_one_plain_line_each(tmp_path):
+    # Guards 17.9: warnings came in Python's format, with the source line under them.
+    path = tmp_path / "s"
+    with IODict(path, compression=None, segment_bytes=4096) as d:
+        for i in range(120):
+            d[f"k{i:03d}"] = f"value-{i:03d}-".encode() * 4
+    damage_a_value(path, b"value-030-")
+    damage_a_value(path, b"value-070-")
+    for command in ("stats", "dump"):
+        result = run(command, str(path))
+        lines = result.stderr.splitlines()
+        warned = [line for line in lines if line.startswith(f"iodict-log {command}: warning: ")]
+        assert len(warned) == 2 and "skipped" in warned[0], result.stderr
+        assert "CorruptionWarning" not in result.stderr and "warnings.warn" not in result.stderr
+        assert result.returncode == (1 if command == "dump" else 0)  # dump skipped damage

@@ -57,6 +57,8 @@ def test_a_short_torture_run_kills_damages_checks_and_passes(tmp_path):
     assert summary["ops_acked"] >= 1000, summary
     assert summary["bit_flips"] + summary["sector_damage"] + summary["truncations"] >= 1, summary
     assert summary["write_faults"] >= 1, summary
+    assert summary["current_damage"] + summary["header_damage"] + summary["deleted_segments"] >= 1, summary
+    assert summary["repairs"] >= 1, summary  # (and what each repair reported dropped was all that went missing)
     assert elapsed < CI_SECONDS + 120, f"took {elapsed:.0f} s"
 
 

@@ -27,6 +27,12 @@ Rounds, until the time is up (a round in progress finishes). In each round:
    were lost, that nothing appeared, that the store opens to exactly a replay
    of its files (values, order, birthtimes), and that every damaged region is
    one it made and is counted in ``stats()["corrupt_records"]``.
+   Damage no reader gets past is repaired (``inspection.repair``) before those
+   checks: a flipped byte in CURRENT or CURRENT deleted (it costs nothing), a
+   flipped byte in a segment header (nothing: the salt comes back from the
+   other headers), a deleted segment (exactly its records). Then what repair
+   reports as dropped must be missing, and all that is missing must be what it
+   reports or what the other damage of the round explains.
 
 Seeded: the same --seed makes the same sequence of decisions (which call, which
 key, when to kill whom, what to damage); process timing decides how far each
@@ -63,6 +69,7 @@ from typing import Any, Callable, Iterator
 import torture_oracle as oracle
 
 from iodict_log import DurableQueue, IODict
+from iodict_log.inspection import repair
 
 MISSING = object()
 STOP_WAIT = 60.0  # seconds a worker may take to stop cleanly before it counts as hung
@@ -71,7 +78,16 @@ DAMAGE_COUNTS = {
     "sector": "sector_damage",
     "truncate": "truncations",
     "hint": "hint_damage",
+    "current": "current_damage",
+    "header": "header_damage",
+    "delete": "deleted_segments",
 }
+NEEDS_REPAIR = ("current", "header", "delete")
+REPAIR_CHANCES = (
+    ("current", 0.08),
+    ("header", 0.08),
+    ("delete", 0.06),
+)  # damage no reader gets past: iodict-log repair must
 
 
 # --- fault injection -----------------------------------------------------------------------
@@ -457,8 +473,13 @@ def damage_store(
             if event:
                 events.append(event)
             continue
+        if kind == "current":
+            events.append(_damage_current(path, rng))
+            continue
         if kind == "truncate":
             pool = [(s, f) for s, f in clean if s.last and s.number not in used]
+        elif kind == "header" and len(scans) < 2:
+            continue  # the salt comes back only from another segment's header
         else:
             pool = [(s, f) for s, f in clean if s.number not in used]
             sealed = [(s, f) for s, f in pool if not s.last]
@@ -504,9 +525,33 @@ def _damage_hint(path: str, rng: random.Random, old_hint: str) -> dict | None:
     return {"kind": "hint", "what": f"{what}: may cost nothing", "loss": []}
 
 
+def _damage_current(path: str, rng: random.Random) -> dict:
+    """Flip a bit of CURRENT or delete it: repair rebuilds it from the segments, at no cost."""
+    current = os.path.join(path, "CURRENT")
+    if rng.random() < 0.3:
+        os.unlink(current)
+        return {"kind": "current", "what": "deleted CURRENT: may cost nothing", "loss": []}
+    with open(current, "r+b") as f:
+        data = f.read()
+        at = rng.randrange(len(data))
+        f.seek(at)
+        f.write(bytes([data[at] ^ (1 << rng.randrange(8))]))
+    return {"kind": "current", "what": f"flipped a bit of byte {at} of CURRENT: may cost nothing", "loss": []}
+
+
 def _damage(store: str, kind: str, seg: oracle.SegScan, frames: list, rng: random.Random, hist: oracle.History) -> dict:
     size = len(seg.data)
     where = f"{store} segment {seg.number}{' (last)' if seg.last else ''}"
+    if kind == "header":
+        at = rng.choice((rng.randrange(oracle.SEGMENT_HEADER_SIZE), rng.randrange(12, 16)))  # often the salt
+        with open(seg.path, "r+b") as f:
+            f.seek(at)
+            f.write(bytes([seg.data[at] ^ (1 << rng.randrange(8))]))
+        return {"kind": kind, "what": f"flipped a bit of header byte {at} of {where}: may cost nothing", "loss": []}
+    if kind == "delete":
+        os.unlink(seg.path)
+        loss = sorted(f.seq for f in frames if f.op in oracle.DATA_OPS)
+        return {"kind": kind, "what": f"deleted {where}: may cost its {len(loss)} records", "loss": loss}
     if kind == "flip":
         frame = frames[rng.randrange(len(frames))]
         bit = rng.randrange(frame.length * 8)
@@ -718,8 +763,8 @@ class Driver:
         duration = min(rng.uniform(1.5, 5.0), max(0.5, remaining))
         ending = rng.choice(("kill", "kill", "stop"))
         chances = {
-            "dict": (("flip", 0.35), ("sector", 0.2), ("truncate", 0.25), ("hint", 0.3)),
-            "queue": (("flip", 0.35), ("sector", 0.2), ("truncate", 0.25)),
+            "dict": (("flip", 0.35), ("sector", 0.2), ("truncate", 0.25), ("hint", 0.3), *REPAIR_CHANCES),
+            "queue": (("flip", 0.35), ("sector", 0.2), ("truncate", 0.25), *REPAIR_CHANCES),
         }
         damage = {store: [kind for kind, p in kinds if rng.random() < p] for store, kinds in chances.items()}
         rdir = os.path.join(self.work, "rounds", f"r{rnd:05d}")
@@ -807,6 +852,11 @@ class Driver:
                 self.totals[DAMAGE_COUNTS[ev["kind"]]] += 1
                 dmg.append(ev["what"])
             drep = oracle.Report()
+            if any(ev["kind"] in NEEDS_REPAIR for ev in events):
+                dmg.append(self.repair(store, path, scans, events, drep))
+                if drep.failures:
+                    print(line + "".join(f"\n    damage: {d}" for d in dmg), flush=True)
+                    raise Failure("\n".join(drep.failures))
             oracle.check_damage(self.hist, store, path, scans, events, drep)
             self.totals.update(drep.counts)
             dmg += drep.notes
@@ -816,6 +866,28 @@ class Driver:
         line += "".join(f"\n    damage: {d}" for d in dmg)
         print(line, flush=True)
 
+    def repair(self, store: str, path: str, scans: list[oracle.SegScan], events: list[dict], rep: oracle.Report) -> str:
+        """Run repair on damage no reader gets past; check that what it reports dropped is
+        missing, and that all that is missing is what it reports or other damage explains."""
+        backup = os.path.join(self.work, "repair-backup")
+        shutil.rmtree(backup, ignore_errors=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            repaired = repair(path, backup)
+        shutil.rmtree(backup, ignore_errors=True)
+        reported = oracle.repair_loss(scans, repaired.dropped)
+        missing = set(oracle.data_frames(scans)) - set(oracle.data_frames(oracle.scan_store(path)))
+        explained = {seq for ev in events if ev["kind"] not in NEEDS_REPAIR for seq in ev["loss"]}
+        if reported - missing:
+            rep.fail(f"{store}: repair reports dropping seqs {sorted(reported - missing)[:8]}, which are still there")
+        if missing - reported - explained:
+            rep.fail(
+                f"{store}: seqs {sorted(missing - reported - explained)[:8]} are missing after repair, which "
+                f"reported only {sorted(reported)[:8]} ({'; '.join(ev['what'] for ev in events)})"
+            )
+        self.totals["repairs"] += 1
+        return f"repair: {len(repaired.dropped)} findings, {len(reported)} records reported dropped"
+
     def summary(self, seconds: float) -> None:
         t = self.totals
         checked = t["keys_checked"] + t["items_checked"]
@@ -823,6 +895,8 @@ class Driver:
         print(
             f"  rounds {t['rounds']}, kills {t['kills']}, bit flips {t['bit_flips']}, bad sectors "
             f"{t['sector_damage']}, truncations {t['truncations']}, damaged hint files {t['hint_damage']}, "
+            f"damaged CURRENT {t['current_damage']}, damaged headers {t['header_damage']}, "
+            f"deleted segments {t['deleted_segments']}, repairs {t['repairs']}, "
             f"injected write faults {t['write_faults']}",
             flush=True,
         )
@@ -834,6 +908,8 @@ class Driver:
         print(
             f"SUMMARY rounds={t['rounds']} kills={t['kills']} bit_flips={t['bit_flips']} "
             f"sector_damage={t['sector_damage']} truncations={t['truncations']} hint_damage={t['hint_damage']} "
+            f"current_damage={t['current_damage']} header_damage={t['header_damage']} "
+            f"deleted_segments={t['deleted_segments']} repairs={t['repairs']} "
             f"write_faults={t['write_faults']} "
             f"ops_acked={t['ops_acked']} records_checked={checked} failures={t['failures']}",
             flush=True,

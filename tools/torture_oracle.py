@@ -1163,6 +1163,23 @@ def damage_loss(frames: list[Frame], last: bool, ranges: list[tuple[int, int]]) 
     return lost | tail
 
 
+def repair_loss(before: list[SegScan], dropped: Iterable[Any]) -> set[int]:
+    """The seqs of the data frames (as ``before`` read them) that repair's findings
+    (path, offset, length, reason, damage) say it dropped: those a region covers,
+    and every one of a segment it reports missing."""
+    by_path = {seg.path: seg for seg in before}
+    seqs: set[int] = set()
+    for path, offset, length, reason, _ in dropped:
+        seg = by_path.get(path)
+        if seg is None:
+            continue  # CURRENT, or a segment no earlier reader could read
+        whole = length == 0 and "missing" in reason
+        for f in seg.frames:
+            if f.op in DATA_OPS and (whole or (offset < f.offset + f.length and f.offset < offset + length)):
+                seqs.add(f.seq)
+    return seqs
+
+
 def check_damage(hist: History, store: str, path: str, before: list[SegScan], events: list[dict], rep: Report) -> None:
     """After the driver damaged ``store``'s files: the records lost are the ones the damage
     explains, no record appeared, and a fresh open holds exactly a replay of the files."""
