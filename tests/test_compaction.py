@@ -14,7 +14,7 @@ import threading
 import warnings
 
 import pytest
-from helpers import joined
+from helpers import Lines, joined
 
 import iodict_log
 import iodict_log.compaction
@@ -140,9 +140,10 @@ def test_another_process_keeps_writing_while_this_one_compacts(tmp_path):
     for rnd in range(4):
         d.update({f"k{i}": (rnd, "x" * 50) for i in range(2000)})
     journal = tmp_path / "journal"
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(journal)], stdout=subprocess.PIPE)
+    command = [sys.executable, "-c", WRITER, str(path), str(journal)]
+    writer = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
-        assert writer.stdout.readline() == b"ready\n"
+        assert Lines(writer.stdout).next(TIMEOUT) == "ready\n"
         for _ in range(3):
             mine = {f"k{i}": (3, "x" * 50) for i in range(2000)}
             d.compact()
@@ -150,7 +151,7 @@ def test_another_process_keeps_writing_while_this_one_compacts(tmp_path):
         assert writer.poll() is None, "the writer failed during the compactions"
     finally:
         writer.kill()
-        writer.wait()
+        writer.wait(timeout=TIMEOUT)
     lines = journal.read_text().splitlines()
     assert len(lines) > 100, "the writer hardly wrote during the compactions"
     acknowledged = {}
@@ -177,13 +178,14 @@ print("done", time.perf_counter() - started, flush=True)
 
 def compact_in_child(path, kill_after: float | None) -> tuple[bool, float]:
     """Compact in a child process, SIGKILLed ``kill_after`` seconds in; (killed, seconds)."""
-    child = subprocess.Popen([sys.executable, "-c", COMPACTOR, str(path)], stdout=subprocess.PIPE)
-    assert child.stdout.readline() == b"ready\n"
+    child = subprocess.Popen([sys.executable, "-c", COMPACTOR, str(path)], stdout=subprocess.PIPE, text=True)
+    lines = Lines(child.stdout)
+    assert lines.next(TIMEOUT) == "ready\n"
     if kill_after is not None:
         threading.Event().wait(kill_after)  # the workload: a kill at a random moment
         child.send_signal(signal.SIGKILL)
-    out = child.stdout.read()
-    child.wait()
+    out = "".join(lines.rest(TIMEOUT))
+    child.wait(timeout=TIMEOUT)
     return child.returncode == -signal.SIGKILL, float(out.split()[1]) if out else 0.0
 
 
