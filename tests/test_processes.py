@@ -152,7 +152,10 @@ while True:
 """
 
 
-def test_sigkill_at_random_moments_loses_no_acknowledged_write_and_splits_no_batch(tmp_path):
+def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path):
+    """Guards that an acknowledged write is in the file before the call returns. (A SIGKILL
+    never splits one write(), so this cannot see a batch cut short: test_crashpoints[batch.half-*]
+    and test_recovery's torn-tail sweep check that one is dropped whole.)"""
     path = str(tmp_path / "s")
     rng = random.Random(20261126)
     acked: set[str] = set()

@@ -1040,7 +1040,10 @@ def _new_key(op) -> str:
     return op[1] if op[0] == "set" else op[1][0][0]
 
 
-def test_kill_9_loses_no_acknowledged_write_and_keeps_batches_whole(tmp_path):
+def test_kill_9_loses_no_acknowledged_write_and_opens_clean(tmp_path):
+    """Guards what a kill can do: lose nothing acknowledged, leave nothing to repair. (A SIGKILL
+    never splits one write(), so it cannot leave a batch cut short: the torn-tail sweep above
+    and test_crashpoints[batch.half-*] check that such a batch is dropped whole.)"""
     path = str(tmp_path / "store")
     seed = 20240611
     rng = random.Random(seed)

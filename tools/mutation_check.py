@@ -2,12 +2,14 @@
 
 Each mutation below names a file, the text of the line(s) to change (matched on the
 stripped text, so it survives reformatting and moved code), the text to put there, and
-the tests that must fail. For each one the script copies the repository into a
-temporary directory (the working tree is never touched), applies the mutation there,
-runs the named tests against the copy with a timeout, and reports:
+the tests that must fail: the tests README's Guarantees table credits with the promise
+that line keeps. For each one the script copies the repository into a temporary
+directory (the working tree is never touched), applies the mutation there, runs the
+named tests against the copy with a timeout, and reports:
 
-- caught: a named test failed (or the run hit its timeout: a hang is noticed too);
-- SURVIVED: every named test passed with the line broken: nothing guards that line;
+- caught: every named test failed (a test that hangs fails by pytest-timeout);
+- SURVIVED: a named test passed with the line broken, so it cannot fail for that
+  promise (the tests that passed are listed);
 - line not found: the code changed and the mutation must be updated to match it;
 - error: the tests could not be run (collection error, bad test name).
 
@@ -32,7 +34,6 @@ from typing import NamedTuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 900  # seconds for one mutation's tests, all together
 TEST_TIMEOUT = 240  # seconds for any one test (pytest-timeout), so a hang ends as a failure
-VERDICTS = {"failed": "caught", "timeout": "caught (timeout)", "passed": "SURVIVED"}
 
 
 class Mutation(NamedTuple):
@@ -40,7 +41,7 @@ class Mutation(NamedTuple):
     path: str  # relative to the repository
     original: str  # one or more lines, compared stripped; must occur exactly once
     mutated: str  # as many lines, each put at its original line's indentation
-    tests: tuple[str, ...]  # pytest node ids (or files) that must fail
+    tests: tuple[str, ...]  # each must fail: a node id, a file, or a node id up to "[" and a parameter prefix
 
 
 REC = "tests/test_recovery.py::"
@@ -81,8 +82,8 @@ MUTATIONS = [
         "if batch and self.complete:",
         "if batch:",
         (
+            "tests/test_crashpoints.py::test_a_crash_at_each_point_keeps_what_was_acknowledged[batch.half",
             REC + "test_torn_tail_at_every_offset_keeps_whole_records_and_drops_the_torn_one",
-            "tests/test_crashpoints.py",
         ),
     ),
     Mutation(
@@ -90,7 +91,10 @@ MUTATIONS = [
         "iodict_log/segment.py",
         "self.truncate(offset)",
         "pass",
-        (PL + "test_a_failing_call_raises_oserror_and_the_store_holds_what_was_acknowledged",),
+        (
+            PL + "test_a_failing_call_raises_oserror_and_the_store_holds_what_was_acknowledged",
+            REC + "test_partial_write_then_enospc_raises_and_leaves_no_trace",
+        ),
     ),
     Mutation(
         "torn tail cut before the next append",
@@ -100,11 +104,24 @@ MUTATIONS = [
         (REC + "test_torn_tail_at_every_offset_keeps_whole_records_and_drops_the_torn_one",),
     ),
     Mutation(
+        "a write is in the file before the call returns",
+        "iodict_log/segment.py",
+        "written = fileops.write(self.fd, data)  # the usual case: all of it at once",
+        "written = len(data)",
+        (
+            "tests/test_processes.py::test_sigkill_at_random_moments_loses_no_acknowledged_write",
+            REC + "test_kill_9_loses_no_acknowledged_write_and_opens_clean",
+        ),
+    ),
+    Mutation(
         "fsync of every sync=True write",
         "iodict_log/log.py",
         "if self.sync_always:\ntry:\nactive.sync()",
         "if self.sync_always:\ntry:\npass",
-        (PL + "test_sync_true_keeps_every_acknowledged_write_through_a_power_loss_at_any_call",),
+        (
+            PL + "test_sync_true_keeps_every_acknowledged_write_through_a_power_loss_at_any_call",
+            PL + "test_sync_true_queue_keeps_every_acknowledged_put_and_get_through_a_power_loss",
+        ),
     ),
     Mutation(
         "fsync of a file before it is renamed into place (CURRENT.tmp)",
@@ -114,11 +131,13 @@ MUTATIONS = [
         (PL + "test_sync_true_keeps_every_acknowledged_write_through_a_power_loss_at_any_call",),
     ),
     Mutation(
-        "hint checked over every covered segment",
+        "hint checked over every covered segment, the last one too",
         "iodict_log/log.py",
         "return all(segments[i].checksum(size) == crc for i, (size, crc) in enumerate(coverage))",
         "return all(segments[i].checksum(size) == crc for i, (size, crc) in enumerate(coverage[:-1]))",
-        ("tests/test_hint_coverage.py",),
+        (
+            "tests/test_hint_coverage.py::test_damage_in_a_covered_segment_under_a_valid_hint_is_scanned_and_reported[last",
+        ),
     ),
     Mutation(
         "compaction lock released after compact()",
@@ -159,16 +178,31 @@ def copy_repo(dst: str) -> None:
     shutil.copytree(ROOT, dst, ignore=ignore)
 
 
-def run_tests(repo: str, tests: tuple[str, ...]) -> tuple[str, str]:
-    """(outcome, last lines of output) of the tests run against the copy at ``repo``."""
+def run_tests(repo: str, tests: tuple[str, ...]) -> tuple[str, list[str], str]:
+    """(outcome, the named tests that did not fail, last lines of output) of a run of
+    ``tests`` against the copy at ``repo``."""
     env = {**os.environ, "PYTHONPATH": repo, "PYTHONDONTWRITEBYTECODE": "1"}
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", f"--timeout={TEST_TIMEOUT}", *tests]
+    selected = list(dict.fromkeys(t.split("[")[0] for t in tests))
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", f"--timeout={TEST_TIMEOUT}"]
     try:
-        proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+        proc = subprocess.run([*cmd, *selected], cwd=repo, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
-        return "timeout", ""
-    tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
-    return {0: "passed", 1: "failed"}.get(proc.returncode, f"error (pytest exit {proc.returncode})"), tail
+        return "timeout", [], ""
+    out = proc.stdout + proc.stderr
+    tail = "\n".join(out.strip().splitlines()[-3:])
+    if proc.returncode not in (0, 1):
+        return f"error (pytest exit {proc.returncode})", list(tests), tail
+    failed = [line.split()[1] for line in out.splitlines() if line.startswith("FAILED ")]
+    return ("failed" if failed else "passed"), [t for t in tests if not any(fails(t, f) for f in failed)], tail
+
+
+def fails(target: str, failed: str) -> bool:
+    """Whether the failed test ``failed`` (a node id) is one of ``target``'s."""
+    if "[" in target:  # a node id and the start of a parameter id
+        return failed.startswith(target)
+    if "::" in target:  # a test, any of its parameters
+        return failed == target or failed.startswith(target + "[")
+    return failed.startswith(target + "::")  # a file, any test in it
 
 
 def imports_the_copy(repo: str) -> bool:
@@ -192,7 +226,7 @@ def main() -> int:
             print("the tests would not import the copy of iodict_log (check PYTHONPATH and the install)")
             return 2
         tests = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
-        outcome, tail = run_tests(base, tests)
+        outcome, _, tail = run_tests(base, tests)
         print(f"unmutated: the named tests {outcome}", flush=True)
         if outcome != "passed":
             print(tail)
@@ -209,8 +243,15 @@ def main() -> int:
             else:
                 with open(target, "w") as f:
                     f.write(mutated)
-                outcome, tail = run_tests(repo, m.tests)
-                verdict = VERDICTS.get(outcome, outcome)
+                outcome, passed, tail = run_tests(repo, m.tests)
+                if outcome == "timeout":
+                    verdict = "caught (timeout)"
+                elif outcome.startswith("error"):
+                    verdict = outcome
+                elif passed:
+                    verdict, tail = "SURVIVED", "passed with the line broken: " + ", ".join(passed)
+                else:
+                    verdict = "caught"
             print(f"{verdict:16} {m.name}  ({time.monotonic() - started:.0f} s)", flush=True)
             if not verdict.startswith("caught"):
                 print("    " + tail.replace("\n", "\n    "))
