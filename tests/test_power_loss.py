@@ -21,6 +21,7 @@ from faultyfs import TAILS, FaultyFS, PowerLoss
 from iodict_log import DurableQueue, IODict
 
 SMALL = 4096
+SWEEP = pytest.mark.timeout(900)  # a power cut at every call: a minute alone, several under a loaded CI
 
 
 def dict_workload(path, sync, acked: list, in_flight: list) -> None:
@@ -116,6 +117,7 @@ def dict_calls(tmp_path_factory):
     return count_calls(tmp_path_factory.mktemp("count"), dict_workload)
 
 
+@SWEEP
 @pytest.mark.parametrize("tail", TAILS)
 def test_sync_true_keeps_every_acknowledged_write_through_a_power_loss_at_any_call(
     tmp_path, monkeypatch, dict_calls, tail
@@ -130,6 +132,7 @@ def test_sync_true_keeps_every_acknowledged_write_through_a_power_loss_at_any_ca
         assert got in allowed, f"power loss at call {cut} ({tail} tails): {got} not in {allowed}"
 
 
+@SWEEP
 def test_sync_false_after_a_power_loss_opens_with_only_values_that_were_written(tmp_path, monkeypatch):
     for cut in cut_points(count_calls(tmp_path, dict_workload, sync=False)):
         path, acked, in_flight = power_loss_run(tmp_path, monkeypatch, dict_workload, False, cut, None, cut)
@@ -163,6 +166,7 @@ def queue_workload(path, sync, acked: list, in_flight: list) -> None:
     q.close()
 
 
+@SWEEP
 def test_sync_true_queue_keeps_every_acknowledged_put_and_get_through_a_power_loss(tmp_path, monkeypatch):
     total = count_calls(tmp_path, queue_workload)
     assert total > 150
