@@ -1,7 +1,8 @@
 """A faulty file layer for tests: replaces iodict_log.fileops' primitives.
 
 It can fail the n-th call of a primitive (``OSError`` with any errno; a write
-can land half its bytes first, as a full disk does), and it can cut the power:
+can land half its bytes first, as a full disk does, or all of them, as an EIO
+reported after the data went out may), and it can cut the power:
 at the n-th call of any primitive everything stops (``PowerLoss``), and
 ``crash_image()`` rewrites the store directory as a machine that lost power
 might find it. That model is POSIX's minimum, stricter than ext4's:
@@ -29,6 +30,7 @@ from iodict_log import fileops
 PRIMITIVES = ("open_fd", "write", "fsync", "fdatasync", "ftruncate", "truncate", "replace", "unlink")
 UNTRACKED = ("LOCK", "COMPACT.LOCK")  # lock files hold no data; they are left as they are
 TAILS = ("drop", "prefix", "zeros", "garbage")
+LANDS = ("none", "half", "whole")
 
 
 class PowerLoss(BaseException):
@@ -42,8 +44,9 @@ class FaultyFS:
         self.counts: Counter[str] = Counter()
         self.power_off_at: int | None = None
         self.off = False
-        self.faults: list[tuple[str, int, int, bool]] = []  # (primitive, nth call, errno, half a write first)
+        self.faults: list[tuple[str, int, int, str]] = []  # (primitive, nth call, errno, what of a write lands)
         self.injected = 0
+        self.failed_writes: list[tuple[int, int]] = []  # (inode, its size before) of each write made to fail
         self._durable: dict[int, bytes] = {}  # inode -> contents at its last fsync
         self._names: dict[str, int] = {}  # name -> inode at the directory's last fsync
         self._open: dict[int, int] = {}  # inode -> a descriptor we keep so the inode stays ours
@@ -62,9 +65,20 @@ class FaultyFS:
             monkeypatch.setattr(fileops, name, getattr(self, name))
         return self
 
-    def fail(self, primitive: str, nth: int, code: int = errno.ENOSPC, half_first: bool = False) -> None:
-        """Make the nth call of ``primitive`` raise OSError(code); a write lands half its bytes first."""
-        self.faults.append((primitive, nth, code, half_first))
+    def fail(self, primitive: str, nth: int, code: int = errno.ENOSPC, lands: str = "none") -> None:
+        """Make the nth call of ``primitive`` raise OSError(code); a write first lands
+        ``lands`` of its bytes: "none", "half" or "whole"."""
+        assert lands in LANDS
+        self.faults.append((primitive, nth, code, lands))
+
+    def left_behind(self) -> list[str]:
+        """Files of the store that a failed write changed: a write that raised must leave
+        its file as it was before it (the writer truncates back)."""
+        now = {}
+        for name in os.listdir(self.directory):
+            st = os.stat(os.path.join(self.directory, name))
+            now[st.st_ino] = (name, st.st_size)
+        return [now[ino][0] for ino, size in self.failed_writes if ino in now and now[ino][1] != size]
 
     def close(self) -> None:
         for fd in self._open.values():
@@ -81,11 +95,13 @@ class FaultyFS:
         if self.calls == self.power_off_at:
             self.off = True
             raise PowerLoss
-        for primitive, nth, code, half_first in self.faults:
+        for primitive, nth, code, lands in self.faults:
             if primitive == name and nth == self.counts[name]:
                 self.injected += 1
-                if half_first and data is not None and len(data) > 1:
-                    os.write(fd, bytes(data[: len(data) // 2]))
+                if fd is not None and data is not None:
+                    st = os.fstat(fd)
+                    self.failed_writes.append((st.st_ino, st.st_size))
+                    os.write(fd, bytes(data[: {"none": 0, "half": len(data) // 2, "whole": len(data)}[lands]]))
                 raise OSError(code, f"{os.strerror(code)} (injected)")
 
     def open_fd(self, path, flags, mode=0o777):
@@ -157,12 +173,15 @@ class FaultyFS:
             now = _contents(self._open[ino])
             extra = now[len(durable) :] if now.startswith(durable) else b""
             cut = rng.randint(0, len(extra))
-            images[name] = durable + {
-                "drop": b"",
-                "prefix": extra[:cut],
-                "zeros": bytes(cut),
-                "garbage": rng.randbytes(cut),
-            }[tail]
+            images[name] = (
+                durable
+                + {
+                    "drop": b"",
+                    "prefix": extra[:cut],
+                    "zeros": bytes(cut),
+                    "garbage": rng.randbytes(cut),
+                }[tail]
+            )
         for name in os.listdir(self.directory):
             if name not in UNTRACKED:
                 os.unlink(os.path.join(self.directory, name))

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
+import queue
+import signal
 import struct
+import threading
+import time
 
 SALT = 0x5EED5A17  # any per-store salt: the codec takes it as given
 
@@ -29,3 +34,63 @@ def flip(buf: bytes, bit: int) -> bytes:
     out = bytearray(buf)
     out[bit // 8] ^= 1 << (bit % 8)
     return bytes(out)
+
+
+class Lines:
+    """A child's text output read line by line, each line with a deadline: a child that goes
+    quiet fails the test (AssertionError) instead of hanging it. A thread does the
+    blocking reads; lines keep their newline, so a line cut short by a kill shows."""
+
+    def __init__(self, stream) -> None:
+        self._lines: queue.Queue = queue.Queue()
+        self._eof = False
+
+        def pump() -> None:
+            try:
+                while line := stream.readline():
+                    self._lines.put(line)
+            finally:
+                self._lines.put(None)  # end of output
+
+        threading.Thread(target=pump, name="test-lines", daemon=True).start()
+
+    def next(self, seconds: float) -> str:
+        """The next line, or "" at the end of the output, like readline()."""
+        if self._eof:
+            return ""
+        try:
+            line = self._lines.get(timeout=seconds)
+        except queue.Empty:
+            raise AssertionError(f"the child printed nothing for {seconds} s") from None
+        if line is None:
+            self._eof = True
+            return ""
+        return line
+
+    def rest(self, seconds: float) -> list[str]:
+        """Every line left until the end of the output (the child must have ended)."""
+        deadline = time.monotonic() + seconds
+        out = []
+        while (line := self.next(max(0.0, deadline - time.monotonic()))) != "":
+            out.append(line)
+        return out
+
+
+def joined(thread: threading.Thread, seconds: float) -> None:
+    """Join ``thread``, failing the test if it is still running after ``seconds``."""
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{thread.name} still running after {seconds} s: a hang"
+
+
+def wait_pid(pid: int, seconds: float) -> int:
+    """The exit code of child ``pid`` (from os.fork), failing the test past ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"child {pid} still running after {seconds} s: a hang")
+        time.sleep(0.01)  # polling an exit, not a synchronisation: bounded by the deadline

@@ -14,6 +14,7 @@ import threading
 import warnings
 
 import pytest
+from helpers import Lines, joined
 
 import iodict_log
 import iodict_log.compaction
@@ -89,7 +90,7 @@ def test_other_threads_read_and_write_while_a_compaction_copies(tmp_path, monkey
     expected += [("k0", "re-added"), ("new", "added during")]
     assert list(d.items()) == expected
     pause.release.set()
-    thread.join(TIMEOUT)
+    joined(thread, TIMEOUT)
     assert "error" not in outcome, outcome
     assert outcome["result"]["live_keys"] == len(before[0])
     assert list(d.items()) == expected
@@ -139,9 +140,10 @@ def test_another_process_keeps_writing_while_this_one_compacts(tmp_path):
     for rnd in range(4):
         d.update({f"k{i}": (rnd, "x" * 50) for i in range(2000)})
     journal = tmp_path / "journal"
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(journal)], stdout=subprocess.PIPE)
+    command = [sys.executable, "-c", WRITER, str(path), str(journal)]
+    writer = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
-        assert writer.stdout.readline() == b"ready\n"
+        assert Lines(writer.stdout).next(TIMEOUT) == "ready\n"
         for _ in range(3):
             mine = {f"k{i}": (3, "x" * 50) for i in range(2000)}
             d.compact()
@@ -149,7 +151,7 @@ def test_another_process_keeps_writing_while_this_one_compacts(tmp_path):
         assert writer.poll() is None, "the writer failed during the compactions"
     finally:
         writer.kill()
-        writer.wait()
+        writer.wait(timeout=TIMEOUT)
     lines = journal.read_text().splitlines()
     assert len(lines) > 100, "the writer hardly wrote during the compactions"
     acknowledged = {}
@@ -176,13 +178,14 @@ print("done", time.perf_counter() - started, flush=True)
 
 def compact_in_child(path, kill_after: float | None) -> tuple[bool, float]:
     """Compact in a child process, SIGKILLed ``kill_after`` seconds in; (killed, seconds)."""
-    child = subprocess.Popen([sys.executable, "-c", COMPACTOR, str(path)], stdout=subprocess.PIPE)
-    assert child.stdout.readline() == b"ready\n"
+    child = subprocess.Popen([sys.executable, "-c", COMPACTOR, str(path)], stdout=subprocess.PIPE, text=True)
+    lines = Lines(child.stdout)
+    assert lines.next(TIMEOUT) == "ready\n"
     if kill_after is not None:
         threading.Event().wait(kill_after)  # the workload: a kill at a random moment
         child.send_signal(signal.SIGKILL)
-    out = child.stdout.read()
-    child.wait()
+    out = "".join(lines.rest(TIMEOUT))
+    child.wait(timeout=TIMEOUT)
     return child.returncode == -signal.SIGKILL, float(out.split()[1]) if out else 0.0
 
 
@@ -221,8 +224,8 @@ def test_two_compactions_at_once_take_turns(tmp_path):
     b = IODict(path, segment_bytes=SMALL, auto_compact=False)
     expected = snapshot(a)
     threads = [in_thread(a.compact), in_thread(b.compact)]
-    for thread, outcome in threads:
-        thread.join(TIMEOUT)
+    for thread, outcome in threads:  # joined() guards the lock's release: the second would wait forever
+        joined(thread, TIMEOUT)
         assert "error" not in outcome, outcome
     assert snapshot(a) == snapshot(b) == expected
     a.close()
@@ -250,7 +253,7 @@ def test_an_overwritten_store_settles_well_under_twice_its_live_size(tmp_path):
         for i in range(rnd % 5 * 400, rnd % 5 * 400 + 400):  # each round overwrites a fifth of the keys
             d[f"k{i}"] = (rnd, "x" * 100)
         if d._compactor is not None:
-            d._compactor.join(TIMEOUT)  # what the store looks like once the work it started is done
+            joined(d._compactor, TIMEOUT)  # what the store looks like once the work it started is done
         stats = d.stats()
         ratios.append(stats["disk_bytes"] / stats["live_bytes"])
     assert max(ratios[5:]) < 2 and sum(ratios[5:]) / len(ratios[5:]) < 1.6, ratios
@@ -269,7 +272,7 @@ def test_the_write_that_starts_an_automatic_compaction_does_not_wait_for_it(tmp_
     d["during"] = "the compaction is parked mid-copy"
     assert d["during"] == "the compaction is parked mid-copy"
     pause.release.set()
-    d._compactor.join(TIMEOUT)
+    joined(d._compactor, TIMEOUT)
     assert d["during"] == "the compaction is parked mid-copy" and d[f"k{(i - 1) % 50}"] == i - 1
     assert d.stats()["dead_bytes"] < 20_000
     d.close()
@@ -285,7 +288,7 @@ def test_closing_stops_a_background_compaction_and_leaves_the_store_as_it_was(tm
     expected = snapshot(d)
     closer, outcome = in_thread(d.close)
     pause.release.set()
-    closer.join(TIMEOUT)
+    joined(closer, TIMEOUT)
     assert "error" not in outcome and not d._compactor.is_alive()
     assert not [n for n in os.listdir(tmp_path / "s") if n.startswith("compact.")]
     with IODict(tmp_path / "s", segment_bytes=SMALL, auto_compact=False) as again:
@@ -310,7 +313,7 @@ def test_a_failing_automatic_compaction_warns_and_the_writes_go_on(tmp_path, mon
         warnings.simplefilter("always")
         for i in range(2000):
             d[f"k{i % 20}"] = i
-        d._compactor.join(TIMEOUT)
+        joined(d._compactor, TIMEOUT)
     assert any("automatic compaction failed" in str(w.message) for w in caught)
     assert {d[f"k{i}"] for i in range(20)} == set(range(1980, 2000))
     assert not [n for n in os.listdir(tmp_path / "s") if n.startswith("compact.")]
@@ -347,7 +350,7 @@ def test_a_process_that_wrote_during_a_compaction_moves_its_index_onto_the_copie
     b["k5"] = "deleted and set again"
     b.update({f"new{i}": i for i in range(50)})
     pause.release.set()
-    thread.join(TIMEOUT)
+    joined(thread, TIMEOUT)
     assert "error" not in outcome, outcome
     a["written after the commit"] = 1  # into the segment the commit started
     assert b["written after the commit"] == 1  # b's first call after it: b meets the SEAL here
@@ -375,7 +378,7 @@ def test_a_segment_deleted_under_a_rebase_makes_it_rebuild_from_scratch(tmp_path
     for i in range(100):
         b[f"k{i}"] = ("during", i)
     pause.release.set()
-    thread.join(TIMEOUT)
+    joined(thread, TIMEOUT)
     assert "error" not in outcome, outcome
     real_open_after = iodict_log.log.Log._open_after
     failures = []

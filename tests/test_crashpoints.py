@@ -137,5 +137,5 @@ def test_every_crash_point_is_in_the_code():
 
 def test_a_misspelt_crash_point_is_refused():
     env = {**os.environ, "IODICT_LOG_CRASH_AT": "no.such.point:1"}
-    child = subprocess.run([sys.executable, "-c", "import iodict_log"], env=env, capture_output=True)
+    child = subprocess.run([sys.executable, "-c", "import iodict_log"], env=env, capture_output=True, timeout=60)
     assert child.returncode == 1 and b"IODICT_LOG_CRASH_AT" in child.stderr

@@ -7,6 +7,7 @@ import os
 import threading
 
 import pytest
+from helpers import joined
 
 from iodict_log import IODict, fileops
 
@@ -76,7 +77,7 @@ def test_a_failed_group_commit_fsync_is_raised_by_the_next_call(tmp_path, monkey
     monkeypatch.setattr(fileops, "fdatasync", broken)
     d["a"] = 1
     assert failed.wait(timeout=30)
-    d._log._sync_timer.join(timeout=30)  # the timer has recorded its error
+    joined(d._log._sync_timer, 30)  # the timer has recorded its error
     monkeypatch.undo()
     with pytest.raises(OSError) as raised:
         d["b"] = 2

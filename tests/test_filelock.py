@@ -8,7 +8,11 @@ import signal
 import subprocess
 import sys
 
+from helpers import Lines, wait_pid
+
 from iodict_log.filelock import FileLock, fork_generation
+
+TIMEOUT = 30  # seconds: a bound on anything that should happen at once
 
 HOLD_LOCK = """
 import sys
@@ -38,19 +42,19 @@ def test_lock_held_by_another_process_excludes_us_and_sigkill_frees_it(tmp_path)
         [sys.executable, "-c", HOLD_LOCK, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
-        assert child.stdout.readline().strip() == "locked"
+        assert Lines(child.stdout).next(TIMEOUT).strip() == "locked"
         assert not lock_is_free(path)
         os.kill(child.pid, signal.SIGKILL)
-        child.wait(timeout=30)
+        child.wait(timeout=TIMEOUT)
         lock = FileLock(path)
-        lock.acquire()  # would hang forever if a killed holder kept the lock
+        assert lock.acquire(timeout=TIMEOUT)  # would wait forever if a killed holder kept the lock
         assert lock.held
         lock.release()
         lock.close()
     finally:
         if child.poll() is None:
             child.kill()
-            child.wait()
+            child.wait(timeout=TIMEOUT)
 
 
 def test_lock_is_reentrant_within_one_object_and_released_at_depth_zero(tmp_path):
@@ -84,8 +88,7 @@ def test_forked_child_never_shares_or_releases_the_parents_lock(tmp_path):
                     code = 0
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert wait_pid(pid, TIMEOUT) == 0
     assert lock.held
     assert not lock_is_free(path)  # the parent still holds it
     lock.release()

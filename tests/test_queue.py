@@ -29,6 +29,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,7 @@ import iodict_log
 from iodict_log import CorruptionWarning, DurableQueue, StoreClosedError
 
 WAIT = 10  # seconds: an upper bound on anything that should happen at once; never reached when all is well
-STILL_BLOCKED = 0.2  # seconds we watch a call that must not return (the proof that it blocks, not a sync)
+STILL_BLOCKED = 0.2  # seconds we watch a call, seen waiting inside the queue, that must not return
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -107,6 +108,33 @@ def started(fn) -> Call:
     call = Call(fn)
     call.start()
     return call
+
+
+def _parked_in(call: Call, method: str) -> bool:
+    """Whether ``call``'s thread waits on a condition (innermost frame: threading's wait)
+    from inside the queue's ``method``, as its stack shows right now."""
+    frame = sys._current_frames().get(call.ident)
+    stack = []
+    while frame is not None:
+        stack.append(frame.f_code)
+        frame = frame.f_back
+    return (
+        bool(stack)
+        and (stack[0].co_name, stack[0].co_filename) == ("wait", threading.__file__)
+        and any(code.co_name == method and code.co_filename != __file__ for code in stack)
+    )
+
+
+def still_blocked(call: Call, method: str) -> bool:
+    """Whether ``call`` is blocked in the queue's ``method``: first wait (bounded) until its
+    thread is seen parked inside that method, so a slow start cannot pass for blocking;
+    then watch it for STILL_BLOCKED seconds, in which it must not return."""
+    deadline = time.monotonic() + WAIT
+    while not _parked_in(call, method):
+        if call.finished.wait(0.001):  # (polls the thread's state; returning early fails at once)
+            return False
+        assert time.monotonic() < deadline, f"the thread never reached a wait inside {method}()"
+    return not call.finished.wait(STILL_BLOCKED)
 
 
 def drain(q) -> list:
@@ -335,7 +363,7 @@ def test_join_returns_once_a_consumer_thread_has_task_done_every_item(make_queue
     consumer = started(consume)
     assert got_all.wait(WAIT)
     # The queue is empty but one item is not task_done yet: join() must still be waiting.
-    assert not joiner.finished.wait(STILL_BLOCKED), "join() returned before every item was task_done"
+    assert still_blocked(joiner, "join"), "join() returned before every item was task_done"
     last_done.set()
     joiner.outcome()
     consumer.outcome()
@@ -391,7 +419,7 @@ def test_blocking_get_waits_for_an_item_a_producer_thread_puts_later(make_queue)
     q = make_queue()
     getter = started(q.get)
     # The queue is empty, so get() cannot return: watching it for a moment proves it blocks.
-    assert not getter.finished.wait(STILL_BLOCKED), "get() on an empty queue returned"
+    assert still_blocked(getter, "get"), "get() on an empty queue returned"
     producer = started(lambda: q.put("late item"))
     producer.outcome()
     assert getter.outcome() == "late item"
@@ -408,7 +436,7 @@ def test_get_with_timeout_waits_for_an_item_a_producer_thread_puts_later(make_qu
 
     getter = started(get_after_barrier)
     ready.wait(WAIT)
-    assert not getter.finished.wait(STILL_BLOCKED), "get(timeout=...) on an empty queue returned"
+    assert still_blocked(getter, "get"), "get(timeout=...) on an empty queue returned"
     started(lambda: q.put(("late", 1))).outcome()
     assert getter.outcome() == ("late", 1)
 
@@ -419,7 +447,7 @@ def test_put_on_full_queue_blocks_until_another_thread_gets(make_queue):
     q.put("b")
     putter = started(lambda: q.put("c"))
     # The queue is full, so put() cannot return: watching it for a moment proves it blocks.
-    assert not putter.finished.wait(STILL_BLOCKED), "put() on a full queue returned"
+    assert still_blocked(putter, "put"), "put() on a full queue returned"
     assert q.qsize() == 2
     getter = started(q.get)
     assert getter.outcome() == "a"
@@ -431,7 +459,7 @@ def test_timed_put_on_full_queue_succeeds_when_another_thread_gets(make_queue):
     q = make_queue(maxsize=1)
     q.put("a")
     putter = started(lambda: q.put("b", timeout=WAIT))
-    assert not putter.finished.wait(STILL_BLOCKED), "put(timeout=...) on a full queue returned"
+    assert still_blocked(putter, "put"), "put(timeout=...) on a full queue returned"
     assert started(q.get).outcome() == "a"
     putter.outcome()
     assert q.get_nowait() == "b"
@@ -605,7 +633,7 @@ def test_use_after_close_raises_store_closed_error(tmp_path):
 def test_get_blocked_in_a_thread_raises_store_closed_error_when_the_queue_is_closed(tmp_path):
     q = DurableQueue(tmp_path / "q")
     getter = started(q.get)
-    assert not getter.finished.wait(STILL_BLOCKED), "get() on an empty queue returned"
+    assert still_blocked(getter, "get"), "get() on an empty queue returned"
     q.close()
     with pytest.raises(StoreClosedError):
         getter.outcome()
@@ -831,7 +859,7 @@ def test_join_on_the_host_queue_does_not_hang_after_flush(tmp_path):
     q.flush()
     joiner = started(q.join)
     # One item was got and not task_done: flush must not have marked it done for the caller.
-    assert not joiner.finished.wait(STILL_BLOCKED), "join() returned with an item still being processed"
+    assert still_blocked(joiner, "join"), "join() returned with an item still being processed"
     q.task_done()
     joiner.outcome()
 

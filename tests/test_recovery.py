@@ -45,7 +45,7 @@ from hypothesis import strategies as st
 
 import iodict_log
 from iodict_log import CorruptionError, CorruptionWarning, IODict, IODictLogError, fileops
-from iodict_log.format import OP_SET, SEGMENT_HEADER_SIZE, encode_frame
+from iodict_log.format import OP_SET, SEGMENT_HEADER_SIZE, decode_segment_header, encode_frame
 
 SEGMENT_HEADER = SEGMENT_HEADER_SIZE
 FRAME_HEADER = 36
@@ -285,12 +285,17 @@ def test_zero_filled_tail_after_power_loss_opens_cleanly_and_takes_writes(tmp_pa
         assert _records(d) == [*_log_of(ops), ("set", "after", "zeros")]
 
 
-def _frame_that_sets(key, value, seq=10**6) -> bytes:
-    """The bytes of a valid frame of another store, as a user might keep inside a value (a backup).
+def _frame_that_sets(key, value, seq=10**6, salt=0) -> bytes:
+    """The bytes of a valid frame, as a user might keep inside a value (a backup).
 
     Stores draw a random 32-bit salt for their checksums; 0 stands for any other store's.
     """
-    return encode_frame(OP_SET, 0, seq, time.time_ns(), msgpack.packb(key), msgpack.packb(value), salt=0)
+    return encode_frame(OP_SET, 0, seq, time.time_ns(), msgpack.packb(key), msgpack.packb(value), salt=salt)
+
+
+def _salt_of(store) -> int:
+    """The salt of a store's checksums, from its first segment's header."""
+    return decode_segment_header(_read(_segments(store)[0])[:SEGMENT_HEADER_SIZE])[1]
 
 
 def test_torn_tail_inside_a_value_that_holds_frame_bytes_adds_no_phantom_key(tmp_path):
@@ -374,6 +379,29 @@ def test_bit_flip_in_header_of_a_record_whose_value_holds_frame_bytes_adds_no_ph
         store = _clone(src, str(tmp_path / field), {os.path.basename(seg_path): flip(seg, start * 8 + bit)})
         with _quiet(), IODict(store, compression=None) as d:
             assert list(d.items()) == expected, f"flipped {field}: k00 must keep 'old-0', got {d.get('k00')!r}"
+
+
+def test_bit_flip_in_a_value_that_holds_a_frame_of_the_same_store_adds_no_phantom_key(tmp_path):
+    """Guards the resync step: a damaged frame whose header checksum holds is skipped by its
+    length, never searched inside (Scan._resync's ``pos += length``), because its value may
+    hold the bytes of a frame with this store's own salt, which would pass every check."""
+    src = str(tmp_path / "src")
+    with IODict(src, compression=None) as d:
+        _write_ops(d, src, FLIP_BEFORE)
+    inner = _frame_that_sets("ghost", "never written", salt=_salt_of(src))
+    ops = [*FLIP_BEFORE, ("set", "blob", b"<" + inner + b">"), *FLIP_AFTER]
+    with IODict(src, compression=None) as d:
+        spans = _write_ops(d, src, ops[len(FLIP_BEFORE) :])
+    seg_path = _only_segment(src)
+    seg = _read(seg_path)
+    start, end = spans[0][1:]
+    at = seg.find(inner, start)
+    assert start < at < end, "the value is stored verbatim"
+    expected = list(_replay([*FLIP_BEFORE, *FLIP_AFTER]).items())
+    for where in (at - 1, at + len(inner)):  # the "<" before the inner frame, the ">" after it
+        store = _clone(src, str(tmp_path / f"at{where}"), {os.path.basename(seg_path): flip(seg, where * 8)})
+        with pytest.warns(CorruptionWarning), IODict(store, compression=None) as d:
+            assert list(d.items()) == expected, f"byte {where - start} of the record flipped: {dict(d)}"
 
 
 def test_bit_flip_in_a_sealed_segment_keeps_the_later_segments(tmp_path):
@@ -1012,7 +1040,10 @@ def _new_key(op) -> str:
     return op[1] if op[0] == "set" else op[1][0][0]
 
 
-def test_kill_9_loses_no_acknowledged_write_and_keeps_batches_whole(tmp_path):
+def test_kill_9_loses_no_acknowledged_write_and_opens_clean(tmp_path):
+    """Guards what a kill can do: lose nothing acknowledged, leave nothing to repair. (A SIGKILL
+    never splits one write(), so it cannot leave a batch cut short: the torn-tail sweep above
+    and test_crashpoints[batch.half-*] check that such a batch is dropped whole.)"""
     path = str(tmp_path / "store")
     seed = 20240611
     rng = random.Random(seed)
