@@ -643,7 +643,7 @@ class _Repair:
             Segment.create(self.path, number, KIND_LOG, self._salt()).close()
             segments.append(number)
         floors = (max(manifest.seq_floor, self.last_seq), max(manifest.birthtime_floor, self.last_birthtime))
-        write_manifest(self.path, Manifest(manifest.generation + 1, tuple(segments), *floors))
+        write_manifest(self.path, Manifest(manifest.generation + 1, tuple(segments), *floors, kind=manifest.kind))
         self.rebuilt = None
         for n in [*replaced, *lost]:
             with contextlib.suppress(FileNotFoundError):

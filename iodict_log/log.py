@@ -299,6 +299,7 @@ class Log:
         if manifest is None:  # a new store, or one whose creation crashed half-way
             if not self.file_lock.held:
                 raise IODictLogError(f"{self.directory}: {MANIFEST_NAME} is gone")
+            self._refuse_lost_manifest()
             self._remove_leftovers(())
             Segment.create(self.directory, 1, KIND_LOG, int.from_bytes(os.urandom(4), "little")).close()
             manifest = Manifest(1, (1,), kind=self._kind)
@@ -369,6 +370,21 @@ class Log:
         self._segments = []
         self._first_live = 0  # slot of the first segment not dropped
         self._sync_timer = None  # a pending group commit is for a segment now closed
+
+    def _refuse_lost_manifest(self) -> None:
+        """No CURRENT: a new store, or one whose creation died before CURRENT was
+        written, holds at most segment 1 with its header alone. Segment files with
+        records mean CURRENT was lost: deleting them as leftovers would lose the data."""
+        for name in os.listdir(self.directory):
+            number = parse_segment_name(name)
+            if number is None:
+                continue
+            path = os.path.join(self.directory, name)
+            if number != 1 or os.lstat(path).st_size > SEGMENT_HEADER_SIZE:
+                raise CorruptionError(
+                    f"{self.directory}: {MANIFEST_NAME} is missing but {name} holds records; "
+                    "`iodict-log repair` rebuilds it from the segment files"
+                )
 
     def _remove_leftovers(self, live: Iterable[int]) -> None:
         """Delete segment files that no manifest lists: remains of an interrupted step."""

@@ -391,3 +391,26 @@ def test_a_relative_path_stays_the_same_store_after_chdir(tmp_path, monkeypatch)
     assert log.directory == str(tmp_path / "s")
     log.close()
     assert not os.listdir(tmp_path / "elsewhere")
+
+
+def test_a_lost_current_is_refused_and_no_segment_is_deleted(tmp_path):
+    # Guards against opening treating every segment as a leftover of a store whose
+    # creation crashed, when CURRENT was lost: that deleted all the data.
+    d = IODict(tmp_path / "s", segment_bytes=4096)
+    fill(d, 200)
+    d.close()
+    before = segment_files(tmp_path / "s")
+    os.unlink(tmp_path / "s" / "CURRENT")
+    with pytest.raises(CorruptionError, match="repair"):
+        IODict(tmp_path / "s")
+    assert segment_files(tmp_path / "s") == before
+
+
+def test_a_store_whose_creation_died_before_current_is_created_anew(tmp_path):
+    d = IODict(tmp_path / "s")
+    d.close()
+    os.unlink(tmp_path / "s" / "CURRENT")  # segment 1 holds its header alone
+    d = IODict(tmp_path / "s")
+    d["k"] = 1
+    assert dict(d) == {"k": 1}
+    d.close()
