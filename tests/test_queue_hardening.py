@@ -26,8 +26,7 @@ import pytest
 
 from iodict_log import CorruptionWarning, DurableQueue
 from iodict_log.durablequeue import PendingItems
-from iodict_log.format import OP_DEAD, OP_PUT, OP_TAKE, SEGMENT_HEADER_SIZE, decode_segment_header, encode_frame
-from iodict_log.format import Frame
+from iodict_log.format import OP_DEAD, OP_PUT, OP_TAKE, SEGMENT_HEADER_SIZE, Frame, decode_segment_header, encode_frame
 
 WAIT = 10  # seconds: a bound on what should happen at once; never reached when all is well
 
@@ -228,7 +227,7 @@ def test_children_forked_while_threads_put_and_get_can_all_put_and_get(tmp_path)
                 # The pipe reads EOF once the child has exited (its end closes with it).
                 if not select.select([r], [], [], WAIT)[0]:
                     os.kill(pid, signal.SIGKILL)
-                    hung.append(pid)
+                    hung.append(forked)
                 _, status = os.waitpid(pid, 0)
             finally:
                 os.close(r)
@@ -241,7 +240,7 @@ def test_children_forked_while_threads_put_and_get_can_all_put_and_get(tmp_path)
         for thread in threads:
             thread.join(timeout=WAIT)
         q.close()
-    assert not hung, f"child {forked} of {FORKS}, forked while threads used the queue, hung in put/get"
+    assert not hung, f"child {hung[0]} of {FORKS}, forked while threads used the queue, hung in put/get"
 
 
 # --- 3. the path is fixed at open (17.2) -------------------------------------------------------
