@@ -10,17 +10,32 @@ under the one lock, so across processes every item is delivered exactly
 once; a consumer killed before its TAKE landed did not get the item, and the
 next consumer will.
 
-Every process replays PUTs and TAKEs into ``PendingItems``: the pending
-PUTs in log order, which is FIFO order. Since items leave in that order,
-every segment before the one holding the oldest pending item holds only
-consumed items: the consumer that moves the head past a segment deletes it
-(``Log.release_before``), so a queue drained as fast as it is filled keeps a
-bounded size on disk without rewriting anything.
+An item at the head that fails its checksum is taken (TAKE), counted and
+warned about. An intact item that cannot be decoded (its class no longer
+imports, forged bytes) is a poison item: the get appends a DEAD frame naming
+it, under the same lock, and goes on to the next item. The item leaves the
+ready items but its PUT stays on disk, as a dead letter, until
+``retry_dead_letters()`` re-PUTs its bytes at the end of the queue and TAKEs
+the dead one, all in one batch.
 
+Every process replays PUTs, TAKEs and DEADs into ``PendingItems``: the ready
+PUTs in log order, which is FIFO order, and the dead letters. Since items
+leave in that order, every segment before the one holding the oldest ready
+item or dead letter holds only consumed items: the consumer that moves past
+a segment deletes it (``Log.release_before``), so a queue drained as fast as
+it is filled keeps a bounded size on disk without rewriting anything.
+
+Waiting for the file lock honours the caller's deadline: ``block=False`` is
+one try, ``timeout=`` a deadline, and a lock not free in time (another
+process stopped or slow inside a call) means queue.Empty or queue.Full.
 Blocking calls poll: a get that finds nothing waits, woken at once by a put
 in the same object, and otherwise looks at the log again after a back-off
 that grows from 1 ms to 50 ms, so an idle consumer costs ~20 cheap syscalls
 a second and a put in another process is seen within ~50 ms.
+
+After ``os.fork()`` the child replaces the queue's mutex and conditions:
+another thread of the parent may have held the mutex at the fork, and no
+thread of the child would ever release it.
 """
 
 from __future__ import annotations
@@ -28,14 +43,17 @@ from __future__ import annotations
 import collections
 import os
 import queue
+import threading
 import time
 import warnings
-from typing import Any, Iterable
+import weakref
+from typing import Any, Callable, Iterable
 
-from .errors import CorruptionError, CorruptionWarning
-from .format import OP_PUT, OP_TAKE, SEQ, Frame
-from .index import unpack_location
-from .log import Log, LogHandle, check_options
+from . import fileops
+from .errors import CorruptionError, CorruptionWarning, IODictLogError
+from .format import FLAG_BATCH, FLAG_PICKLE, OP_DEAD, OP_PUT, OP_TAKE, SEQ, Frame
+from .index import LENGTH_MASK
+from .log import Entry, Log, LogHandle, check_options
 from .objectlock import make_lock
 from .serialize import Serializer
 
@@ -43,50 +61,152 @@ MAX_POLL = 0.05  # seconds between looks at the log while blocked
 
 
 class PendingItems:
-    """The PUTs not yet taken, oldest first: (seq, location) pairs. A log consumer."""
+    """The queue's state as the log says: ready items and dead letters. A log consumer.
 
-    __slots__ = ("_items", "live_bytes")
+    Ready items are PUTs neither taken nor dead, oldest first; dead letters are
+    PUTs a DEAD frame moved aside. Both map seq -> location, so a TAKE costs
+    one lookup whatever it names (one naming a PUT long gone costs nothing).
+    ``_order`` keeps the FIFO order of the ready seqs; a seq taken from the
+    middle stays in it until it reaches the front and is dropped there.
+    """
 
-    def __init__(self) -> None:
-        self._items: collections.deque[tuple[int, int]] = collections.deque()
-        self.live_bytes = 0
+    __slots__ = ("_ready", "_order", "dead", "_oldest_dead", "live_bytes", "damaged", "other_frames", "where")
+
+    def __init__(self, where: str = "") -> None:
+        self.where = where  # the store's path, for warnings
+        self._ready: dict[int, int] = {}
+        self._order: collections.deque[int] = collections.deque()
+        self.dead: dict[int, int] = {}  # seq -> location of the dead letters' PUTs
+        self._oldest_dead: int | None = None  # min(dead), or None when not known yet
+        self.live_bytes = 0  # bytes of the PUTs still needed: ready items and dead letters
+        self.damaged = 0  # queue frames that make no sense (a key that is not a seq), since reset
+        self.other_frames = 0  # data frames that are not the queue's (a dict's), since reset
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._ready)
 
     def reset(self) -> None:
-        self._items.clear()
+        self._ready.clear()
+        self._order.clear()
+        self.dead.clear()
+        self._oldest_dead = None
         self.live_bytes = 0
+        self.damaged = 0
+        self.other_frames = 0
 
     def apply(self, frame: Frame, loc: int) -> None:
-        if frame.op == OP_PUT:
+        op = frame.op
+        if op == OP_PUT:
             self.add(frame.seq, loc)
-        elif frame.op == OP_TAKE and len(frame.key) == SEQ.size:
-            self.remove(SEQ.unpack(frame.key)[0])
+        elif op in (OP_TAKE, OP_DEAD):
+            if len(frame.key) != SEQ.size:
+                self.damaged += 1
+                name = "TAKE" if op == OP_TAKE else "DEAD"
+                warnings.warn(
+                    f"{self.where}: skipped the {name} record of seq {frame.seq}: its key is "
+                    f"{len(frame.key)} bytes, not a {SEQ.size}-byte seq",
+                    CorruptionWarning,
+                    stacklevel=5,
+                )
+            elif op == OP_TAKE:
+                self.remove(SEQ.unpack(frame.key)[0])
+            else:
+                self.bury(SEQ.unpack(frame.key)[0])
+        else:
+            self.other_frames += 1
 
     def settle(self) -> None:
         pass  # (items are in seq order whatever was skipped)
 
     def add(self, seq: int, loc: int) -> None:
-        self._items.append((seq, loc))
-        self.live_bytes += unpack_location(loc)[2]
+        if seq in self._ready or seq in self.dead:
+            return  # (a duplicated frame: one item)
+        self._ready[seq] = loc
+        self._order.append(seq)
+        self.live_bytes += loc & LENGTH_MASK
 
     def head(self) -> tuple[int, int] | None:
-        return self._items[0] if self._items else None
+        """(seq, location) of the oldest ready item, or None."""
+        order, ready = self._order, self._ready
+        while order:
+            seq = order[0]
+            loc = ready.get(seq)
+            if loc is not None:
+                return seq, loc
+            order.popleft()  # taken or dead since: forget it here too
+        return None
 
     def remove(self, seq: int) -> None:
-        """Forget the PUT with this seq: the head, except after damage reordered things."""
-        items = self._items
-        if not items or seq < items[0][0]:
-            return  # a PUT in a segment already deleted as consumed: nothing to forget
-        if items[0][0] == seq:
-            self.live_bytes -= unpack_location(items.popleft()[1])[2]
-            return
-        for i, (pending, loc) in enumerate(items):
-            if pending == seq:
-                del items[i]
-                self.live_bytes -= unpack_location(loc)[2]
+        """Forget the PUT with this seq, ready or dead (nothing if it is neither: a PUT
+        in a segment deleted as consumed, or one that never was)."""
+        loc = self._ready.pop(seq, None)
+        if loc is not None:
+            if self._order[0] == seq:
+                self._order.popleft()  # (the common case: the head)
+        else:
+            loc = self.dead.pop(seq, None)
+            if loc is None:
                 return
+            if seq == self._oldest_dead:
+                self._oldest_dead = None
+        self.live_bytes -= loc & LENGTH_MASK
+
+    def bury(self, seq: int) -> None:
+        """Move the ready item ``seq`` to the dead letters (nothing if it is not ready)."""
+        loc = self._ready.pop(seq, None)
+        if loc is None:
+            return
+        self.dead[seq] = loc
+        if self._oldest_dead is not None and seq < self._oldest_dead:
+            self._oldest_dead = seq
+
+    def oldest(self) -> int | None:
+        """Location of the oldest PUT still needed (a ready item or a dead letter), or None.
+
+        Seqs grow along the log (a queue's segments are never compacted), so the
+        smallest seq is the earliest place on disk."""
+        head = self.head()
+        if not self.dead:
+            return None if head is None else head[1]
+        seq = self._oldest_dead
+        if seq is None:
+            seq = self._oldest_dead = min(self.dead)
+        return head[1] if head is not None and head[0] < seq else self.dead[seq]
+
+
+class DeadLetter:
+    """An item moved aside because it could not be decoded: ``id`` (its PUT's seq, the
+    same in every process), ``item`` (decoded on access: raises the error for as long as
+    it still cannot be decoded) and ``deliveries`` (how often it was handed out: 1)."""
+
+    __slots__ = ("id", "deliveries", "_value", "_serializer")
+
+    def __init__(self, seq: int, value: tuple[int, bytes] | CorruptionError, serializer: Serializer) -> None:
+        self.id = seq
+        self.deliveries = 1
+        self._value = value
+        self._serializer = serializer
+
+    @property
+    def item(self) -> Any:
+        if isinstance(self._value, CorruptionError):
+            raise self._value
+        return self._serializer.decode(*self._value)
+
+    def __repr__(self) -> str:
+        return f"<DeadLetter id={self.id} deliveries={self.deliveries}>"
+
+
+_queues: weakref.WeakValueDictionary[int, DurableQueue] = weakref.WeakValueDictionary()  # by id(): may be unhashable
+
+
+def _renew_conditions_in_child() -> None:
+    for q in list(_queues.values()):
+        q._renew_conditions()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_conditions_in_child)
 
 
 class DurableQueue(LogHandle, queue.Queue):
@@ -95,6 +215,11 @@ class DurableQueue(LogHandle, queue.Queue):
     ``semaphore`` is accepted for compatibility with iodict and not needed.
     Items are pickled by default (queue items are arbitrary objects; only
     open queues you trust), or stored with ``serializer="msgpack"``.
+    ``block=False`` and ``timeout`` bound the wait for the store's write lock
+    too: queue.Empty / queue.Full when another process holds it past the
+    deadline (so an unbounded queue's put may raise queue.Full). An item that
+    cannot be decoded goes to ``dead_letters()`` (with a RuntimeWarning)
+    instead of blocking the queue.
     """
 
     def __init__(
@@ -112,28 +237,47 @@ class DurableQueue(LogHandle, queue.Queue):
         if not isinstance(maxsize, int) or isinstance(maxsize, bool):
             raise TypeError(f"maxsize must be an int, not {type(maxsize).__name__!r}")
         super().__init__(maxsize)
-        self.path = os.fspath(path)
+        self.path = fileops.store_path(path)
         self.semaphore = semaphore
         self._lock = make_lock(lock, self)
         self._serializer = Serializer(serializer)
-        self._pending = PendingItems()
+        self._pending = PendingItems(self.path)
         self._gotten = 0  # items this object handed out and task_done() has not matched yet
         self._puts = 0  # bumped by every local put, so a waiting get never misses one
         self._waiting = 0  # threads waiting in _wait(): a put notifies only if there are any
         self._log: Log | None = None
         self._log = Log(self.path, self._pending, sync=sync, segment_bytes=segment_bytes)
+        if self._pending.other_frames:
+            self.close()
+            raise IODictLogError(
+                f"{self.path}: holds dict records (an IODict store); a store holds dict records or queue items"
+            )
+        _queues[id(self)] = self
 
     # --- plumbing ---------------------------------------------------------------
 
-    def _try_put(self, encoded: list[tuple[int, bytes]]) -> bool:
+    def _renew_conditions(self) -> None:
+        """In a forked child: new mutex and conditions, since a thread of the parent may have
+        held the mutex at the fork (inside put or get) and none of the child's ever will."""
+        self.mutex = threading.Lock()
+        self.not_empty = threading.Condition(self.mutex)
+        self.not_full = threading.Condition(self.mutex)
+        self.all_tasks_done = threading.Condition(self.mutex)
+        self._waiting = 0  # (the parent's waiting threads are not in the child)
+
+    def _try_put(self, encoded: list[tuple[int, bytes]], deadline: float | None) -> bool:
         """Append the items as one write if they fit under maxsize."""
-        if not self._write(self._append_puts, encoded):
+        if not self._write(self._append_puts, encoded, deadline=deadline):
             return False
+        self._announce_puts()
+        return True
+
+    def _announce_puts(self) -> None:
+        """Wake this object's waiting gets: items were put."""
         with self.mutex:  # (the lock of not_empty)
             self._puts += 1
             if self._waiting:
                 self.not_empty.notify_all()
-        return True
 
     def _append_puts(self, log: Log, encoded: list[tuple[int, bytes]]) -> bool:
         if 0 < self.maxsize < len(self._pending) + len(encoded):
@@ -148,39 +292,70 @@ class DurableQueue(LogHandle, queue.Queue):
             self._pending.add(seq, loc)
         return True
 
-    def _try_take(self) -> tuple[bool, Any]:
-        """(True, item) after taking the oldest item, or (False, None) if there is none."""
+    def _try_take(self, deadline: float | None, hand: Callable[[Any], None] | None = None) -> tuple[bool, Any]:
+        """(True, item) after taking the oldest item, or (False, None) if there is none.
+
+        With ``hand``, the item is passed to it before it is taken, holding the
+        lock: if ``hand`` raises, the item stays. Waiting for the file lock past
+        ``deadline`` raises LockTimeoutError.
+        """
         with self._lock:
             log = self._open_log()
-            if not len(self._pending):
-                log.refresh()  # without the file lock: an idle poll stays cheap
-                if not len(self._pending):
-                    return False, None
-            with log.file_lock:
-                while True:
-                    log.refresh()
-                    head = self._pending.head()
-                    if head is None:
-                        return False, None
-                    seq, loc = head
-                    try:
-                        item = self._serializer.decode(*log.read_value(loc))
-                    except CorruptionError as exc:
-                        item, damaged = None, exc
-                    else:
-                        damaged = None
-                    log.append_one(OP_TAKE, 0, SEQ.pack(seq), b"", log.birthtime())
-                    self._pending.remove(seq)
-                    self._release_consumed(log)
-                    if damaged is None:
-                        break
-                    log.corrupt_records += 1
-                    warnings.warn(f"{self.path}: skipped a damaged item: {damaged}", CorruptionWarning, stacklevel=4)
-        with self.mutex:  # (the lock of all_tasks_done)
-            self._gotten += 1
-        if self.maxsize > 0:
+            log.file_lock.deadline = deadline
+            try:
+                found, item = self._take(log, hand)
+            finally:
+                log.file_lock.deadline = None
+        if found and self.maxsize > 0:
             self._notify_not_full()
-        return True, item
+        return found, item
+
+    def _take(self, log: Log, hand: Callable[[Any], None] | None) -> tuple[bool, Any]:
+        pending = self._pending
+        if not len(pending):
+            log.refresh()  # without the file lock: an idle poll stays cheap
+            if not len(pending):
+                return False, None
+        with log.file_lock:
+            while True:
+                log.refresh()
+                head = pending.head()
+                if head is None:
+                    return False, None
+                seq, loc = head
+                try:
+                    flags, stored = log.read_value(loc)
+                except CorruptionError as exc:
+                    self._settle(log, OP_TAKE, seq)
+                    log.corrupt_records += 1
+                    warnings.warn(f"{self.path}: skipped a damaged item: {exc}", CorruptionWarning, stacklevel=4)
+                    continue
+                try:
+                    item = self._serializer.decode(flags, stored)
+                except Exception as exc:
+                    if flags & FLAG_PICKLE and not self._serializer.flag:
+                        raise  # this object refuses pickle: a setting to change, not a poison item
+                    self._settle(log, OP_DEAD, seq)
+                    error = " ".join(f"{type(exc).__name__}: {exc}".split())  # (one line)
+                    warnings.warn(
+                        f"{self.path}: item {seq} cannot be decoded, moved to the dead letters: {error}",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
+                    continue
+                if hand is not None:
+                    hand(item)
+                self._settle(log, OP_TAKE, seq)
+                return True, item
+
+    def _settle(self, log: Log, op: int, seq: int) -> None:
+        """Record that the ready item ``seq`` was taken (OP_TAKE) or is dead (OP_DEAD)."""
+        log.append_one(op, 0, SEQ.pack(seq), b"", log.birthtime())
+        if op == OP_TAKE:
+            self._pending.remove(seq)
+        else:
+            self._pending.bury(seq)
+        self._release_consumed(log)
 
     def _notify_not_full(self) -> None:
         with self.not_full:
@@ -188,12 +363,14 @@ class DurableQueue(LogHandle, queue.Queue):
 
     def _release_consumed(self, log: Log) -> None:
         """Delete the segments holding only consumed items. Best effort: the item is taken
-        already, so a failure here (a full disk) is a warning, and a later get tries again."""
-        following = self._pending.head()
+        already, so a failure here (a full disk) is a warning, and a later get tries again.
+        Never in a store that also holds dict records: those are not the queue's to drop."""
+        if self._pending.other_frames:
+            return
         try:
-            log.release_before(following[1] if following else None)
+            log.release_before(self._pending.oldest())
         except OSError as exc:
-            warnings.warn(f"{self.path}: could not delete consumed segments yet: {exc}", ResourceWarning, stacklevel=5)
+            warnings.warn(f"{self.path}: could not delete consumed segments yet: {exc}", ResourceWarning, stacklevel=6)
 
     def _wait(self, condition: Any, delay: float, deadline: float | None, seen: int | None = None) -> float:
         """Wait on ``condition`` for up to ``delay`` (less near the deadline); the next delay.
@@ -215,7 +392,10 @@ class DurableQueue(LogHandle, queue.Queue):
 
     @staticmethod
     def _deadline(block: bool, timeout: float | None) -> float | None:
-        if block and timeout is not None:
+        """The time.monotonic() a call must end by: now for ``block=False`` (one try)."""
+        if not block:
+            return time.monotonic()
+        if timeout is not None:
             if timeout < 0:
                 raise ValueError("'timeout' must be a non-negative number")
             return time.monotonic() + timeout
@@ -237,32 +417,34 @@ class DurableQueue(LogHandle, queue.Queue):
         if 0 < self.maxsize < len(encoded):
             raise ValueError(f"{len(encoded)} items can never fit in a queue of maxsize {self.maxsize}")
         delay = 0.001
-        while not self._try_put(encoded):
-            if not block:
-                raise queue.Full
-            try:
+        try:
+            while not self._try_put(encoded, deadline):
+                if not block:
+                    raise queue.Full
                 delay = self._wait(self.not_full, delay, deadline)
-            except TimeoutError:
-                raise queue.Full from None
+        except TimeoutError:  # (LockTimeoutError too: the write lock was not free in time)
+            raise queue.Full from None
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Remove and return the oldest item; wait for one (or raise queue.Empty)."""
         deadline = self._deadline(block, timeout)
         delay = 0.001
-        while True:
-            seen = self._puts
-            found, item = self._try_take()
-            if found:
-                return item
-            if not block:
-                raise queue.Empty
-            try:
+        try:
+            while True:
+                seen = self._puts
+                found, item = self._try_take(deadline)
+                if found:
+                    with self.mutex:  # (the lock of all_tasks_done)
+                        self._gotten += 1
+                    return item
+                if not block:
+                    raise queue.Empty
                 delay = self._wait(self.not_empty, delay, deadline, seen)
-            except TimeoutError:
-                raise queue.Empty from None
+        except TimeoutError:  # (LockTimeoutError too: the write lock was not free in time)
+            raise queue.Empty from None
 
     def qsize(self) -> int:
-        """Items put and not yet taken, by any process."""
+        """Items ready for delivery (put, neither taken nor dead), in every process's view."""
         return self._read(lambda log: len(self._pending))
 
     def empty(self) -> bool:
@@ -294,15 +476,66 @@ class DurableQueue(LogHandle, queue.Queue):
 
     # --- beyond queue.Queue -------------------------------------------------------
 
+    def dead_letters(self) -> list[DeadLetter]:
+        """The items that could not be decoded, oldest first (by the place they had)."""
+        return self._read(self._dead_letters)
+
+    def _dead_letters(self, log: Log) -> list[DeadLetter]:
+        letters = []
+        for seq, loc in sorted(self._pending.dead.items()):
+            try:
+                value: tuple[int, bytes] | CorruptionError = log.read_value(loc)
+            except CorruptionError as exc:
+                value = exc
+            letters.append(DeadLetter(seq, value, self._serializer))
+        return letters
+
+    def retry_dead_letters(self) -> int:
+        """Put every dead letter back at the end of the queue, in their order; how many.
+
+        One batch re-PUTs each one's stored bytes and TAKEs its dead PUT, so after
+        a crash all are back or none. maxsize does not hold them back. A dead
+        letter whose bytes fail their checksum meanwhile is dropped with a
+        CorruptionWarning (counted), like a damaged item at the head.
+        """
+        count = self._write(self._retry)
+        if count:
+            self._announce_puts()
+        return count
+
+    def _retry(self, log: Log) -> int:
+        entries: list[Entry] = []
+        for seq, loc in sorted(self._pending.dead.items()):
+            try:
+                flags, stored = log.read_value(loc)
+            except CorruptionError as exc:
+                log.corrupt_records += 1
+                warnings.warn(f"{self.path}: dropped a damaged dead letter: {exc}", CorruptionWarning, stacklevel=4)
+            else:
+                entries.append((OP_PUT, flags & ~FLAG_BATCH, b"", stored, log.birthtime()))
+            entries.append((OP_TAKE, 0, SEQ.pack(seq), b"", log.birthtime()))
+        if not entries:
+            return 0
+        count = 0
+        for (op, _, key, _, _), (seq, loc) in zip(entries, log.append_batch(entries)):
+            if op == OP_PUT:
+                self._pending.add(seq, loc)
+                count += 1
+            else:
+                self._pending.remove(SEQ.unpack(key)[0])
+        self._release_consumed(log)
+        return count
+
     def stats(self) -> dict:
-        """items, segments, disk_bytes, corrupt_records."""
+        """items (ready), dead (letters), segments, disk_bytes, corrupt_records."""
         return self._read(self._stats)
 
     def _stats(self, log: Log) -> dict:
         stats = log.stats()
         return {
             "items": len(self._pending),
+            "dead": len(self._pending.dead),
             "segments": stats["segments"],
             "disk_bytes": stats["disk_bytes"],
-            "corrupt_records": stats["corrupt_records"],
+            "corrupt_records": stats["corrupt_records"] + self._pending.damaged,
         }

@@ -6,14 +6,23 @@ gets ``flush()`` and ``ingest()``. The parked items are a DurableQueue at
 ``path``: they survive the process ending, a flush is one atomic batch, and a
 damaged item is skipped with a warning instead of costing the items after it
 (iodict lost every item after a damaged one).
+
+An item leaves the disk only once it is in the queue: ingest() holds the
+parked queue's lock while it hands the oldest item to ``put_nowait`` and only
+then records the take, so a process killed in between leaves the item parked
+(delivered again by the next ingest: at least once, never lost). A full queue
+stops ingest(), which leaves the rest parked rather than block while holding
+an item nobody else can have.
 """
 
 from __future__ import annotations
 
+import os
 import queue
-from typing import Any
+from typing import Any, Callable
 
 from .durablequeue import DurableQueue
+from .fileops import store_path
 
 
 class FlushQueue:
@@ -22,8 +31,13 @@ class FlushQueue:
     path: Any
     lock: Any
     semaphore: Any
+    # What the queue.Queue it is mixed into provides:
+    get_nowait: Callable[[], Any]
+    put_nowait: Callable[[Any], None]
+    task_done: Callable[[], None]
 
     def _parking(self) -> DurableQueue:
+        """The parked items (IODictLogError, before anything moves, if ``path`` holds a dict store)."""
         return DurableQueue(self.path, lock=getattr(self, "lock", None), semaphore=getattr(self, "semaphore", None))
 
     def flush(self) -> None:
@@ -47,13 +61,21 @@ class FlushQueue:
         for _ in items:
             self.task_done()  # parked counts as handled, so join() does not wait on them
 
-    def ingest(self) -> None:
-        """Put the parked items back into the queue, oldest first, and remove them from disk."""
+    def ingest(self) -> int:
+        """Put the parked items back into the queue, oldest first, removing each from disk
+        once it is in; how many.
+
+        Never blocks on a full queue: it stops there, leaving the rest parked for
+        a later ingest(). Nothing parked at a ``path`` that does not exist: a no-op
+        that creates nothing.
+        """
+        if not os.path.exists(store_path(self.path)):
+            return 0
+        moved = 0
         with self._parking() as parked:
-            while True:
-                try:
-                    item = parked.get_nowait()
-                except queue.Empty:
-                    return
-                self.put(item)
-                parked.task_done()
+            try:
+                while parked._try_take(None, self.put_nowait)[0]:
+                    moved += 1
+            except queue.Full:
+                pass
+        return moved
