@@ -136,11 +136,12 @@ def _stats(args: argparse.Namespace) -> int:
         "path": args.path,
         "keys": len(census.keys),
         "queue_items": len(census.items),
+        "dead_letters": len(census.items.dead),
         "segments": stats["segments"],
         "disk_bytes": stats["disk_bytes"],
         "live_bytes": live,
         "dead_bytes": stats["disk_bytes"] - live,
-        "corrupt_records": stats["corrupt_records"],
+        "corrupt_records": stats["corrupt_records"] + census.items.damaged,
         "last_seq": stats["last_seq"],
     }
     if args.json:

@@ -50,7 +50,7 @@ import weakref
 from typing import Any, Callable, Iterable
 
 from . import fileops
-from .errors import CorruptionError, CorruptionWarning, IODictLogError
+from .errors import CorruptionError, CorruptionWarning
 from .format import FLAG_BATCH, FLAG_PICKLE, OP_DEAD, OP_PUT, OP_TAKE, SEQ, Frame
 from .index import LENGTH_MASK
 from .log import Entry, Log, LogHandle, check_options
@@ -246,12 +246,7 @@ class DurableQueue(LogHandle, queue.Queue):
         self._puts = 0  # bumped by every local put, so a waiting get never misses one
         self._waiting = 0  # threads waiting in _wait(): a put notifies only if there are any
         self._log: Log | None = None
-        self._log = Log(self.path, self._pending, sync=sync, segment_bytes=segment_bytes)
-        if self._pending.other_frames:
-            self.close()
-            raise IODictLogError(
-                f"{self.path}: holds dict records (an IODict store); a store holds dict records or queue items"
-            )
+        self._log = Log(self.path, self._pending, sync=sync, segment_bytes=segment_bytes, kind="queue")
         _queues[id(self)] = self
 
     # --- plumbing ---------------------------------------------------------------

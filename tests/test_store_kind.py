@@ -6,12 +6,13 @@ records which, and opening the other kind refuses before anything is written.
 from __future__ import annotations
 
 import os
+import pickle
 
 import pytest
-from forged import rewrite_current
+from forged import append, frame, rewrite_current, segment_paths
 
 from iodict_log import DurableQueue, IODict, IODictLogError
-from iodict_log.format import STORE_DICT, STORE_QUEUE, STORE_UNKNOWN
+from iodict_log.format import FLAG_PICKLE, OP_PUT, STORE_DICT, STORE_QUEUE, STORE_UNKNOWN
 from iodict_log.log import Log
 from iodict_log.manifest import read_manifest
 
@@ -91,9 +92,8 @@ def test_a_store_holding_both_refuses_either_kind_and_the_tools_still_read_it(tm
     with IODict(path, segment_bytes=4096) as d:
         d["key"] = 1
     rewrite_current(str(path), kind=STORE_UNKNOWN)
-    with DurableQueue(path, segment_bytes=4096) as q:  # (a store mixed before this guard)
-        q.put("item")
-    rewrite_current(str(path), kind=STORE_UNKNOWN)
+    last = segment_paths(str(path))[-1]  # a queue item appended as a version without this guard did
+    append(last, frame(last, b"", pickle.dumps("item"), op=OP_PUT, seq=10**6, birthtime=2**62, flags=FLAG_PICKLE))
     for kind in ("dict", "queue"):
         with pytest.raises(IODictLogError, match="holds dict and queue records"):
             open_log(path, kind)
