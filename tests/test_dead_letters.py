@@ -321,3 +321,18 @@ def test_a_damaged_item_is_skipped_as_damage_not_kept_as_a_dead_letter(tmp_path)
             assert q.get_nowait() == "next"
         assert [w.category for w in caught] == [CorruptionWarning]
         assert q.dead_letters() == [] and q.stats()["corrupt_records"] == 1
+
+
+def test_iodict_log_stats_counts_the_dead_letters(tmp_path, gone, capsys):
+    from iodict_log.cli import main
+
+    with DurableQueue(tmp_path / "q") as q:
+        q.put(gone.Job(1))
+        q.put("after")
+        gone.drop()
+        with pytest.warns(RuntimeWarning):
+            assert q.get_nowait() == "after"
+    capsys.readouterr()
+    assert main(["stats", str(tmp_path / "q"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["dead_letters"] == 1 and report["queue_items"] == 0
