@@ -308,7 +308,7 @@ class Scan:
         buf, salt = self.buf, self.salt
         last = len(buf) - HEADER_SIZE  # the last offset a whole header can start at
         find, crc32, hcrc_at = buf.find, zlib.crc32, _HCRC.unpack_from
-        if pos <= last and buf.startswith(SYNC, pos):
+        if pos <= last and buf[pos : pos + 2] == SYNC:  # (buf may be an mmap: no startswith)
             length = header_length(buf, pos, salt)
             if length is not None:
                 if pos + length > len(buf):
