@@ -352,7 +352,7 @@ class IODict(LogHandle, MutableMapping):
         if not written:
             return False
         coverage = tuple((w.size, w.crc) for w in written)
-        hint = Hint(plan.sources.salt, plan.last_seq, plan.last_birthtime, coverage, snapshot_of(dict(moved)))
+        hint = Hint(plan.sources.salt, plan.last_seq, plan.last_birthtime, coverage, snapshot_of(moved))
         try:
             stage_hint(self.path, hint)
         except OSError:

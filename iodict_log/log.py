@@ -59,7 +59,7 @@ from .format import (
     encode_frame,
     frame_value,
 )
-from .hintfile import HINT_NAME, HINT_TMP_NAME, publish_hint, read_hint, stage_hint
+from .hintfile import HINT_NAME, HINT_TMP_NAME, hint_bound, publish_hint, read_hint, stage_hint
 from .index import (
     LENGTH_MASK,
     MAX_OFFSET,
@@ -232,11 +232,12 @@ class Log:
         self.hinted_seq = -1
         if not self._hints:
             return None
-        hint = read_hint(self.directory)
-        if hint is None or not self._hint_covers(hint, self._segments):
+        segments = self._segments
+        hint = read_hint(self.directory, hint_bound(sum(s.size() for s in segments), len(segments)))
+        if hint is None or not self._hint_covers(hint, segments):
             return None
         try:
-            self._consumer.restore(hint.payload)  # type: ignore[attr-defined]
+            self._consumer.restore(hint.payload, [size for size, _ in hint.coverage])  # type: ignore[attr-defined]
         except ValueError:
             self._consumer.reset()
             return None
@@ -410,8 +411,14 @@ class Log:
         them, and every key we had in a replaced segment must have its copy.
         """
         manifest = read_manifest(self.directory)
-        hint = read_hint(self.directory) if self._hints and not self.corrupt_records else None
-        if manifest is None or hint is None:
+        if manifest is None or not self._hints or self.corrupt_records:
+            return False
+        try:  # (the hint covers some of these: no larger than they could justify)
+            disk = sum(os.stat(os.path.join(self.directory, segment_name(n))).st_size for n in manifest.segments)
+        except OSError:
+            return False  # compacted again meanwhile
+        hint = read_hint(self.directory, hint_bound(disk, len(manifest.segments)))
+        if hint is None:
             return False
         kept_slots = [slot for slot, s in enumerate(self._segments) if s is not None]
         kept = tuple(self._segments[slot].number for slot in kept_slots)
@@ -433,7 +440,8 @@ class Log:
         try:
             if not self._hint_covers(hint, segments):
                 raise ValueError("the hint is not this compaction's")
-            consumer.rebase(hint.payload, kept_slots[0], copies - kept_slots[0])  # type: ignore[attr-defined]
+            sizes = [size for size, _ in hint.coverage]
+            consumer.rebase(hint.payload, sizes, kept_slots[0], copies - kept_slots[0])  # type: ignore[attr-defined]
         except ValueError:
             for segment in segments:
                 segment.close()
