@@ -85,7 +85,9 @@ def plain_key(key: Any) -> Any:
 
 
 class KeyIndex:
-    """Keys in birthtime order, each with its packed location, and live byte count."""
+    """Keys in birthtime order, each with its packed location, and live byte count.
+
+    Methods taking a key accept a plain (canonical) key or an index key."""
 
     __slots__ = ("_locations", "_decode_key", "live_bytes", "other_frames", "_newest", "_unordered", "_wrapped")
 
@@ -144,8 +146,11 @@ class KeyIndex:
 
     def set(self, key: Any, loc: int) -> int | None:
         """Point ``key`` at a new record (a new key goes to the end of the order); its old location."""
-        if type(key) is tuple:
+        kind = type(key)
+        if kind is tuple:
             key = HashedKey(key)
+            self._wrapped = True
+        elif kind is HashedKey:
             self._wrapped = True
         old = self._locations.get(key)
         if old is not None:
