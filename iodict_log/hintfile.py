@@ -31,7 +31,7 @@ from . import fileops
 from .errors import CorruptionError
 from .fileops import read_file, write_file
 from .format import COUNT, HEADER_SIZE, HINT_COVER, HINT_HEAD, Hint, decode_hint, encode_hint
-from .serialize import canonical_key, decode_key, encode_key
+from .serialize import EXT_TUPLE, MAX_KEY_DEPTH, canonical_key, encode_key
 
 HINT_NAME = "HINT"
 HINT_TMP_NAME = HINT_NAME + ".tmp"
@@ -142,6 +142,15 @@ def _columns(locations: bytes, count: int) -> Any:
     return column
 
 
-def _tuple_key(code: int, data: bytes) -> Any:
-    """A tuple key met in the keys array, decoded by serialize.decode_key."""
-    return decode_key(msgpack.packb(msgpack.ExtType(code, data)))
+def _tuple_key(code: int, data: bytes, depth: int = 1) -> tuple:
+    """A tuple key met in the keys array (ext type 1 holding an array, as
+    serialize writes it), decoded one level at a time, at most MAX_KEY_DEPTH
+    deep: msgpack's C decoder takes ~32 KB of C stack per nested call, so a
+    crafted million-deep key would overflow it long before Python's recursion
+    limit (a segfault)."""
+    if code != EXT_TUPLE or depth > MAX_KEY_DEPTH:
+        raise ValueError("not a tuple key, or nested too deep")
+    items = msgpack.unpackb(data, raw=False, ext_hook=msgpack.ExtType, max_map_len=0)
+    if type(items) is not list:
+        raise ValueError("not a tuple key")
+    return tuple([_tuple_key(*item, depth + 1) if type(item) is msgpack.ExtType else item for item in items])
