@@ -18,8 +18,7 @@ import pytest
 from helpers import flip
 
 import iodict_log.log
-from iodict_log import CorruptionWarning, IODict
-from iodict_log import format
+from iodict_log import CorruptionWarning, IODict, format
 from iodict_log.format import HEADER_SIZE, Hint, decode_hint, encode_hint
 from iodict_log.hintfile import INDEX_HEAD, decode_index, encode_index
 from iodict_log.index import KeyIndex, pack_location
@@ -291,7 +290,7 @@ def test_a_hint_with_a_key_nested_a_million_deep_means_a_scan_not_a_crash(tmp_pa
         size += 7
     deep = b"\x91" + b"".join(reversed(parts)) + level  # the keys array: that one key
     forge(path, hint, raw_payload([locations[0].to_bytes(18, "little")], deep))
-    code = "import sys; from iodict_log import IODict; d = IODict(sys.argv[1]); print(len(d), d.stats()['index_from_hint'])"
+    code = "import sys, iodict_log; d = iodict_log.IODict(sys.argv[1]); print(len(d), d.stats()['index_from_hint'])"
     done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["1", "False"]
