@@ -17,12 +17,10 @@ The container (header, coverage, CRC) is format.py's; docs/FORMAT.md has both.
 
 from __future__ import annotations
 
-import array
 import os
 import struct
-import sys
 from itertools import islice, repeat
-from operator import add, itemgetter, le, lt
+from operator import itemgetter, le, lt
 from typing import Any, Sequence
 
 import msgpack
@@ -95,18 +93,8 @@ def decode_index(payload: bytes, sizes: Sequence[int]) -> tuple[list[Any], list[
         keys_at = start + count * LOCATION_SIZE
         if keys_at > len(payload):
             raise ValueError("cut short")
-        column = _columns(payload[start:keys_at], count)
-        lengths, offsets, slots, births = column("I", 0), column("I", 4), column("H", 8), column("Q", 10)
-        if count and (min(lengths) < HEADER_SIZE or max(slots) >= len(sizes)):
-            raise ValueError("a location outside the covered segments")
-        ends = map(add, offsets, lengths)
-        if len(sizes) == 1 and count:  # (one pass fewer: the common case of a compacted store)
-            if max(ends) > sizes[0]:
-                raise ValueError("a location outside the covered segments")
-        elif not all(map(le, ends, map(sizes.__getitem__, slots))):
-            raise ValueError("a location outside the covered segments")
-        if not all(map(lt, births, islice(births, 1, None))):
-            raise ValueError("births out of order")
+        raw = payload[start:keys_at]
+        live_bytes = _check_locations(raw, count, sizes)
         keys = msgpack.unpackb(
             payload[keys_at:], raw=False, use_list=True, ext_hook=_tuple_key, max_map_len=0, strict_map_key=False
         )
@@ -117,29 +105,63 @@ def decode_index(payload: bytes, sizes: Sequence[int]) -> tuple[list[Any], list[
             raise ValueError("a key of a type no key has")
         if tuple in kinds:
             keys = [canonical_key(key) if type(key) is tuple else key for key in keys]
-        locations = list(
-            map(int.from_bytes, map(itemgetter(0), struct.iter_unpack("18s", payload[start:keys_at])), repeat("little"))
-        )
+        locations = list(map(int.from_bytes, map(itemgetter(0), struct.iter_unpack("18s", raw)), repeat("little")))
     except Exception as exc:  # whatever a forged payload makes msgpack, struct or a check raise
         raise ValueError(f"not an index snapshot: {exc!r}") from None
-    return keys, locations, sum(lengths), other_frames, tuple in kinds
+    return keys, locations, live_bytes, other_frames, tuple in kinds
 
 
-def _columns(locations: bytes, count: int) -> Any:
-    """A reader of one field of every location: the field's bytes gathered by
-    strided slices (C speed), then read as an array of ints."""
+# The checks run on all locations at once, not in a loop per key: a field's bytes
+# are gathered by strided slices (C speed), then read by struct in one call; the
+# bound check of each location's end against its slot's covered size runs on
+# lanes of big ints, where "a <= b in every lane" is one subtraction, with a guard
+# bit per lane that survives exactly where it holds.
 
-    def column(code: str, at: int) -> list[int]:
-        width = struct.calcsize(code)
-        gathered = bytearray(width * count)
-        for byte in range(width):
-            gathered[byte::width] = locations[at + byte :: LOCATION_SIZE]
-        ints = array.array(code, gathered)
-        if sys.byteorder == "big":
-            ints.byteswap()
-        return ints.tolist()
+_LANE = 8  # bytes per lane for ends and limits (all below 2**35)
+_GUARD = 40  # the guard bit of such a lane
 
-    return column
+
+def _check_locations(raw: bytes, count: int, sizes: Sequence[int]) -> int:
+    """ValueError unless every location is at least a frame header long, lies in
+    a covered segment and within its covered size, and births strictly increase;
+    the locations' total length."""
+    if not count:
+        return 0
+    length_of = struct.unpack(f"<{count}I", _gather(raw, 0, 4, 4, count))
+    if min(length_of) < HEADER_SIZE:
+        raise ValueError("a location shorter than a frame header")
+    birth_of = struct.unpack(f"<{count}Q", _gather(raw, 10, 8, 8, count))
+    if not all(map(lt, birth_of, islice(birth_of, 1, None))):
+        raise ValueError("births out of order")
+    ends = int.from_bytes(_gather(raw, 0, 4, _LANE, count), "little")
+    ends += int.from_bytes(_gather(raw, 4, 4, _LANE, count), "little")  # (lanes never carry: each < 2**33)
+    if len(sizes) <= 256:
+        # Each lane's limit is its slot's covered size (0 for a slot not covered, which
+        # no location of a header's length fits in), looked up byte by byte with translate().
+        if raw[9::LOCATION_SIZE].count(0) != count:
+            raise ValueError("a location outside the covered segments")  # (a slot over 255)
+        limit_of = [min(size, 2**34) for size in sizes] + [0] * (256 - len(sizes))
+        limits = bytearray(_LANE * count)
+        slots = raw[8::LOCATION_SIZE]
+        for byte in range(_LANE):
+            limits[byte::_LANE] = slots.translate(bytes(limit >> (8 * byte) & 0xFF for limit in limit_of))
+        guards = int.from_bytes((b"\x01" + bytes(_LANE - 1)) * count, "little") << _GUARD
+        if (int.from_bytes(limits, "little") + guards - ends) & guards != guards:
+            raise ValueError("a location outside the covered segments")
+    else:  # (over 256 segments: one limit per key, looked up by map; IndexError past the last)
+        end_of = struct.unpack(f"<{count}Q", ends.to_bytes(_LANE * count, "little"))
+        slot_of = struct.unpack(f"<{count}H", _gather(raw, 8, 2, 2, count))
+        if not all(map(le, end_of, map(sizes.__getitem__, slot_of))):
+            raise ValueError("a location outside the covered segments")
+    return sum(length_of)
+
+
+def _gather(raw: bytes, at: int, width: int, lane: int, count: int) -> bytearray:
+    """Bytes ``at`` to ``at + width`` of every location, each in a zeroed lane of ``lane`` bytes."""
+    lanes = bytearray(lane * count)
+    for byte in range(width):
+        lanes[byte::lane] = raw[at + byte :: LOCATION_SIZE]
+    return lanes
 
 
 def _tuple_key(code: int, data: bytes, depth: int = 1) -> tuple:
