@@ -21,7 +21,7 @@ import os
 import struct
 from itertools import islice, repeat
 from operator import itemgetter, le, lt
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import msgpack
 
@@ -37,6 +37,7 @@ HINT_TMP_NAME = HINT_NAME + ".tmp"
 INDEX_HEAD = struct.Struct("<QQ")  # count of keys, other (queue) frames
 LOCATION_SIZE = 18  # length u32, offset u32, slot u16, birthtime u64: a packed location, little-endian
 _KEY_TYPES = {str, bytes, int, tuple}
+_LITTLE: Literal["little"] = "little"
 
 
 def hint_bound(segment_bytes: int, segments: int) -> int:
@@ -75,7 +76,7 @@ def publish_hint(directory: str) -> None:
 def encode_index(keys: list[Any], locations: list[int], other_frames: int) -> bytes:
     """The payload for canonical ``keys`` (plain, in order) at packed ``locations``."""
     head = INDEX_HEAD.pack(len(keys), other_frames)
-    locs = b"".join(map(int.to_bytes, locations, repeat(LOCATION_SIZE), repeat("little")))
+    locs = b"".join(map(int.to_bytes, locations, repeat(LOCATION_SIZE), repeat(_LITTLE)))
     if tuple in set(map(type, keys)):
         encoded = b"".join([msgpack.Packer().pack_array_header(len(keys)), *map(encode_key, keys)])
     else:  # (str, bytes and int encode as plain msgpack: one C call for all)
@@ -105,7 +106,7 @@ def decode_index(payload: bytes, sizes: Sequence[int]) -> tuple[list[Any], list[
             raise ValueError("a key of a type no key has")
         if tuple in kinds:
             keys = [canonical_key(key) if type(key) is tuple else key for key in keys]
-        locations = list(map(int.from_bytes, map(itemgetter(0), struct.iter_unpack("18s", raw)), repeat("little")))
+        locations = list(map(int.from_bytes, map(itemgetter(0), struct.iter_unpack("18s", raw)), repeat(_LITTLE)))
     except Exception as exc:  # whatever a forged payload makes msgpack, struct or a check raise
         raise ValueError(f"not an index snapshot: {exc!r}") from None
     return keys, locations, live_bytes, other_frames, tuple in kinds
@@ -175,4 +176,4 @@ def _tuple_key(code: int, data: bytes, depth: int = 1) -> tuple:
     items = msgpack.unpackb(data, raw=False, ext_hook=msgpack.ExtType, max_map_len=0)
     if type(items) is not list:
         raise ValueError("not a tuple key")
-    return tuple([_tuple_key(*item, depth + 1) if type(item) is msgpack.ExtType else item for item in items])
+    return tuple([_tuple_key(item.code, item.data, depth + 1) if type(item) is msgpack.ExtType else item for item in items])

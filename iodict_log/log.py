@@ -233,7 +233,8 @@ class Log:
         if not self._hints:
             return None
         segments = self._segments
-        hint = read_hint(self.directory, hint_bound(sum(s.size() for s in segments), len(segments)))
+        disk = sum(s.size() for s in segments if s is not None)  # (at open, none is None)
+        hint = read_hint(self.directory, hint_bound(disk, len(segments)))
         if hint is None or not self._hint_covers(hint, segments):
             return None
         try:
