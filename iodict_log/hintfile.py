@@ -176,4 +176,4 @@ def _tuple_key(code: int, data: bytes, depth: int = 1) -> tuple:
     items = msgpack.unpackb(data, raw=False, ext_hook=msgpack.ExtType, max_map_len=0)
     if type(items) is not list:
         raise ValueError("not a tuple key")
-    return tuple([_tuple_key(item.code, item.data, depth + 1) if type(item) is msgpack.ExtType else item for item in items])
+    return tuple([_tuple_key(x.code, x.data, depth + 1) if type(x) is msgpack.ExtType else x for x in items])
