@@ -187,6 +187,19 @@ def test_a_hint_of_the_old_pickle_format_is_not_used_and_runs_no_code(tmp_path):
         assert not from_hint and seen == expected and not marker.exists()
 
 
+def test_a_pickle_hint_with_a_million_deep_key_does_not_crash_opening(tmp_path):
+    # guards 21.3 as reported: unpickling it built the dict, whose hashing of the key overflowed the C stack
+    path = tmp_path / "s"
+    fill(path)
+    deep = b"\x80\x05}" + b")" + b"\x85" * 1_000_000 + b"K\x01sK\x00K\x00\x87."  # ({((((),),...): 1}, 0, 0)
+    for magic in (format.HINT_MAGIC, b"\x89IODHNT\n"):
+        body = magic + encode_hint(decode_hint((path / "HINT").read_bytes())._replace(payload=deep))[8:-4]
+        (path / "HINT").write_bytes(body + zlib.crc32(body).to_bytes(4, "little"))
+        code = "import sys, iodict_log; d = iodict_log.IODict(sys.argv[1]); print(len(d) > 0)"
+        done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+        assert (done.returncode, done.stdout) == (0, "True\n"), done.stderr[-2000:]
+
+
 def real_hint(path) -> tuple:
     """(the store's hint, its keys, their packed locations) as the last close wrote them."""
     hint = decode_hint((path / "HINT").read_bytes())
