@@ -150,7 +150,10 @@ class IODict(LogHandle, MutableMapping):
         return self._serializer.decode(*found)  # (decoded after the lock)
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        self._write(self._set, *self._encoded(key, value))
+        if type(key) is str:  # (the hot path: _encoded() without its calls)
+            self._write(self._set, key, encode_key(key), *self._serializer.encode(value, self._compress))
+        else:
+            self._write(self._set, *self._encoded(key, value))
 
     def __delitem__(self, key: Any) -> None:
         if not self._write(self._delete, _lookup_key(key)):
@@ -164,7 +167,8 @@ class IODict(LogHandle, MutableMapping):
         return True
 
     def __contains__(self, key: object) -> bool:
-        key = _lookup_key(key)
+        if type(key) is not str:
+            key = _lookup_key(key)
         return self._read(lambda log: key in self._index)
 
     def __len__(self) -> int:
@@ -503,6 +507,8 @@ def _lookup_key(key: Any) -> Any:
     """The index key to look ``key`` up by: keys equal in a dict are one key; a
     hashable key no store can hold is never found (as a dict would say), and an
     unhashable one raises TypeError (as a dict does)."""
+    if type(key) is str:  # (most keys: as they are)
+        return key
     try:
         return index_key(canonical_key(key))
     except TypeError:

@@ -17,10 +17,11 @@ import msgpack
 import pytest
 from helpers import flip
 
+import iodict_log.hintfile
 import iodict_log.log
 from iodict_log import CorruptionWarning, IODict, format
 from iodict_log.format import HEADER_SIZE, Hint, decode_hint, encode_hint
-from iodict_log.hintfile import INDEX_HEAD, decode_index, encode_index
+from iodict_log.hintfile import INDEX_HEAD, decode_index, encode_index, hint_bound
 from iodict_log.index import KeyIndex, pack_location
 from iodict_log.serialize import decode_key, encode_key
 
@@ -310,7 +311,7 @@ def test_a_hint_with_a_key_nested_a_million_deep_means_a_scan_not_a_crash(tmp_pa
 
 
 @pytest.mark.parametrize("kind", ["symlink", "dev-zero", "directory", "fifo", "sparse-16GiB", "oversized"])
-def test_a_hint_that_is_not_a_small_regular_file_means_a_scan(tmp_path, kind):
+def test_a_hint_that_is_not_a_small_regular_file_means_a_scan(tmp_path, monkeypatch, kind):
     # guards 21.10: a sparse 16 GiB HINT or one linked to /dev/zero (MemoryError), a directory (IsADirectoryError)
     path = tmp_path / "s"
     fill(path)
@@ -330,11 +331,23 @@ def test_a_hint_that_is_not_a_small_regular_file_means_a_scan(tmp_path, kind):
     elif kind == "sparse-16GiB":
         with open(hint, "wb") as f:
             f.truncate(16 * 2**30)
-    else:  # valid, but padded past what the segments could justify
-        segments = sum(p.stat().st_size for p in path.iterdir() if p.name.endswith(".seg"))
-        hint.write_bytes(encode_hint(decode_hint(good)._replace(payload=decode_hint(good).payload + bytes(segments))))
+    else:  # padded past what the segments could justify: not even read
+        segments = [p.stat().st_size for p in path.iterdir() if p.name.endswith(".seg")]
+        padded = decode_hint(good)._replace(payload=decode_hint(good).payload + bytes(sum(segments)))
+        hint.write_bytes(encode_hint(padded))
+        reads = []
+        read_file = iodict_log.hintfile.read_file
+
+        def recording(name, max_bytes=None):
+            reads.append((os.path.basename(name), max_bytes))
+            return read_file(name, max_bytes)
+
+        monkeypatch.setattr(iodict_log.hintfile, "read_file", recording)
     seen, from_hint = view(path)
     assert not from_hint and seen == expected
+    if kind == "oversized":
+        bound = hint_bound(sum(segments), len(segments))
+        assert reads[0] == ("HINT", bound) and bound < hint.stat().st_size  # (refused by read_file, unread)
 
 
 def test_the_index_payload_round_trips_every_kind_of_key():
