@@ -47,11 +47,12 @@ def hint_bound(segment_bytes: int, segments: int) -> int:
     return HINT_HEAD.size + segments * HINT_COVER.size + INDEX_HEAD.size + 9 + COUNT.size + segment_bytes
 
 
-def read_hint(directory: str, max_bytes: int) -> Hint | None:
+def read_hint(directory: str, segment_bytes: int, segments: int) -> Hint | None:
     """The store's hint, or None if there is none, it is damaged, or it is not a
-    regular file of at most ``max_bytes`` (see hint_bound)."""
+    regular file that ``segments`` segments of ``segment_bytes`` bytes in all
+    could justify (hint_bound)."""
     try:
-        return decode_hint(read_file(os.path.join(directory, HINT_NAME), max_bytes=max_bytes))
+        return decode_hint(read_file(os.path.join(directory, HINT_NAME), hint_bound(segment_bytes, segments)))
     except (OSError, CorruptionError):  # missing, a link, a FIFO, a directory, too big: scan
         return None
 

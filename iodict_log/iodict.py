@@ -236,12 +236,14 @@ class IODict(LogHandle, MutableMapping):
         return key, self._pop(log, index_key(key), _MISSING)
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
-        return self._write(self._setdefault, self._encoded(key, default), default)
+        if type(key) is not str:
+            key = canonical_key(key)  # (TypeError for a key no store can hold: this may write it)
+        return self._write(self._setdefault, key, default)
 
-    def _setdefault(self, log: Log, encoded: tuple[Any, bytes, int, bytes], default: Any) -> Any:
-        if encoded[0] in self._index:
-            return self._value_at(log, encoded[0])
-        self._put(log, [encoded])
+    def _setdefault(self, log: Log, key: Any, default: Any) -> Any:
+        if key in self._index:
+            return self._value_at(log, index_key(key))  # (the default is not even serialized)
+        self._put(log, [self._encoded(key, default)])
         return default
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:

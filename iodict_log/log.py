@@ -59,7 +59,7 @@ from .format import (
     encode_frame,
     frame_value,
 )
-from .hintfile import HINT_NAME, HINT_TMP_NAME, hint_bound, publish_hint, read_hint, stage_hint
+from .hintfile import HINT_NAME, HINT_TMP_NAME, publish_hint, read_hint, stage_hint
 from .index import (
     LENGTH_MASK,
     MAX_OFFSET,
@@ -234,7 +234,7 @@ class Log:
             return None
         segments = self._segments
         disk = sum(s.size() for s in segments if s is not None)  # (at open, none is None)
-        hint = read_hint(self.directory, hint_bound(disk, len(segments)))
+        hint = read_hint(self.directory, disk, len(segments))
         if hint is None or not self._hint_covers(hint, segments):
             return None
         try:
@@ -418,7 +418,7 @@ class Log:
             disk = sum(os.stat(os.path.join(self.directory, segment_name(n))).st_size for n in manifest.segments)
         except OSError:
             return False  # compacted again meanwhile
-        hint = read_hint(self.directory, hint_bound(disk, len(manifest.segments)))
+        hint = read_hint(self.directory, disk, len(manifest.segments))
         if hint is None:
             return False
         kept_slots = [slot for slot, s in enumerate(self._segments) if s is not None]
