@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import struct
 from itertools import islice, repeat
-from operator import itemgetter, le, lt
+from operator import itemgetter, le, lt, or_
 from typing import Any, Literal, Sequence
 
 import msgpack
@@ -38,6 +38,7 @@ INDEX_HEAD = struct.Struct("<QQ")  # count of keys, other (queue) frames
 LOCATION_SIZE = 18  # length u32, offset u32, slot u16, birthtime u64: a packed location, little-endian
 _KEY_TYPES = {str, bytes, int, tuple}
 _LITTLE: Literal["little"] = "little"
+_BELOW_BIRTH = (1 << 80) - 1  # a packed location's bits under its birthtime (its bytes 0-9: index.BIRTH_SHIFT)
 
 
 def hint_bound(segment_bytes: int, segments: int) -> int:
@@ -108,6 +109,10 @@ def decode_index(payload: bytes, sizes: Sequence[int]) -> tuple[list[Any], list[
         if tuple in kinds:
             keys = [canonical_key(key) if type(key) is tuple else key for key in keys]
         locations = list(map(int.from_bytes, map(itemgetter(0), struct.iter_unpack("18s", raw)), repeat(_LITTLE)))
+        # Births strictly increase: each location with all its bits below the birth set
+        # is below the next one exactly when its birth is.
+        if not all(map(lt, map(or_, locations, repeat(_BELOW_BIRTH)), islice(locations, 1, None))):
+            raise ValueError("births out of order")
     except Exception as exc:  # whatever a forged payload makes msgpack, struct or a check raise
         raise ValueError(f"not an index snapshot: {exc!r}") from None
     return keys, locations, live_bytes, other_frames, tuple in kinds
@@ -125,16 +130,12 @@ _GUARD = 40  # the guard bit of such a lane
 
 def _check_locations(raw: bytes, count: int, sizes: Sequence[int]) -> int:
     """ValueError unless every location is at least a frame header long, lies in
-    a covered segment and within its covered size, and births strictly increase;
-    the locations' total length."""
+    a covered segment and within its covered size; the locations' total length."""
     if not count:
         return 0
     length_of = struct.unpack(f"<{count}I", _gather(raw, 0, 4, 4, count))
     if min(length_of) < HEADER_SIZE:
         raise ValueError("a location shorter than a frame header")
-    birth_of = struct.unpack(f"<{count}Q", _gather(raw, 10, 8, 8, count))
-    if not all(map(lt, birth_of, islice(birth_of, 1, None))):
-        raise ValueError("births out of order")
     ends = int.from_bytes(_gather(raw, 0, 4, _LANE, count), "little")
     ends += int.from_bytes(_gather(raw, 4, 4, _LANE, count), "little")  # (lanes never carry: each < 2**33)
     if len(sizes) <= 256:
