@@ -8,7 +8,7 @@ temporary name serves.
 
 A hint is also untrusted input (whoever can write the directory can write it):
 it is read only as a regular file no larger than the segments it covers could
-justify (read_hint's ``max_bytes``), and its payload, the index (encode_index),
+justify (hint_bound), and its payload, the index (encode_index),
 is plain fixed-width integers and keys in their stored encoding, each checked
 before use: every location inside a covered segment, births in order, keys of
 the storable types. Anything wrong means a scan, never an exception out of open.
