@@ -383,8 +383,9 @@ def decode_manifest(data: bytes) -> Manifest:
 # since) makes the reader scan instead. It names the segments it covers by
 # position in CURRENT, each with the size covered and the CRC-32 of those bytes,
 # so a hint is used only for segments whose every byte is as it was indexed.
+# The payload (the index, no pickle: hintfile.encode_index) is checked on its own.
 
-HINT_MAGIC = b"\x89IODHNT\n"
+HINT_MAGIC = b"\x89IODHN2\n"  # (2: the payload is hintfile's index; a pickle one had "\x89IODHNT\n")
 HINT_HEAD = struct.Struct("<8sHHIQQI")  # magic, version, reserved, salt, last seq, last birthtime, count
 HINT_COVER = struct.Struct("<QI")  # size covered, crc32 of bytes [0, size)
 

@@ -7,15 +7,23 @@ order therefore rebuilds the birthtime order exactly.
 Memory is the limit users hit first (Bitcask: ~91 B per key plus the key), so
 each entry's value is one int packing birthtime, segment slot, offset and
 length, instead of a tuple of four ints (~2.5x the size).
+
+Tuple keys are held behind a wrapper (``HashedKey``) hashed with SipHash over
+their repr: CPython does not randomise the hashes of ints or tuples of ints,
+so crafted (int, int) keys with equal hashes would make every dict operation
+on them linear (opening and ``update()`` quadratic). str and bytes hashes are
+randomised per process already, and an int key's hash class holds at most 9
+keys of the storable range, so those stay as they are (no cost on the hot
+path). The index's own methods take and return plain keys; ``items()`` and
+snapshots carry the index keys (wrappers included) to hand back to it.
 """
 
 from __future__ import annotations
 
-import io
-import pickle
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .format import OP_DELETE, OP_SET, Frame
+from .hintfile import decode_index, encode_index
 
 LENGTH_BITS = 32
 OFFSET_BITS = 32
@@ -45,10 +53,43 @@ def unpack_location(loc: int) -> tuple[int, int, int]:
     return (loc >> SLOT_SHIFT) & SLOT_MASK, (loc >> OFFSET_SHIFT) & OFFSET_MASK, loc & LENGTH_MASK
 
 
-class KeyIndex:
-    """Keys in birthtime order, each with its packed location, and live byte count."""
+class HashedKey:
+    """A tuple key as the index holds it: hashed by the (randomised) SipHash of
+    its repr, equal to the wrapper of an equal tuple. The key must be canonical
+    (serialize.canonical_key), so equal keys have equal reprs."""
 
-    __slots__ = ("_locations", "_decode_key", "live_bytes", "other_frames", "_newest", "_unordered")
+    __slots__ = ("key", "_hash")
+
+    def __init__(self, key: tuple) -> None:
+        self.key = key
+        self._hash = hash(repr(key))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is HashedKey and self.key == other.key
+
+    def __repr__(self) -> str:
+        return f"HashedKey({self.key!r})"
+
+
+def index_key(key: Any) -> Any:
+    """How the index holds the canonical key ``key``."""
+    return HashedKey(key) if type(key) is tuple else key
+
+
+def plain_key(key: Any) -> Any:
+    """The user's key for an index key."""
+    return key.key if type(key) is HashedKey else key
+
+
+class KeyIndex:
+    """Keys in birthtime order, each with its packed location, and live byte count.
+
+    Methods taking a key accept a plain (canonical) key or an index key."""
+
+    __slots__ = ("_locations", "_decode_key", "live_bytes", "other_frames", "_newest", "_unordered", "_wrapped")
 
     def __init__(self, decode_key: Callable[[bytes], Any]) -> None:
         self._locations: dict[Any, int] = {}
@@ -57,6 +98,7 @@ class KeyIndex:
         self.other_frames = 0  # data frames that are not the dict's (a queue's), seen since reset
         self._newest = 0  # the highest birthtime applied
         self._unordered = False  # whether apply() broke birthtime order since the last settle()
+        self._wrapped = False  # whether any key is a HashedKey (iteration then unwraps)
 
     # The log feeds every committed frame, in order, through these two.
 
@@ -87,19 +129,29 @@ class KeyIndex:
         return len(self._locations)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._locations
+        return (HashedKey(key) if type(key) is tuple else key) in self._locations
 
     def __iter__(self) -> Iterator[Any]:
+        if self._wrapped:
+            return map(plain_key, self._locations)
         return iter(self._locations)
 
     def __reversed__(self) -> Iterator[Any]:
+        if self._wrapped:
+            return map(plain_key, reversed(self._locations))
         return reversed(self._locations)
 
     def get(self, key: Any) -> int | None:
-        return self._locations.get(key)
+        return self._locations.get(HashedKey(key) if type(key) is tuple else key)
 
     def set(self, key: Any, loc: int) -> int | None:
         """Point ``key`` at a new record (a new key goes to the end of the order); its old location."""
+        kind = type(key)
+        if kind is tuple:
+            key = HashedKey(key)
+            self._wrapped = True
+        elif kind is HashedKey:
+            self._wrapped = True
         old = self._locations.get(key)
         if old is not None:
             self.live_bytes -= old & LENGTH_MASK
@@ -108,7 +160,7 @@ class KeyIndex:
         return old
 
     def delete(self, key: Any) -> None:
-        old = self._locations.pop(key, None)
+        old = self._locations.pop(HashedKey(key) if type(key) is tuple else key, None)
         if old is not None:
             self.live_bytes -= old & LENGTH_MASK
 
@@ -119,33 +171,35 @@ class KeyIndex:
         self.other_frames = 0
         self._newest = 0
         self._unordered = False
+        self._wrapped = False
 
     # A hint file carries the index as a snapshot (see hintfile.py).
 
     def snapshot(self) -> bytes:
-        return _dump(self._locations, self.live_bytes, self.other_frames)
+        keys = list(map(plain_key, self._locations) if self._wrapped else self._locations)
+        return encode_index(keys, list(self._locations.values()), self.other_frames)
 
-    def restore(self, snapshot: bytes) -> None:
-        """Replace the contents by a snapshot's; ValueError if it is not one."""
-        locations, live_bytes, other_frames = _load(snapshot)
+    def restore(self, snapshot: bytes, sizes: Sequence[int]) -> None:
+        """Replace the contents by a snapshot's, whose locations lie in segments
+        of the covered ``sizes``; ValueError, changing nothing, if it is not one."""
+        locations, self.live_bytes, self._wrapped, self.other_frames = _load(snapshot, sizes)
         self._locations = locations
         self._newest = next(reversed(locations.values()), 0) >> BIRTH_SHIFT  # (in birthtime order)
         self._unordered = False
-        self.live_bytes = live_bytes
-        self.other_frames = other_frames
 
-    def rebase(self, snapshot: bytes, first_kept: int, shift: int) -> None:
+    def rebase(self, snapshot: bytes, sizes: Sequence[int], first_kept: int, shift: int) -> None:
         """Move onto a compaction's copies: a key whose record lies in a replaced
         segment (slot < ``first_kept``) takes its copy's location from ``snapshot``
-        (the compaction's, in the order the keys had then); the others' slots move
-        by ``shift``. Order is kept. ValueError, changing nothing, if the snapshot
-        does not account for exactly the keys and bytes we have.
+        (the compaction's, in the order the keys had then, its locations in
+        segments of the covered ``sizes``); the others' slots move by ``shift``.
+        Order is kept. ValueError, changing nothing, if the snapshot does not
+        account for exactly the keys and bytes we have.
 
         Mostly C-speed dict and set work: since the snapshot, keys were only
         overwritten in place (same birthtime), deleted, or added at the end
         (new, or deleted and set again: a new birthtime).
         """
-        copies = _load(snapshot)[0]
+        copies, _, wrapped, _ = _load(snapshot, sizes)
         old = self._locations
         moved = dict(copies)
         for key in copies.keys() - old.keys():
@@ -159,14 +213,16 @@ class KeyIndex:
         if len(moved) != len(old) or sum(loc & LENGTH_MASK for loc in moved.values()) != self.live_bytes:
             raise ValueError("the snapshot does not hold copies of exactly the records indexed here")
         self._locations = moved
+        self._wrapped = self._wrapped or wrapped
 
     def first(self) -> Any:
         """The oldest key; KeyError when empty."""
         for key in self._locations:
-            return key
+            return plain_key(key)
         raise KeyError("index is empty")
 
     def items(self) -> Iterator[tuple[Any, int]]:
+        """(index key, location) pairs in order: the keys to hand back to snapshot_of()."""
         return iter(self._locations.items())
 
 
@@ -174,34 +230,19 @@ def _birthtime_of(item: tuple[Any, int]) -> int:
     return item[1] >> BIRTH_SHIFT
 
 
-def snapshot_of(locations: dict[Any, int]) -> bytes:
-    """The snapshot of a KeyIndex holding ``locations`` (and no queue frames)."""
-    return _dump(locations, sum(loc & LENGTH_MASK for loc in locations.values()), 0)
+def snapshot_of(pairs: Iterable[tuple[Any, int]]) -> bytes:
+    """The snapshot of a KeyIndex holding the (index key, location)s ``pairs``
+    (as items() gives them), in order, and no queue frames."""
+    pairs = list(pairs)
+    return encode_index([plain_key(key) for key, _ in pairs], [loc for _, loc in pairs], 0)
 
 
-def _load(snapshot: bytes) -> tuple[dict[Any, int], int, int]:
-    try:
-        locations, live_bytes, other_frames = _DataOnlyUnpickler(io.BytesIO(snapshot)).load()
-    except Exception as exc:  # whatever unpickling garbage raises
-        raise ValueError(f"not an index snapshot: {exc}") from None
-    if type(locations) is not dict or type(live_bytes) is not int or type(other_frames) is not int:
-        raise ValueError("not an index snapshot")
-    return locations, live_bytes, other_frames
-
-
-def _dump(locations: dict[Any, int], live_bytes: int, other_frames: int) -> bytes:
-    out = io.BytesIO()
-    pickler = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
-    pickler.fast = True  # no memo: nothing is shared, and dumping is 4x faster without it
-    pickler.dump((locations, live_bytes, other_frames))
-    return out.getvalue()
-
-
-class _DataOnlyUnpickler(pickle.Unpickler):
-    """Unpickles containers, str, bytes and ints, and refuses to look up any class
-    or function: that is all a snapshot holds, and it keeps a crafted hint file
-    from running code. (pickle loads a 1M-key dict ~2x faster than any other
-    format tried, which is what makes opening from a hint fast.)"""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"an index snapshot holds no {module}.{name}")
+def _load(snapshot: bytes, sizes: Sequence[int]) -> tuple[dict[Any, int], int, bool, int]:
+    """(locations by index key, live bytes, whether any key is wrapped, other frames) of a snapshot."""
+    keys, locations, live_bytes, other_frames, wrapped = decode_index(snapshot, sizes)  # (ValueError if unusable)
+    if wrapped:
+        keys = list(map(index_key, keys))
+    index = dict(zip(keys, locations))
+    if len(index) != len(keys):
+        raise ValueError("not an index snapshot: a key appears twice")
+    return index, live_bytes, wrapped, other_frames

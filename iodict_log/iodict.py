@@ -9,16 +9,17 @@ import warnings
 from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, MutableMapping, ValuesView
 from typing import Any, Callable, NamedTuple, TypeVar
 
-from . import compaction, crashpoints
+from . import compaction, crashpoints, fileops
 from .errors import IODictLogError, StoreClosedError
 from .format import KIND_COMPACTED, OP_DELETE, OP_SET, Frame, Hint
 from .hintfile import publish_hint, stage_hint
-from .index import KeyIndex, location_birthtime, snapshot_of
+from .index import KeyIndex, index_key, location_birthtime, plain_key, snapshot_of
 from .log import Entry, Log, LogHandle, check_options
 from .objectlock import make_lock
-from .serialize import Serializer, decode_key, encode_key
+from .serialize import Serializer, canonical_key, decode_key, encode_key
 
 _MISSING = object()
+_ABSENT = object()  # looked up in place of a key no store can hold: never found
 _CHUNK = 1024  # keys read per lock hold while iterating values
 T = TypeVar("T")
 
@@ -39,6 +40,12 @@ class IODict(LogHandle, MutableMapping):
     See CONTRACT.md §2: dict behaviour, order by birthtime (an overwrite keeps
     a key's place), every write handed to the OS before it returns, and any
     number of threads and processes on one path.
+
+    Keys equal in a dict are one key in every method (serialize.canonical_key:
+    ``True``, ``1.0`` and ``1`` are the key ``1``). A hashable key that no store
+    can hold (``1.5``, ``None``) is simply missing for lookups (KeyError, False,
+    the default) and a TypeError for writes; an unhashable one is a TypeError,
+    as in a dict. Internally keys are index keys (index.index_key).
     """
 
     def __init__(
@@ -71,21 +78,20 @@ class IODict(LogHandle, MutableMapping):
         self._compact_check_at = 0  # the last_seq at which a write next looks at the dead bytes
         self._compactor: threading.Thread | None = None
         self._closing = threading.Event()
-        self.path = os.fspath(path)
+        self.path = fileops.store_path(path)  # (absolute: a later os.chdir() changes nothing)
         self._index = KeyIndex(decode_key)
         self._log: Log | None = None
         self._log = Log(self.path, self._index, sync=sync, segment_bytes=segment_bytes, hints=True)
 
     # --- plumbing -------------------------------------------------------------
 
-    def _stored_at(self, log: Log, key: Any) -> tuple[int, bytes]:
+    def _stored_at(self, log: Log, key: Any) -> tuple[int, bytes] | None:
         loc = self._index.get(key)
-        if loc is None:
-            raise KeyError(key)
-        return log.read_value(loc)
+        return None if loc is None else log.read_value(loc)
 
     def _value_at(self, log: Log, key: Any) -> Any:
-        return self._serializer.decode(*self._stored_at(log, key))
+        """The value of a key known to be present."""
+        return self._serializer.decode(*log.read_value(self._index.get(key)))  # type: ignore[arg-type]
 
     def _set(self, log: Log, key: Any, key_bytes: bytes, flags: int, stored: bytes) -> None:
         """Append one set: the path of ``d[k] = v``."""
@@ -118,7 +124,7 @@ class IODict(LogHandle, MutableMapping):
 
     def _remove(self, log: Log, keys: list[Any]) -> None:
         """Append deletes of existing keys as one write."""
-        entries: list[Entry] = [(OP_DELETE, 0, encode_key(key), b"", log.birthtime()) for key in keys]
+        entries: list[Entry] = [(OP_DELETE, 0, encode_key(plain_key(key)), b"", log.birthtime()) for key in keys]
         if len(entries) == 1:
             log.append_one(*entries[0])
         else:
@@ -129,26 +135,40 @@ class IODict(LogHandle, MutableMapping):
             self._consider_compacting(log)
 
     def _encoded(self, key: Any, value: Any) -> tuple[Any, bytes, int, bytes]:
-        """Check and serialize before anything is written (TypeError on bad input)."""
-        return (key, encode_key(key), *self._serializer.encode(value, self._compress))
+        """(index key, key bytes, flags, stored value): checked and serialized
+        before anything is written (TypeError on bad input)."""
+        if type(key) is not str:
+            key = canonical_key(key)
+        return (index_key(key), encode_key(key), *self._serializer.encode(value, self._compress))
 
     # --- the mapping ----------------------------------------------------------
 
     def __getitem__(self, key: Any) -> Any:
-        return self._serializer.decode(*self._read(self._stored_at, key))  # (decoded after the lock)
+        found = self._read(self._stored_at, key if type(key) is str else _lookup_key(key))
+        if found is None:
+            raise KeyError(key)
+        return self._serializer.decode(*found)  # (decoded after the lock)
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        self._write(self._set, key, encode_key(key), *self._serializer.encode(value, self._compress))
+        if type(key) is str:  # (the hot path: _encoded() without its calls)
+            self._write(self._set, key, encode_key(key), *self._serializer.encode(value, self._compress))
+        else:
+            self._write(self._set, *self._encoded(key, value))
 
     def __delitem__(self, key: Any) -> None:
-        self._write(self._delete, key)
-
-    def _delete(self, log: Log, key: Any) -> None:
-        if key not in self._index:
+        if not self._write(self._delete, _lookup_key(key)):
             raise KeyError(key)
+
+    def _delete(self, log: Log, key: Any) -> bool:
+        """Delete ``key`` if present; whether it was."""
+        if key not in self._index:
+            return False
         self._remove(log, [key])
+        return True
 
     def __contains__(self, key: object) -> bool:
+        if type(key) is not str:
+            key = _lookup_key(key)
         return self._read(lambda log: key in self._index)
 
     def __len__(self) -> int:
@@ -193,12 +213,13 @@ class IODict(LogHandle, MutableMapping):
             return default
 
     def pop(self, key: Any, default: Any = _MISSING) -> Any:
-        return self._write(self._pop, key, default)
+        value = self._write(self._pop, _lookup_key(key), default)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
 
     def _pop(self, log: Log, key: Any, default: Any) -> Any:
         if key not in self._index:
-            if default is _MISSING:
-                raise KeyError(key)
             return default
         value = self._value_at(log, key)
         self._remove(log, [key])
@@ -212,14 +233,16 @@ class IODict(LogHandle, MutableMapping):
         if not len(self._index):
             raise KeyError("popitem(): dictionary is empty")
         key = next(reversed(self._index)) if last else self._index.first()
-        return key, self._pop(log, key, _MISSING)
+        return key, self._pop(log, index_key(key), _MISSING)
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
+        if type(key) is not str:
+            key = canonical_key(key)  # (TypeError for a key no store can hold: this may write it)
         return self._write(self._setdefault, key, default)
 
     def _setdefault(self, log: Log, key: Any, default: Any) -> Any:
         if key in self._index:
-            return self._value_at(log, key)
+            return self._value_at(log, index_key(key))  # (the default is not even serialized)
         self._put(log, [self._encoded(key, default)])
         return default
 
@@ -242,6 +265,26 @@ class IODict(LogHandle, MutableMapping):
         """A plain dict with the same items (iodict returned the store itself)."""
         return dict(self.items())
 
+    # PEP 584, as dict: ``|`` gives a plain dict (like copy()), ``|=`` is update().
+
+    def __or__(self, other: Any) -> dict:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        merged = self.copy()
+        merged.update(other)
+        return merged
+
+    def __ror__(self, other: Any) -> dict:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        merged = dict(other)
+        merged.update(self.items())
+        return merged
+
+    def __ior__(self, other: Any) -> IODict:
+        self.update(other)  # (one atomic batch; like dict's |=, whatever update() takes)
+        return self
+
     def fromkeys(self, iterable: Iterable[Any], value: Any = None) -> IODict:
         """Set each key to ``value`` in this store (as iodict did) and return the store."""
         self.update((key, value) for key in iterable)
@@ -251,7 +294,8 @@ class IODict(LogHandle, MutableMapping):
 
     def birthtime(self, key: Any) -> float:
         """When ``key`` was first set since it was last deleted, in seconds since the epoch."""
-        loc = self._read(lambda log: self._index.get(key))
+        found = _lookup_key(key)
+        loc = self._read(lambda log: self._index.get(found))
         if loc is None:
             raise KeyError(key)
         return location_birthtime(loc) / 1e9
@@ -352,7 +396,7 @@ class IODict(LogHandle, MutableMapping):
         if not written:
             return False
         coverage = tuple((w.size, w.crc) for w in written)
-        hint = Hint(plan.sources.salt, plan.last_seq, plan.last_birthtime, coverage, snapshot_of(dict(moved)))
+        hint = Hint(plan.sources.salt, plan.last_seq, plan.last_birthtime, coverage, snapshot_of(moved))
         try:
             stage_hint(self.path, hint)
         except OSError:
@@ -459,6 +503,19 @@ def _reporting(items: Iterator[T], total: int, progress: Callable[[int, int], No
         if done % 10_000 == 0:
             progress(done, total)
     progress(done, total)
+
+
+def _lookup_key(key: Any) -> Any:
+    """The index key to look ``key`` up by: keys equal in a dict are one key; a
+    hashable key no store can hold is never found (as a dict would say), and an
+    unhashable one raises TypeError (as a dict does)."""
+    if type(key) is str:  # (most keys: as they are)
+        return key
+    try:
+        return index_key(canonical_key(key))
+    except TypeError:
+        hash(key)
+        return _ABSENT
 
 
 def _pair(item: Any) -> tuple[Any, Any]:

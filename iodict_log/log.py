@@ -328,11 +328,13 @@ class Log:
         self.hinted_seq = -1
         if not self._hints:
             return None
-        hint = read_hint(self.directory)
-        if hint is None or not self._hint_covers(hint, self._segments):
+        segments = self._segments
+        disk = sum(s.size() for s in segments if s is not None)  # (at open, none is None)
+        hint = read_hint(self.directory, disk, len(segments))
+        if hint is None or not self._hint_covers(hint, segments):
             return None
         try:
-            self._consumer.restore(hint.payload)  # type: ignore[attr-defined]
+            self._consumer.restore(hint.payload, [size for size, _ in hint.coverage])  # type: ignore[attr-defined]
         except ValueError:
             self._consumer.reset()
             return None
@@ -561,8 +563,14 @@ class Log:
         them, and every key we had in a replaced segment must have its copy.
         """
         manifest = read_manifest(self.directory)
-        hint = read_hint(self.directory) if self._hints and not self.corrupt_records else None
-        if manifest is None or hint is None:
+        if manifest is None or not self._hints or self.corrupt_records:
+            return False
+        try:  # (the hint covers some of these: no larger than they could justify)
+            disk = sum(os.stat(os.path.join(self.directory, segment_name(n))).st_size for n in manifest.segments)
+        except OSError:
+            return False  # compacted again meanwhile
+        hint = read_hint(self.directory, disk, len(manifest.segments))
+        if hint is None:
             return False
         kept_slots = [slot for slot, s in enumerate(self._segments) if s is not None]
         kept = tuple(self._segments[slot].number for slot in kept_slots)
@@ -584,7 +592,8 @@ class Log:
         try:
             if not self._hint_covers(hint, segments):
                 raise ValueError("the hint is not this compaction's")
-            consumer.rebase(hint.payload, kept_slots[0], copies - kept_slots[0])  # type: ignore[attr-defined]
+            sizes = [size for size, _ in hint.coverage]
+            consumer.rebase(hint.payload, sizes, kept_slots[0], copies - kept_slots[0])  # type: ignore[attr-defined]
         except ValueError:
             for segment in segments:
                 segment.close()

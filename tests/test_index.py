@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 
 import pytest
@@ -9,6 +10,8 @@ from helpers import SALT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from iodict_log import IODict
+from iodict_log import index as index_module
 from iodict_log.format import (
     OP_BATCH_BEGIN,
     OP_BATCH_COMMIT,
@@ -25,6 +28,7 @@ from iodict_log.index import (
     KeyIndex,
     location_birthtime,
     pack_location,
+    plain_key,
     unpack_location,
 )
 from iodict_log.serialize import decode_key, encode_key
@@ -107,7 +111,7 @@ def test_keys_iterate_in_insertion_order_and_reversed():
     assert list(index) == keys
     assert list(reversed(index)) == keys[::-1]
     assert index.first() == "b"
-    assert [k for k, _ in index.items()] == keys
+    assert [plain_key(k) for k, _ in index.items()] == keys
     assert all(key in index for key in keys)
 
 
@@ -197,7 +201,7 @@ def test_index_matches_an_ordered_dict_model(ops):
             model.pop(key, None)
     assert list(index) == list(model)
     assert list(reversed(index)) == list(reversed(model))
-    assert list(index.items()) == list(model.items())
+    assert [(plain_key(k), v) for k, v in index.items()] == list(model.items())
     assert len(index) == len(model)
     assert index.live_bytes == sum(unpack_location(v)[2] for v in model.values())
     if model:
@@ -257,3 +261,91 @@ def test_apply_ignores_bookkeeping_frames(op):
     bookkeeping = decode_frame(encode_frame(op, 0, 1, 1, b"", b"\x00\x00\x00\x00", salt=SALT), 0, SALT)
     index.apply(bookkeeping, loc(99))
     assert list(index) == ["a"] and index.live_bytes == 3
+
+
+# --- colliding hashes (issue 21.6) --------------------------------------------------
+
+_M64 = 2**64 - 1
+_P1, _P2, _P5 = 11400714785074694791, 14029467366897019727, 2870177450012600261  # CPython's tuple hash primes
+
+
+def colliding_pairs(n: int, target: int = 12345) -> list[tuple[int, int]]:
+    """``n`` (int, int) keys with one CPython tuple hash: CPython hashes small ints
+    to themselves and combines a tuple's item hashes with an unkeyed xxHash-like
+    step, so for each ``a`` the hash that ``b`` needs can be solved for; the pairs
+    whose solution is an int's hash are kept."""
+
+    def rotl(x: int) -> int:
+        return ((x << 31) | (x >> 33)) & _M64
+
+    inverse = pow(_P2, -1, 2**64)
+    out: list[tuple[int, int]] = []
+    a = 0
+    while len(out) < n:
+        a += 1
+        acc = rotl((_P5 + a * _P2) & _M64) * _P1 & _M64
+        wanted = (target - acc) * inverse & _M64
+        b = wanted - 2**64 if wanted >= 2**63 else wanted
+        if 0 <= b < 2**61 - 1 or -(2**61 - 1) < b < -1:  # (an int's own hash; -1 hashes to -2)
+            out.append((a, b))
+    return out
+
+
+COLLIDING = colliding_pairs(3000)
+
+
+def test_the_colliding_keys_do_collide():
+    assert len(set(COLLIDING)) == 3000 and len({hash(key) for key in COLLIDING}) == 1
+
+
+class Probes:
+    """Counts HashedKey comparisons: a dict compares keys only when their full
+    hashes are equal, so on colliding hashes the count grows with the square of
+    the keys, and otherwise with the lookups (one per hit)."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.count = 0
+        compare = index_module.HashedKey.__eq__
+
+        def counting(this, other):
+            self.count += 1
+            return compare(this, other)
+
+        monkeypatch.setattr(index_module.HashedKey, "__eq__", counting)
+
+
+def test_colliding_tuple_keys_are_held_without_their_tuple_hash(monkeypatch):
+    # guards 21.6: (int, int) keys with one hash made open and update() quadratic (15 s for 1 MB)
+    index = KeyIndex(decode_key)
+    probes = Probes(monkeypatch)
+    for i, key in enumerate(COLLIDING):
+        index.apply(frame(OP_SET, key), loc(40, birthtime=i + 1))
+    for key in COLLIDING:
+        assert index.get(key) is not None
+    held = list(index._locations)
+    assert all(type(key) is not tuple for key in held)  # no dict here ever hashes the tuple
+    assert len({hash(key) for key in held}) == len(COLLIDING)
+    assert probes.count <= 2 * len(COLLIDING)  # (quadratic: ~4.5 million)
+    assert list(index) == COLLIDING
+
+
+def test_opening_and_updating_colliding_tuple_keys_stays_linear(tmp_path, monkeypatch):
+    # guards 21.6 end to end: update()'s bookkeeping, the scan at open, the hint and rebase
+    path = tmp_path / "s"
+    probes = Probes(monkeypatch)
+    with IODict(path, auto_compact=False) as d:
+        d.update((key, i) for i, key in enumerate(COLLIDING))
+        d.update((key, -i) for i, key in enumerate(COLLIDING))  # all present: every one a hit
+        assert probes.count <= 10 * len(COLLIDING)
+        probes.count = 0
+        d.compact()
+        assert list(d) == COLLIDING  # (this process moves onto the copies too)
+        assert probes.count <= 10 * len(COLLIDING)
+    for hint in (True, False):
+        if not hint:
+            os.unlink(path / "HINT")
+        probes.count = 0
+        with IODict(path) as d:
+            assert d.stats()["index_from_hint"] is hint
+            assert list(d.items()) == [(key, -i) for i, key in enumerate(COLLIDING)]
+            assert probes.count <= 10 * len(COLLIDING)

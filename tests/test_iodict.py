@@ -7,6 +7,7 @@ after ``compact()``.
 
 from __future__ import annotations
 
+import enum
 import multiprocessing
 import os
 import threading
@@ -1432,3 +1433,181 @@ def test_a_store_dropped_without_close_gives_its_file_descriptors_back(tmp_path)
     assert open_descriptors() <= before + 1
     with IODict(tmp_path / "s3") as again:  # and the data is all there
         assert len(again) == 100
+
+
+# --- keys equal in a dict are one key in every method (issue 17.8) --------------------
+
+
+class Color(enum.IntEnum):
+    RED = 1
+
+
+class Name(str):
+    pass
+
+
+# (a key, an equal key of another type, as a dict sees them)
+EQUAL_KEYS = [
+    (1, True),
+    (1, 1.0),
+    (1, Color.RED),
+    (0, False),
+    (-3, -3.0),
+    ("name", Name("name")),
+    ((1, "a"), (True, Name("a"))),
+    ((0, (2,)), (0.0, (2.0,))),
+]
+
+
+@pytest.mark.parametrize(("key", "equal"), EQUAL_KEYS, ids=repr)
+def test_keys_equal_in_a_dict_are_one_key_in_every_method(d, key, equal):
+    # guards 17.8: d[True] and 1.0 in d found key 1, but d.pop(1.0) and del d[True] raised TypeError
+    ref: dict = {}
+    for target in (d, ref):
+        target[key] = "first"
+        target[equal] = "second"  # overwrites, in place
+    assert list(d.items()) == list(ref.items()) and all(type(k) is type(key) for k in d)
+    assert equal in d and d[equal] == "second" and d.get(equal) == "second"
+    assert d.birthtime(equal) == d.birthtime(key)
+    assert d.setdefault(equal, "other") == ref.setdefault(equal, "other") == "second"
+    assert d.setdefault(equal, object()) == "second"  # (a default not used is not serialized, as before)
+    assert d.pop(equal) == ref.pop(equal) == "second" and key not in d
+    d[equal] = "third"  # a new key: stored in its plain form, as a dict keeps the first one
+    assert same(list(d), [key])
+    del d[equal]
+    with pytest.raises(KeyError):
+        del d[equal]
+    d.update({equal: 1, key: 2})
+    ref.update({equal: 1, key: 2})
+    assert list(d.values()) == list(ref.values()) == [2] and same(list(d), [key])
+    d.fromkeys([equal], "f")
+    assert dict(d) == {key: "f"}
+    d = reopen(d)
+    assert d[equal] == "f" and same(list(d), [key])
+    d.close()
+
+
+# hashable keys no store can hold: a dict would say they are missing
+NEVER_KEYS = [1.5, float("nan"), None, 2**64, -(2**63) - 1, (1, 1.5), (None,), frozenset([1]), object(), "\ud800"]
+
+
+@pytest.mark.parametrize("key", NEVER_KEYS, ids=repr)
+def test_a_key_no_store_can_hold_is_missing_for_lookups_and_a_typeerror_for_writes(d, key):
+    d["existing"] = 1
+    before = footprint(d)
+    assert key not in d
+    assert d.get(key) is None and d.get(key, "dflt") == "dflt"
+    assert d.pop(key, "dflt") == "dflt"
+    for lookup in (lambda: d[key], lambda: d.pop(key), lambda: d.birthtime(key), lambda: d.__delitem__(key)):
+        with pytest.raises(KeyError) as info:
+            lookup()
+        assert info.value.args[0] is key  # (the key as given, as a dict says)
+    for write in (lambda: d.__setitem__(key, 1), lambda: d.setdefault(key), lambda: d.update({key: 1})):
+        with pytest.raises(TypeError):
+            write()
+    assert footprint(d) == before
+
+
+@pytest.mark.parametrize("key", [[1], {}, (1, [2]), {1}], ids=repr)
+def test_an_unhashable_key_raises_typeerror_in_every_method_like_dict(d, key):
+    d["existing"] = 1
+    methods = [
+        lambda: d[key],
+        lambda: key in d,
+        lambda: d.get(key),
+        lambda: d.pop(key, None),
+        lambda: d.__delitem__(key),
+        lambda: d.birthtime(key),
+        lambda: d.__setitem__(key, 1),
+        lambda: d.setdefault(key),
+    ]
+    for method in methods:
+        with pytest.raises(TypeError):
+            method()
+    with pytest.raises(TypeError):
+        {"existing": 1}.get(key)  # (what dict itself says)
+    assert list(d.items()) == [("existing", 1)]
+
+
+# --- PEP 584 (issue 17.8) ----------------------------------------------------------
+
+
+def test_or_gives_a_plain_dict_like_copy(d):
+    # guards 17.8: d | {}, {} | d and d |= {} failed
+    d.update({"a": 1, "b": 2})
+    merged = d | {"b": 3, "c": 4}
+    assert type(merged) is dict and merged == {"a": 1, "b": 3, "c": 4} and list(merged) == ["a", "b", "c"]
+    assert list(d.items()) == [("a", 1), ("b", 2)]  # unchanged
+    merged = {"b": 3, "z": 0} | d
+    assert type(merged) is dict and list(merged.items()) == [("b", 2), ("z", 0), ("a", 1)]
+    assert d | {} == {} | d == {"a": 1, "b": 2}
+    other = IODict(d.path + "-other")
+    other["b"] = "o"
+    assert d | other == {"a": 1, "b": "o"} and other | d == {"b": 2, "a": 1}
+    other.close()
+
+
+def test_ior_updates_in_place_as_one_batch_and_returns_the_store(d):
+    d["a"] = 1
+    before = d.stats()["last_seq"]
+    same_store = d
+    d |= {"a": 2, "b": 3}
+    assert d is same_store and list(d.items()) == [("a", 2), ("b", 3)]
+    d |= [("c", 4)]  # (like dict's |=, whatever update() takes)
+    assert d["c"] == 4
+    records = [r for r in d.records() if r.seq > before]
+    assert [(r.key, r.value) for r in records] == [("a", 2), ("b", 3), ("c", 4)]
+    d = reopen(d)
+    assert dict(d) == {"a": 2, "b": 3, "c": 4}
+    d.close()
+
+
+@pytest.mark.parametrize("other", [[("a", 1)], 1, "ab", None], ids=repr)
+def test_or_with_a_non_mapping_is_a_typeerror_like_dict(d, other):
+    d["a"] = 0
+    for combine in (lambda: d | other, lambda: other | d):
+        with pytest.raises(TypeError):
+            combine()
+    assert d.__or__(other) is NotImplemented and d.__ror__(other) is NotImplemented
+
+
+def test_ior_with_something_update_refuses_is_its_typeerror_and_writes_nothing(d):
+    d["a"] = 0
+    with pytest.raises(TypeError):
+        d |= 1
+    with pytest.raises(TypeError):
+        d |= [("fine", 1), (1.5, 2)]
+    assert dict(d) == {"a": 0}
+
+
+# --- paths (issue 17.2) ------------------------------------------------------------
+
+
+def test_a_relative_path_is_fixed_at_open_so_chdir_changes_nothing(tmp_path, monkeypatch):
+    # guards 17.2: after os.chdir(), a relative store broke ("CURRENT is gone") within 30 sets
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")  # (restores the cwd afterwards)
+    d = IODict("store", segment_bytes=4096)
+    assert d.path == str(tmp_path / "a" / "store")
+    os.chdir(tmp_path / "b")
+    for i in range(200):  # rolls many segments
+        d[f"k{i}"] = "v" * 50
+    assert len(d) == 200
+    d.compact()
+    d.close()
+    assert not (tmp_path / "b" / "store").exists()
+    with IODict(tmp_path / "a" / "store") as again:
+        assert len(again) == 200 and again["k199"] == "v" * 50
+
+
+def test_a_tilde_path_is_expanded(tmp_path, monkeypatch):
+    # guards 17.2: IODict("~/appdata") created ./~/appdata
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    with IODict("~/appdata") as d:
+        d["k"] = 1
+        assert d.path == str(tmp_path / "home" / "appdata")
+    assert (tmp_path / "home" / "appdata" / "CURRENT").exists()
+    assert list((tmp_path / "cwd").iterdir()) == []

@@ -19,11 +19,16 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from iodict_log import IODict
+from iodict_log.serialize import canonical_key
 
 SEGMENT_BYTES = 4096
 
-# A small key space, so overwrites, deletes and re-sets of the same key happen often.
-KEYS = st.sampled_from(["a", "b", "c", "", 0, 1, -7, 2**40, b"a", (1, "a"), ("a", (2, b"x")), ()])
+# A small key space, so overwrites, deletes and re-sets of the same key happen often;
+# with keys a dict holds equal to others (True and 1.0 are 1), which are one key (17.8).
+KEYS = st.sampled_from(
+    ["a", "b", "c", "", 0, 1, -7, 2**40, b"a", (1, "a"), ("a", (2, b"x")), ()]
+    + [True, 1.0, False, -7.0, (True, "a"), ("a", (2.0, b"x"))]
+)
 STR_KEYS = st.sampled_from(["a", "b", "c", "kw"])
 
 SCALARS = (
@@ -48,12 +53,20 @@ BIG = st.integers(min_value=0, max_value=2**32).map(lambda seed: random.Random(s
 VALUES = NESTED | BIG
 
 
+class Model(OrderedDict):
+    """The model: an OrderedDict that, like the store, keeps a new key in its
+    canonical form (1 for True or 1.0); an existing key keeps its place and form."""
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key if key in self else canonical_key(key), value)
+
+
 class IODictMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.directory = tempfile.mkdtemp(prefix="iodict-stateful-")
         self.store = None
-        self.model = OrderedDict()
+        self.model = Model()
         self.births = {}  # key -> birthtime seen while the key has lived
 
     @initialize()
