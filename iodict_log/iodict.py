@@ -81,7 +81,7 @@ class IODict(LogHandle, MutableMapping):
         self.path = fileops.store_path(path)  # (absolute: a later os.chdir() changes nothing)
         self._index = KeyIndex(decode_key)
         self._log: Log | None = None
-        self._log = Log(self.path, self._index, sync=sync, segment_bytes=segment_bytes, hints=True)
+        self._log = Log(self.path, self._index, sync=sync, segment_bytes=segment_bytes, hints=True, kind="dict")
 
     # --- plumbing -------------------------------------------------------------
 

@@ -140,7 +140,10 @@ class LogConsumer(Protocol):
     """What the log feeds the frames it reads to (the dict's or the queue's index).
 
     With ``hints=True`` the log also asks it for ``snapshot() -> bytes`` and hands
-    such bytes back to ``restore(snapshot)`` (ValueError if unusable) on open.
+    such bytes back on open to ``restore(snapshot, sizes)``, and after another
+    process compacted to ``rebase(snapshot, sizes, first_kept, shift)``: ``sizes``
+    are the covered size of each segment the hint names, so that every location is
+    checked against its segment; ValueError, changing nothing, if unusable.
     """
 
     def reset(self) -> None: ...
