@@ -7,52 +7,109 @@ type msgpack changes anyway: bytearray and memoryview are stored as binary
 and come back as bytes. Keys are
 restricted to str, bytes, int and tuples of these, and brought to one canonical
 form (canonical_key), so keys equal in a dict always encode to equal bytes.
+
+Nesting is bounded both ways (docs/DESIGN.md, "Keys and values"). Each tuple
+level is a nested pack or unpack with a large C stack frame, so tuples nest at
+most MAX_TUPLE_DEPTH deep (MAX_KEY_DEPTH in a key); lists, dicts and tuples
+together at most MAX_DEPTH deep, so any reader may walk a value recursively.
+Encoding refuses more with TypeError; decoding counts tuple levels as it goes
+(it can never exhaust the C stack) and raises CorruptionError for anything the
+encoder could not have produced from a storable key or value: decode_key
+accepts only the canonical bytes of a storable key.
 """
 
 from __future__ import annotations
 
 import pickle
 import threading
+from itertools import chain, compress, repeat
+from operator import is_
 from typing import Any, Callable
 
 import msgpack
 
-from .errors import IODictLogError
+from .errors import CorruptionError, IODictLogError
 from .format import COMPRESS_MIN, FLAG_LZ4, FLAG_PICKLE, compress_value, stored_value
 
 EXT_TUPLE = 1
+MAX_TUPLE_DEPTH = 32  # tuples nested in a value, at most (each level costs ~40 kB of C stack to decode)
+MAX_DEPTH = 100  # lists, dicts and tuples nested in a value, at most
+MAX_KEY_DEPTH = 16  # tuples nested in a key, at most
 
 
 _OPTIONS = {"use_bin_type": True, "strict_types": True}
 _local = threading.local()  # one Packer per thread: a Packer is not thread-safe
+_NESTED = frozenset({list, dict, tuple})
+# What a damaged or forged msgpack can raise: FormatError, StackError, ExtraData
+# and UnicodeDecodeError are ValueErrors; TypeError is an unhashable map key.
+_DECODE_ERRORS = (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException)
 
 
-def _default(obj: Any) -> msgpack.ExtType:
-    if type(obj) is tuple:
-        # A fresh Packer: the calling one is busy (nested packb is ~10x slower).
-        return msgpack.ExtType(EXT_TUPLE, msgpack.Packer(default=_default, **_OPTIONS).pack(list(obj)))
-    raise TypeError(f"cannot serialize {type(obj).__name__!r} object with msgpack")
+def _tuple_default(depth: int) -> Callable[[Any], msgpack.ExtType]:
+    """The Packer ``default`` for tuples at nesting ``depth``: one function per depth, so no state."""
+
+    def default(obj: Any) -> msgpack.ExtType:
+        if type(obj) is tuple:
+            if depth >= MAX_TUPLE_DEPTH:
+                raise TypeError(f"tuples may nest at most {MAX_TUPLE_DEPTH} deep in a value")
+            # A fresh Packer: the calling one is busy (nested packb is ~10x slower). The
+            # ExtType is built as the tuple it is: its checking __new__ costs more than the pack.
+            data = msgpack.Packer(default=_DEFAULTS[depth + 1], **_OPTIONS).pack(list(obj))
+            return tuple.__new__(msgpack.ExtType, (EXT_TUPLE, data))
+        raise TypeError(f"cannot serialize {type(obj).__name__!r} object with msgpack")
+
+    return default
 
 
-def _ext_hook(code: int, data: bytes) -> Any:
-    if code == EXT_TUPLE:
-        return tuple(_unpack(data))
-    return msgpack.ExtType(code, data)
+def _tuple_hook(depth: int) -> Callable[[int, bytes], Any]:
+    """The Unpacker ``ext_hook`` at tuple nesting ``depth``: bounds the C recursion of nested unpacks."""
+
+    def ext_hook(code: int, data: bytes) -> Any:
+        if code != EXT_TUPLE:
+            return msgpack.ExtType(code, data)
+        if depth >= MAX_TUPLE_DEPTH:
+            raise CorruptionError(f"tuples nest more than {MAX_TUPLE_DEPTH} deep")
+        return tuple(msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_HOOKS[depth + 1]))
+
+    return ext_hook
+
+
+_DEFAULTS = [_tuple_default(depth) for depth in range(MAX_TUPLE_DEPTH + 1)]
+_HOOKS = [_tuple_hook(depth) for depth in range(MAX_TUPLE_DEPTH + 1)]
 
 
 def _pack(obj: Any) -> bytes:
     try:
         packer = _local.packer
     except AttributeError:
-        packer = _local.packer = msgpack.Packer(default=_default, **_OPTIONS)
+        packer = _local.packer = msgpack.Packer(default=_DEFAULTS[0], **_OPTIONS)
     return packer.pack(obj)
 
 
 def _unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_ext_hook)
+    """The object in ``data``: CorruptionError for bytes no encode could have written."""
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_HOOKS[0])
+    except _DECODE_ERRORS as exc:
+        raise CorruptionError(f"msgpack does not decode: {type(exc).__name__}: {exc}") from None
 
 
-MAX_KEY_DEPTH = 16  # tuples nested in a key, at most
+def _nests_deeper(value: Any, limit: int) -> bool:
+    """Whether lists, dicts and tuples nest more than ``limit`` deep in the container ``value``.
+
+    Level by level, without recursion, and with no Python code per element or
+    per container (map, compress, chain run in C): a level of leaves costs one
+    pass over them, which is about what packing them costs.
+    """
+    level = [value]
+    for _ in range(limit):
+        dicts = compress(level, map(is_, map(type, level), repeat(dict)))
+        containers = level + list(map(dict.values, dicts))  # (iterating a dict gives its keys)
+        if _NESTED.isdisjoint(map(type, chain.from_iterable(containers))):
+            return False
+        children = list(chain.from_iterable(containers))
+        level = list(compress(children, map(_NESTED.__contains__, map(type, children))))
+    return True
 
 
 def canonical_key(key: Any, _depth: int = 0) -> Any:
@@ -95,7 +152,23 @@ def encode_key(key: Any) -> bytes:
 
 
 def decode_key(data: bytes) -> Any:
-    return _unpack(data)
+    """The key whose encode_key is ``data``; CorruptionError for any other bytes.
+
+    Re-encoding is the one complete test of "canonical and storable" (no float,
+    bool, nil, list or map, no longer form of a shorter string or int, no
+    tuple nested too deep); a short str or a one-byte int, the common keys,
+    are canonical as soon as they decode.
+    """
+    key = _unpack(data)
+    kind = type(key)
+    if (kind is str and 0xA0 <= data[0] <= 0xBF) or (kind is int and len(data) == 1):  # fixstr, fixint
+        return key
+    try:
+        if _pack(canonical_key(key)) == data:
+            return key
+    except TypeError:
+        pass
+    raise CorruptionError(f"key bytes {data[:40].hex()} are not the encoding of a storable key")
 
 
 class Serializer:
@@ -125,7 +198,7 @@ class Serializer:
             stored = stored_value(flags, stored)
         if flags & FLAG_PICKLE:
             return self.loads(flags, stored)
-        return _unpack(stored)
+        return _msgpack_loads(stored)
 
     def loads(self, flags: int, data: bytes) -> Any:
         if flags & FLAG_PICKLE:
@@ -135,14 +208,25 @@ class Serializer:
                     "serializer='pickle' to read it (only for files you trust)"
                 )
             return pickle.loads(data)
-        return _unpack(data)
+        return _msgpack_loads(data)
 
 
 def _msgpack_dumps(value: Any) -> bytes:
     try:
-        return _pack(value)
+        data = _pack(value)
     except (OverflowError, ValueError, RecursionError) as exc:
         raise TypeError(f"cannot serialize value with msgpack: {exc}") from None
+    # Every level of nesting takes at least one byte, so only longer values need the walk.
+    if len(data) > MAX_DEPTH and type(value) in _NESTED and _nests_deeper(value, MAX_DEPTH):
+        raise TypeError(f"lists, dicts and tuples may nest at most {MAX_DEPTH} deep in a value")
+    return data
+
+
+def _msgpack_loads(data: bytes) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_HOOKS[0])
+    except _DECODE_ERRORS as exc:
+        raise CorruptionError(f"msgpack value does not decode: {type(exc).__name__}: {exc}") from None
 
 
 def _pickle_dumps(value: Any) -> bytes:

@@ -45,6 +45,7 @@ from iodict_log.format import (
     KNOWN_FLAGS,
     KNOWN_OPS,
     MANIFEST_MAGIC,
+    MAX_LZ4_RATIO,
     OP_BATCH_BEGIN,
     OP_BATCH_COMMIT,
     OP_DELETE,
@@ -251,7 +252,7 @@ def test_stored_value_of_arbitrary_bytes_is_bounded_or_a_corruption_error(stored
         return
     assert type(value) is bytes
     if flags & FLAG_LZ4:
-        assert len(value) <= 255 * len(stored)
+        assert len(value) <= MAX_LZ4_RATIO * len(stored)
     else:
         assert value == stored
 
@@ -266,7 +267,7 @@ def test_damaged_lz4_blocks_decompress_or_raise_corruption_error(value, bits):
         out = stored_value(flags, packed)
     except CorruptionError:
         return
-    assert type(out) is bytes and len(out) <= 255 * len(packed)
+    assert type(out) is bytes and len(out) <= MAX_LZ4_RATIO * len(packed)
 
 
 # --- Scan over adversarial bytes ------------------------------------------------------------
