@@ -20,10 +20,10 @@ accepts only the canonical bytes of a storable key.
 
 from __future__ import annotations
 
+import gc
 import pickle
 import threading
-from itertools import chain, compress, repeat
-from operator import is_
+from itertools import compress
 from typing import Any, Callable
 
 import msgpack
@@ -97,17 +97,15 @@ def _unpack(data: bytes) -> Any:
 def _nests_deeper(value: Any, limit: int) -> bool:
     """Whether lists, dicts and tuples nest more than ``limit`` deep in the container ``value``.
 
-    Level by level, without recursion, and with no Python code per element or
-    per container (map, compress, chain run in C): a level of leaves costs one
-    pass over them, which is about what packing them costs.
+    Level by level, without recursion and with no Python code per element or
+    per container: gc.get_referents gives the elements (a dict's keys and
+    values) of a whole level at once, and map and compress sort them in C.
     """
     level = [value]
     for _ in range(limit):
-        dicts = compress(level, map(is_, map(type, level), repeat(dict)))
-        containers = level + list(map(dict.values, dicts))  # (iterating a dict gives its keys)
-        if _NESTED.isdisjoint(map(type, chain.from_iterable(containers))):
+        children = gc.get_referents(*level)
+        if _NESTED.isdisjoint(map(type, children)):
             return False
-        children = list(chain.from_iterable(containers))
         level = list(compress(children, map(_NESTED.__contains__, map(type, children))))
     return True
 
