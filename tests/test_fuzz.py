@@ -53,6 +53,7 @@ from iodict_log.format import (
     KIND_LOG,
     KNOWN_FLAGS,
     KNOWN_OPS,
+    LZ4_FREE,
     MANIFEST_MAGIC,
     MAX_LZ4_RATIO,
     OP_BATCH_BEGIN,
@@ -262,7 +263,7 @@ def test_stored_value_of_arbitrary_bytes_is_bounded_or_a_corruption_error(stored
         return
     assert type(value) is bytes
     if flags & FLAG_LZ4:
-        assert len(value) <= MAX_LZ4_RATIO * len(stored)
+        assert len(value) <= max(MAX_LZ4_RATIO * len(stored), LZ4_FREE)
     else:
         assert value == stored
 
@@ -277,7 +278,7 @@ def test_damaged_lz4_blocks_decompress_or_raise_corruption_error(value, bits):
         out = stored_value(flags, packed)
     except CorruptionError:
         return
-    assert type(out) is bytes and len(out) <= MAX_LZ4_RATIO * len(packed)
+    assert type(out) is bytes and len(out) <= max(MAX_LZ4_RATIO * len(packed), LZ4_FREE)
 
 
 # --- Scan over adversarial bytes ------------------------------------------------------------
@@ -806,14 +807,14 @@ def check_key_bytes(data: bytes) -> None:
 
 def check_value_bytes(flags: int, stored: bytes) -> None:
     """A msgpack value decodes (to a value that round-trips) or is CorruptionError; never more
-    than MAX_LZ4_RATIO times the stored bytes are decompressed."""
+    than the lz4 bound (MAX_LZ4_RATIO times the stored bytes, or LZ4_FREE) is decompressed."""
     ser = Serializer("msgpack")
     try:
         value = ser.decode(flags & FLAG_LZ4, stored)
     except CorruptionError:
         return
     if flags & FLAG_LZ4:
-        assert len(stored_value(FLAG_LZ4, stored)) <= MAX_LZ4_RATIO * len(stored)
+        assert len(stored_value(FLAG_LZ4, stored)) <= max(MAX_LZ4_RATIO * len(stored), LZ4_FREE)
     try:
         again = ser.dumps(value)
     except TypeError:  # a forged value deeper than the encoder allows (read in bounded C stack)

@@ -25,7 +25,16 @@ from helpers import same
 
 from iodict_log import IODict
 from iodict_log.errors import CorruptionError
-from iodict_log.format import COMPRESS_MIN, FLAG_LZ4, MAX_LZ4_RATIO, OP_SET, compress_value, encode_frame, stored_value
+from iodict_log.format import (
+    COMPRESS_MIN,
+    FLAG_LZ4,
+    LZ4_FREE,
+    MAX_LZ4_RATIO,
+    OP_SET,
+    compress_value,
+    encode_frame,
+    stored_value,
+)
 from iodict_log.serialize import MAX_DEPTH, MAX_KEY_DEPTH, MAX_TUPLE_DEPTH, Serializer, decode_key, encode_key
 
 MSGPACK = Serializer("msgpack")
@@ -383,12 +392,12 @@ def test_decompression_bombs_raise_corruption_error_or_decode_under_a_memory_cap
 )
 def test_the_writer_never_stores_a_value_the_reader_would_refuse(store_path, value):
     # The bound both ways: what compress_value writes, stored_value accepts; beyond the
-    # ratio the value is stored as it is.
+    # bound the value is stored as it is.
     data = MSGPACK.dumps(value)
     flags, stored = compress_value(data)
     assert stored_value(flags, stored) == data
     if flags & FLAG_LZ4:
-        assert len(data) <= MAX_LZ4_RATIO * len(stored)
+        assert len(data) <= max(MAX_LZ4_RATIO * len(stored), LZ4_FREE)
     else:
         assert stored == data
     with IODict(store_path) as d:
@@ -397,8 +406,11 @@ def test_the_writer_never_stores_a_value_the_reader_would_refuse(store_path, val
         assert same(d["v"], value)
 
 
-def test_highly_compressible_value_is_stored_uncompressed_and_ordinary_text_compressed():
-    assert compress_value(bytes(100_000)) == (0, bytes(100_000))
+def test_a_value_beyond_the_ratio_is_stored_uncompressed_unless_it_unpacks_to_64_kib_or_less():
+    assert compress_value(bytes(100_000)) == (0, bytes(100_000))  # 100 kB from ~400 bytes: refused
+    for small in (b"a" * 10_000, bytes(LZ4_FREE)):  # ~250x, but small enough to unpack anyway
+        flags, stored = compress_value(small)
+        assert flags == FLAG_LZ4 and len(stored) * MAX_LZ4_RATIO < len(small) and stored_value(flags, stored) == small
     text = b"".join(b"hello world %d, " % i for i in range(100))
     flags, stored = compress_value(text)
     assert flags == FLAG_LZ4 and len(stored) < len(text)

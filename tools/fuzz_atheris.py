@@ -72,6 +72,7 @@ with atheris.instrument_imports(include=["iodict_log"]) if atheris else contextl
         KIND_LOG,
         KNOWN_FLAGS,
         KNOWN_OPS,
+        LZ4_FREE,
         MANIFEST_MAGIC,
         MAX_LZ4_RATIO,
         OP_BATCH_BEGIN,
@@ -165,7 +166,7 @@ def check_any_bytes(buf: bytes, start: int) -> None:
         except CorruptionError:
             assert flags
             continue
-        assert type(value) is bytes and len(value) <= MAX_LZ4_RATIO * max(len(buf), 1)
+        assert type(value) is bytes and len(value) <= max(MAX_LZ4_RATIO * len(buf), LZ4_FREE)
 
 
 # --- mode 1: frame-like pieces --------------------------------------------------------------
