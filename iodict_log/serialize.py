@@ -165,13 +165,15 @@ def decode_key(data: bytes) -> Any:
     """
     key = _unpack(data)
     kind = type(key)
-    if (kind is str and 0xA0 <= data[0] <= 0xBF) or (kind is int and len(data) == 1):  # fixstr, fixint
-        return key
-    try:
-        if _pack(canonical_key(key)) == data:
+    if kind is str or kind is bytes or kind is int:  # (msgpack ints are all in range)
+        if (kind is str and 0xA0 <= data[0] <= 0xBF) or len(data) == 1 or _pack(key) == data:  # fixstr, fixint
             return key
-    except TypeError:
-        pass
+    elif kind is tuple:
+        try:
+            if _pack(canonical_key(key)) == data:
+                return key
+        except TypeError:
+            pass
     raise CorruptionError(f"key bytes {data[:40].hex()} are not the encoding of a storable key")
 
 
