@@ -38,7 +38,7 @@ MAX_KEY_DEPTH = 16  # tuples nested in a key, at most
 
 
 _OPTIONS = {"use_bin_type": True, "strict_types": True}
-_local = threading.local()  # one Packer per thread: a Packer is not thread-safe
+_local = threading.local()  # Packers per thread: a Packer is not thread-safe
 _NESTED = frozenset({list, dict, tuple})
 # What a damaged or forged msgpack can raise: FormatError, StackError, ExtraData
 # and UnicodeDecodeError are ValueErrors; TypeError is an unhashable map key.
@@ -52,10 +52,8 @@ def _tuple_default(depth: int) -> Callable[[Any], msgpack.ExtType]:
         if type(obj) is tuple:
             if depth >= MAX_TUPLE_DEPTH:
                 raise TypeError(f"tuples may nest at most {MAX_TUPLE_DEPTH} deep in a value")
-            # A fresh Packer: the calling one is busy (nested packb is ~10x slower). The
-            # ExtType is built as the tuple it is: its checking __new__ costs more than the pack.
-            data = msgpack.Packer(default=_DEFAULTS[depth + 1], **_OPTIONS).pack(list(obj))
-            return tuple.__new__(msgpack.ExtType, (EXT_TUPLE, data))
+            # The ExtType is built as the tuple it is: its checking __new__ costs more than the pack.
+            return tuple.__new__(msgpack.ExtType, (EXT_TUPLE, _packer(depth + 1).pack(list(obj))))
         raise TypeError(f"cannot serialize {type(obj).__name__!r} object with msgpack")
 
     return default
@@ -78,12 +76,22 @@ _DEFAULTS = [_tuple_default(depth) for depth in range(MAX_TUPLE_DEPTH + 1)]
 _HOOKS = [_tuple_hook(depth) for depth in range(MAX_TUPLE_DEPTH + 1)]
 
 
-def _pack(obj: Any) -> bytes:
+def _packer(depth: int) -> msgpack.Packer:
+    """This thread's Packer for tuple nesting ``depth``.
+
+    One per depth: while a tuple's members are packed, the Packers of the
+    levels above are busy. (A fresh Packer per tuple would cost more than the
+    packing, and nested packb is ~10x slower.)
+    """
     try:
-        packer = _local.packer
+        return _local.packers[depth]
     except AttributeError:
-        packer = _local.packer = msgpack.Packer(default=_DEFAULTS[0], **_OPTIONS)
-    return packer.pack(obj)
+        _local.packers = [msgpack.Packer(default=default, **_OPTIONS) for default in _DEFAULTS]
+        return _local.packers[depth]
+
+
+def _pack(obj: Any) -> bytes:
+    return _packer(0).pack(obj)
 
 
 def _unpack(data: bytes) -> Any:
@@ -155,25 +163,38 @@ def encode_key(key: Any) -> bytes:
         raise TypeError(f"str key is not valid Unicode: {exc}") from None
 
 
+_KEY_PARTS = frozenset({str, bytes, int, tuple})
+
+
+def _plain_tuple(key: tuple, depth: int) -> bool:
+    """Whether a decoded tuple holds only str, bytes, int and such tuples, at most MAX_KEY_DEPTH deep.
+
+    (What canonical_key checks, for what msgpack can decode: its types in C, one
+    call per tuple, and nothing built.)
+    """
+    kinds = set(map(type, key))
+    if not kinds <= _KEY_PARTS:
+        return False
+    if tuple not in kinds:
+        return True
+    return depth < MAX_KEY_DEPTH and all(_plain_tuple(part, depth + 1) for part in key if type(part) is tuple)
+
+
 def decode_key(data: bytes) -> Any:
     """The key whose encode_key is ``data``; CorruptionError for any other bytes.
 
-    Re-encoding is the one complete test of "canonical and storable" (no float,
-    bool, nil, list or map, no longer form of a shorter string or int, no
-    tuple nested too deep); a short str or a one-byte int, the common keys,
-    are canonical as soon as they decode.
+    Only key types, and the bytes they re-encode to: no float, bool, nil, list
+    or map, no longer form of a shorter string or int, no tuple nested too
+    deep. A short str or a one-byte int, the common keys, are canonical as
+    soon as they decode.
     """
     key = _unpack(data)
     kind = type(key)
     if kind is str or kind is bytes or kind is int:  # (msgpack ints are all in range)
         if (kind is str and 0xA0 <= data[0] <= 0xBF) or len(data) == 1 or _pack(key) == data:  # fixstr, fixint
             return key
-    elif kind is tuple:
-        try:
-            if _pack(canonical_key(key)) == data:
-                return key
-        except TypeError:
-            pass
+    elif kind is tuple and _plain_tuple(key, 1) and _pack(key) == data:
+        return key
     raise CorruptionError(f"key bytes {data[:40].hex()} are not the encoding of a storable key")
 
 
