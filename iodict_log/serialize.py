@@ -185,13 +185,16 @@ def decode_key(data: bytes) -> Any:
 
     Only key types, and the bytes they re-encode to: no float, bool, nil, list
     or map, no longer form of a shorter string or int, no tuple nested too
-    deep. A short str or a one-byte int, the common keys, are canonical as
-    soon as they decode.
+    deep. A str up to 255 bytes or a one-byte int, the common keys, are
+    canonical as soon as they decode.
     """
     key = _unpack(data)
     kind = type(key)
     if kind is str or kind is bytes or kind is int:  # (msgpack ints are all in range)
-        if (kind is str and 0xA0 <= data[0] <= 0xBF) or len(data) == 1 or _pack(key) == data:  # fixstr, fixint
+        head = data[0]
+        if kind is str and (0xA0 <= head <= 0xBF or (head == 0xD9 and len(data) >= 34)):  # fixstr; str8 of 32+
+            return key
+        if len(data) == 1 or _pack(key) == data:  # (a one-byte int is a fixint)
             return key
     elif kind is tuple and _plain_tuple(key, 1) and _pack(key) == data:
         return key

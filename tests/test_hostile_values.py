@@ -257,6 +257,7 @@ FORGED_KEYS = {
     "tuple-with-list": msgpack.packb(msgpack.ExtType(1, msgpack.packb([[1]]))),
     "tuple-with-bool": msgpack.packb(msgpack.ExtType(1, b"\x91\xc3")),
     "str-as-str8": b"\xd9\x02ab",
+    "str8-of-31-bytes": b"\xd9\x1f" + b"x" * 31,
     "str-as-str16": b"\xda\x00\x02ab",
     "bytes-as-bin16": b"\xc5\x00\x02ab",
     "int-as-uint8": b"\xcc\x05",
