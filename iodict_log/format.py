@@ -94,6 +94,12 @@ FLAG_BATCH = 0x04  # frame belongs to a batch: valid only between its BEGIN and 
 KNOWN_FLAGS = FLAG_LZ4 | FLAG_PICKLE | FLAG_BATCH
 
 COMPRESS_MIN = 256  # values shorter than this are never worth compressing
+# A value is stored lz4-compressed only if it unpacks to at most MAX_LZ4_RATIO
+# times its stored length or LZ4_FREE bytes, whichever is more, and a reader
+# refuses a bigger size prefix: so decompressing is bounded by the stored bytes,
+# and so is decoding (a msgpack object takes at least one byte).
+MAX_LZ4_RATIO = 32
+LZ4_FREE = 2**16
 COUNT = struct.Struct("<I")
 
 
@@ -117,10 +123,10 @@ def encode_frame(op: int, flags: int, seq: int, birthtime_ns: int, key: bytes, v
 
 
 def compress_value(value: bytes) -> tuple[int, bytes]:
-    """Return (flags, stored bytes): lz4 only when it saves space."""
+    """Return (flags, stored bytes): lz4 only when it saves space, and never beyond the bound below."""
     if len(value) >= COMPRESS_MIN:
         packed = lz4.block.compress(value, store_size=True)
-        if len(packed) < len(value):
+        if len(packed) < len(value) <= max(MAX_LZ4_RATIO * len(packed), LZ4_FREE):
             return FLAG_LZ4, packed
     return 0, value
 
@@ -128,10 +134,10 @@ def compress_value(value: bytes) -> tuple[int, bytes]:
 def stored_value(flags: int, stored: bytes) -> bytes:
     """Undo compress_value."""
     if flags & FLAG_LZ4:
-        # A damaged size prefix must not make lz4 allocate gigabytes: lz4 never
-        # expands data more than 255-fold.
-        if len(stored) < 4 or COUNT.unpack_from(stored)[0] > 255 * len(stored):
-            raise CorruptionError("lz4 block has an impossible size prefix")
+        # The size prefix is checked before lz4 allocates anything: no block that
+        # compress_value writes unpacks to more than this.
+        if len(stored) < 4 or COUNT.unpack_from(stored)[0] > max(MAX_LZ4_RATIO * len(stored), LZ4_FREE):
+            raise CorruptionError(f"lz4 block has an impossible size prefix (over {MAX_LZ4_RATIO}x its length)")
         try:
             return lz4.block.decompress(stored)
         except (lz4.block.LZ4BlockError, ValueError) as exc:

@@ -7,52 +7,121 @@ type msgpack changes anyway: bytearray and memoryview are stored as binary
 and come back as bytes. Keys are
 restricted to str, bytes, int and tuples of these, and brought to one canonical
 form (canonical_key), so keys equal in a dict always encode to equal bytes.
+
+Nesting is bounded both ways (docs/DESIGN.md, "Keys and values"). Each tuple
+level is a nested pack or unpack with a large C stack frame, so tuples nest at
+most MAX_TUPLE_DEPTH deep (MAX_KEY_DEPTH in a key); lists, dicts and tuples
+together at most MAX_DEPTH deep, so any reader may walk a value recursively.
+Encoding refuses more with TypeError; decoding counts tuple levels as it goes
+(it can never exhaust the C stack) and raises CorruptionError for anything the
+encoder could not have produced from a storable key or value: decode_key
+accepts only the canonical bytes of a storable key.
 """
 
 from __future__ import annotations
 
+import gc
 import pickle
 import threading
+from itertools import compress
 from typing import Any, Callable
 
 import msgpack
 
-from .errors import IODictLogError
+from .errors import CorruptionError, IODictLogError
 from .format import COMPRESS_MIN, FLAG_LZ4, FLAG_PICKLE, compress_value, stored_value
 
 EXT_TUPLE = 1
+MAX_TUPLE_DEPTH = 32  # tuples nested in a value, at most (each level costs ~40 kB of C stack to decode)
+MAX_DEPTH = 100  # lists, dicts and tuples nested in a value, at most
+MAX_KEY_DEPTH = 16  # tuples nested in a key, at most
 
 
 _OPTIONS = {"use_bin_type": True, "strict_types": True}
-_local = threading.local()  # one Packer per thread: a Packer is not thread-safe
+_local = threading.local()  # Packers per thread: a Packer is not thread-safe
+_NESTED = frozenset({list, dict, tuple})
+# What a damaged or forged msgpack can raise: FormatError, StackError, ExtraData
+# and UnicodeDecodeError are ValueErrors; TypeError is an unhashable map key.
+_DECODE_ERRORS = (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException)
 
 
-def _default(obj: Any) -> msgpack.ExtType:
-    if type(obj) is tuple:
-        # A fresh Packer: the calling one is busy (nested packb is ~10x slower).
-        return msgpack.ExtType(EXT_TUPLE, msgpack.Packer(default=_default, **_OPTIONS).pack(list(obj)))
-    raise TypeError(f"cannot serialize {type(obj).__name__!r} object with msgpack")
+def _tuple_default(depth: int) -> Callable[[Any], msgpack.ExtType]:
+    """The Packer ``default`` for tuples at nesting ``depth``: one function per depth, so no state."""
+
+    def default(obj: Any) -> msgpack.ExtType:
+        if type(obj) is tuple:
+            if depth >= MAX_TUPLE_DEPTH:
+                raise TypeError(f"tuples may nest at most {MAX_TUPLE_DEPTH} deep in a value")
+            # The ExtType is built as the tuple it is: its checking __new__ costs more than the pack.
+            return tuple.__new__(msgpack.ExtType, (EXT_TUPLE, _packer(depth + 1).pack(list(obj))))
+        raise TypeError(f"cannot serialize {type(obj).__name__!r} object with msgpack")
+
+    return default
 
 
-def _ext_hook(code: int, data: bytes) -> Any:
-    if code == EXT_TUPLE:
-        return tuple(_unpack(data))
-    return msgpack.ExtType(code, data)
+def _tuple_hook(depth: int) -> Callable[[int, bytes], Any]:
+    """The Unpacker ``ext_hook`` at tuple nesting ``depth``: bounds the C recursion of nested unpacks."""
+
+    def ext_hook(code: int, data: bytes) -> Any:
+        if code != EXT_TUPLE:
+            return msgpack.ExtType(code, data)
+        if depth >= MAX_TUPLE_DEPTH:
+            raise CorruptionError(f"tuples nest more than {MAX_TUPLE_DEPTH} deep")
+        return tuple(msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_HOOKS[depth + 1]))
+
+    return ext_hook
+
+
+_DEFAULTS = [_tuple_default(depth) for depth in range(MAX_TUPLE_DEPTH + 1)]
+_HOOKS = [_tuple_hook(depth) for depth in range(MAX_TUPLE_DEPTH + 1)]
+
+
+def _packer(depth: int) -> msgpack.Packer:
+    """This thread's Packer for tuple nesting ``depth``.
+
+    One per depth: while a tuple's members are packed, the Packers of the
+    levels above are busy. (A fresh Packer per tuple would cost more than the
+    packing, and nested packb is ~10x slower.)
+    """
+    try:
+        return _local.packers[depth]
+    except AttributeError:
+        _local.packers = [msgpack.Packer(default=default, **_OPTIONS) for default in _DEFAULTS]
+        return _local.packers[depth]
 
 
 def _pack(obj: Any) -> bytes:
-    try:
-        packer = _local.packer
-    except AttributeError:
-        packer = _local.packer = msgpack.Packer(default=_default, **_OPTIONS)
-    return packer.pack(obj)
+    return _packer(0).pack(obj)
 
 
 def _unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_ext_hook)
+    """The object in ``data``: CorruptionError for bytes no encode could have written."""
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_HOOKS[0])
+    except _DECODE_ERRORS as exc:
+        raise CorruptionError(f"msgpack does not decode: {type(exc).__name__}: {exc}") from None
 
 
-MAX_KEY_DEPTH = 16  # tuples nested in a key, at most
+def _nests_deeper(value: Any, limit: int) -> bool:
+    """Whether lists, dicts and tuples nest more than ``limit`` deep in the container ``value``.
+
+    Level by level, without recursion and with no Python code per element or
+    per container: gc.get_referents gives the elements (a dict's keys and
+    values) of a whole level at once, and map and compress sort them in C.
+    The cost is about that of packing the value.
+    """
+    level = [value]
+    for _ in range(limit):
+        children = gc.get_referents(*level)
+        if len(children) <= 64:  # (for a few, one comprehension costs less than the C calls)
+            level = [child for child in children if type(child) in _NESTED]
+        elif _NESTED.isdisjoint(map(type, children)):
+            return False
+        else:
+            level = list(compress(children, map(_NESTED.__contains__, map(type, children))))
+        if not level:
+            return False
+    return True
 
 
 def canonical_key(key: Any, _depth: int = 0) -> Any:
@@ -94,8 +163,42 @@ def encode_key(key: Any) -> bytes:
         raise TypeError(f"str key is not valid Unicode: {exc}") from None
 
 
+_KEY_PARTS = frozenset({str, bytes, int, tuple})
+
+
+def _plain_tuple(key: tuple, depth: int) -> bool:
+    """Whether a decoded tuple holds only str, bytes, int and such tuples, at most MAX_KEY_DEPTH deep.
+
+    (What canonical_key checks, for what msgpack can decode: its types in C, one
+    call per tuple, and nothing built.)
+    """
+    kinds = set(map(type, key))
+    if not kinds <= _KEY_PARTS:
+        return False
+    if tuple not in kinds:
+        return True
+    return depth < MAX_KEY_DEPTH and all(_plain_tuple(part, depth + 1) for part in key if type(part) is tuple)
+
+
 def decode_key(data: bytes) -> Any:
-    return _unpack(data)
+    """The key whose encode_key is ``data``; CorruptionError for any other bytes.
+
+    Only key types, and the bytes they re-encode to: no float, bool, nil, list
+    or map, no longer form of a shorter string or int, no tuple nested too
+    deep. A str up to 255 bytes or a one-byte int, the common keys, are
+    canonical as soon as they decode.
+    """
+    key = _unpack(data)
+    kind = type(key)
+    if kind is str or kind is bytes or kind is int:  # (msgpack ints are all in range)
+        head = data[0]
+        if kind is str and (0xA0 <= head <= 0xBF or (head == 0xD9 and len(data) >= 34)):  # fixstr; str8 of 32+
+            return key
+        if len(data) == 1 or _pack(key) == data:  # (a one-byte int is a fixint)
+            return key
+    elif kind is tuple and _plain_tuple(key, 1) and _pack(key) == data:
+        return key
+    raise CorruptionError(f"key bytes {data[:40].hex()} are not the encoding of a storable key")
 
 
 class Serializer:
@@ -125,7 +228,7 @@ class Serializer:
             stored = stored_value(flags, stored)
         if flags & FLAG_PICKLE:
             return self.loads(flags, stored)
-        return _unpack(stored)
+        return _msgpack_loads(stored)
 
     def loads(self, flags: int, data: bytes) -> Any:
         if flags & FLAG_PICKLE:
@@ -135,14 +238,25 @@ class Serializer:
                     "serializer='pickle' to read it (only for files you trust)"
                 )
             return pickle.loads(data)
-        return _unpack(data)
+        return _msgpack_loads(data)
 
 
 def _msgpack_dumps(value: Any) -> bytes:
     try:
-        return _pack(value)
+        data = _pack(value)
     except (OverflowError, ValueError, RecursionError) as exc:
         raise TypeError(f"cannot serialize value with msgpack: {exc}") from None
+    # Every level of nesting takes at least one byte, so only longer values need the walk.
+    if len(data) > MAX_DEPTH and type(value) in _NESTED and _nests_deeper(value, MAX_DEPTH):
+        raise TypeError(f"lists, dicts and tuples may nest at most {MAX_DEPTH} deep in a value")
+    return data
+
+
+def _msgpack_loads(data: bytes) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_HOOKS[0])
+    except _DECODE_ERRORS as exc:
+        raise CorruptionError(f"msgpack value does not decode: {type(exc).__name__}: {exc}") from None
 
 
 def _pickle_dumps(value: Any) -> bytes:

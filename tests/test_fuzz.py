@@ -1,4 +1,4 @@
-"""Fuzzing the decoders of iodict_log/format.py: frames, the Scan, segment headers, the manifest.
+"""Fuzzing the decoders: frames, the Scan, segment headers, the manifest (format.py); keys and values.
 
 tests/test_format.py pins the codecs down case by case (every bit flip of small frames,
 every cut, batches frame by frame). This module feeds them arbitrary and adversarial
@@ -19,18 +19,27 @@ bytes instead, and checks what must hold for *any* input:
 with unknown ops or flags (both checksums hold), headers whose checksum holds but whose
 lengths lie, frames cut short or with a damaged payload, frames of other stores (other
 salts), runs of sync bytes. tools/fuzz_atheris.py runs the same checks for longer.
+
+Keys and values (serialize.py) get hostile msgpack (huge lengths, deep arrays, maps and
+tuples, bad ext, bad UTF-8, trailing bytes, long forms of short values, lz4 bombs), both
+alone and in frames forged with a real store's salt; and values nested past the limits.
 """
 
 from __future__ import annotations
 
+import os
 import struct
+import tempfile
 import zlib
 
-from helpers import SALT, flip
+import lz4.block
+import msgpack
+from helpers import SALT, flip, same
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iodict_log.errors import CorruptionError, FormatVersionError
+from iodict_log import IODict
+from iodict_log.errors import CorruptionError, FormatVersionError, IODictLogError
 from iodict_log.format import (
     COUNT,
     DATA_OPS,
@@ -44,7 +53,9 @@ from iodict_log.format import (
     KIND_LOG,
     KNOWN_FLAGS,
     KNOWN_OPS,
+    LZ4_FREE,
     MANIFEST_MAGIC,
+    MAX_LZ4_RATIO,
     OP_BATCH_BEGIN,
     OP_BATCH_COMMIT,
     OP_DELETE,
@@ -71,6 +82,7 @@ from iodict_log.format import (
     header_length,
     stored_value,
 )
+from iodict_log.serialize import MAX_DEPTH, MAX_TUPLE_DEPTH, Serializer, decode_key, encode_key
 
 MANY = settings(max_examples=300, deadline=None)
 SOME = settings(max_examples=150, deadline=None)
@@ -251,7 +263,7 @@ def test_stored_value_of_arbitrary_bytes_is_bounded_or_a_corruption_error(stored
         return
     assert type(value) is bytes
     if flags & FLAG_LZ4:
-        assert len(value) <= 255 * len(stored)
+        assert len(value) <= max(MAX_LZ4_RATIO * len(stored), LZ4_FREE)
     else:
         assert value == stored
 
@@ -266,7 +278,7 @@ def test_damaged_lz4_blocks_decompress_or_raise_corruption_error(value, bits):
         out = stored_value(flags, packed)
     except CorruptionError:
         return
-    assert type(out) is bytes and len(out) <= 255 * len(packed)
+    assert type(out) is bytes and len(out) <= max(MAX_LZ4_RATIO * len(packed), LZ4_FREE)
 
 
 # --- Scan over adversarial bytes ------------------------------------------------------------
@@ -702,3 +714,207 @@ def test_a_resync_reads_each_byte_a_bounded_number_of_times(monkeypatch):
     scan = Scan(buf, SALT)
     assert list(scan) == [] and scan.end == 0 and scan.damage == []  # all of it is a torn tail
     assert sum(checked) <= 4 * len(buf)
+
+
+# --- keys and values: hostile msgpack, deep nesting, forged frames in a store ------------------
+#
+# The same promise one level up (docs/DESIGN.md, "Keys and values"): whatever the bytes of
+# a key or value, decoding gives what encode_key / the serializer wrote, or CorruptionError;
+# no other exception, no crash, bounded memory. Values nested past the limits are refused
+# with TypeError on encode. Forged frames carry the store's salt (read from the segment
+# header, docs/FORMAT.md), so the checksums hold and only the payload is hostile.
+
+HUGE = st.sampled_from([2**16 - 1, 2**31, 2**32 - 1])
+VALUES_SMALL = st.recursive(
+    st.one_of(st.none(), st.integers(-5, 300), st.text(max_size=5), st.binary(max_size=5)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.lists(inner, max_size=3).map(tuple)),
+    max_leaves=6,
+)
+
+
+def packed_header(kind: str, length: int) -> bytes:
+    """The msgpack header of a container or string of ``length`` (its widest form, so it may lie)."""
+    code = {"array": 0xDD, "map": 0xDF, "str": 0xDB, "bin": 0xC6, "ext": 0xC9}[kind]
+    return bytes([code]) + length.to_bytes(4, "big") + (b"\x01" if kind == "ext" else b"")
+
+
+def tuple_levels(depth: int, leaf: bytes = b"\x90") -> bytes:
+    """msgpack of ``depth`` tuples (ext 1) nested in each other around ``leaf``."""
+    data = leaf
+    for _ in range(depth):
+        body = b"\x91" + data
+        data = b"\xc9" + len(body).to_bytes(4, "big") + b"\x01" + body
+    return data
+
+
+@st.composite
+def hostile_msgpack(draw) -> bytes:
+    """msgpack that lies: huge lengths, deep arrays and maps, deep or bad ext, bad UTF-8, trailing bytes."""
+    kind = draw(st.integers(0, 9))
+    if kind == 0:
+        return draw(st.binary(max_size=60))
+    if kind == 1:  # a length far beyond the bytes that follow
+        return packed_header(draw(st.sampled_from(["array", "map", "str", "bin", "ext"])), draw(HUGE)) + draw(
+            st.binary(max_size=8)
+        )
+    if kind == 2:  # lists or maps nested around a leaf
+        opener = draw(st.sampled_from([b"\x91", b"\x81\x01", b"\x92\x90"]))
+        return opener * draw(st.sampled_from([50, 101, 600, 1100, 5000])) + draw(
+            st.sampled_from([b"\xc0", b"", b"\x01"])
+        )
+    if kind == 3:  # tuples nested around a leaf (each a nested unpack)
+        return tuple_levels(
+            draw(st.sampled_from([1, 16, 17, 32, 33, 200, 3000])), draw(st.sampled_from([b"\x90", b"\xc1", b""]))
+        )
+    if kind == 4:  # an ext of any code with any data
+        data = draw(st.binary(max_size=12))
+        return b"\xc7" + bytes([len(data), draw(st.integers(0, 255))]) + data
+    if kind == 5:  # invalid UTF-8 in a str
+        body = draw(st.binary(min_size=1, max_size=10)) + b"\xff"
+        return bytes([0xA0 | len(body)]) + body
+    if kind == 6:  # a valid value with bytes after it, or cut short
+        good = msgpack.packb(draw(st.lists(st.integers(0, 300), max_size=5)), use_bin_type=True)
+        return good + draw(st.binary(min_size=1, max_size=4)) if draw(st.booleans()) else good[:-1]
+    if kind == 7:  # unhashable or odd map keys
+        return (
+            b"\x81" + draw(st.sampled_from([b"\x90", b"\x80", b"\xc0", b"\xcb" + bytes(8), tuple_levels(1)])) + b"\x01"
+        )
+    if kind == 8:  # a valid key or value, written the long way
+        return draw(st.sampled_from([b"\xd9\x01a", b"\xda\x00\x01a", b"\xcc\x05", b"\xd3" + bytes(8), b"\xc5\x00\x00"]))
+    return b"".join(draw(st.lists(hostile_msgpack(), min_size=1, max_size=3)))
+
+
+@st.composite
+def lz4_blocks(draw) -> bytes:
+    """lz4 blocks that lie: a hostile payload compressed, its size prefix kept or replaced."""
+    inner = draw(hostile_msgpack())
+    if draw(st.booleans()):
+        inner = packed_header("array", 2**20) + b"\x90" * (2**20)  # a million empty arrays (a bomb)
+    block = lz4.block.compress(inner, store_size=True)
+    if draw(st.booleans()):
+        block = COUNT.pack(draw(st.one_of(U32, st.integers(0, 64)))) + block[4:]
+    return block
+
+
+def check_key_bytes(data: bytes) -> None:
+    """decode_key gives the key these bytes encode (and nothing else does) or CorruptionError."""
+    try:
+        key = decode_key(data)
+    except CorruptionError:
+        return
+    assert encode_key(key) == data
+
+
+def check_value_bytes(flags: int, stored: bytes) -> None:
+    """A msgpack value decodes (to a value that round-trips) or is CorruptionError; never more
+    than the lz4 bound (MAX_LZ4_RATIO times the stored bytes, or LZ4_FREE) is decompressed."""
+    ser = Serializer("msgpack")
+    try:
+        value = ser.decode(flags & FLAG_LZ4, stored)
+    except CorruptionError:
+        return
+    if flags & FLAG_LZ4:
+        assert len(stored_value(FLAG_LZ4, stored)) <= max(MAX_LZ4_RATIO * len(stored), LZ4_FREE)
+    try:
+        again = ser.dumps(value)
+    except TypeError:  # a forged value deeper than the encoder allows (read in bounded C stack)
+        assert depth_of(value) > MAX_DEPTH
+        return
+    assert same(ser.loads(0, again), value)
+
+
+def depth_of(value, tuples: bool = False) -> int:
+    """How deep lists, dicts and tuples (or tuples only) nest in ``value`` (without recursion)."""
+    deepest, todo = 0, [(value, 0)]
+    while todo:
+        part, depth = todo.pop()
+        kind = type(part)
+        if kind in (list, dict, tuple):
+            depth += kind is tuple or not tuples
+            deepest = max(deepest, depth)
+            todo.extend((child, depth) for child in ([*part, *part.values()] if kind is dict else part))
+    return deepest
+
+
+@st.composite
+def nested_values(draw):
+    """A value with a random mix of lists, dicts and tuples nested up to ~150 deep, with siblings."""
+    value = draw(st.sampled_from([None, 1, "leaf", b"x" * 40]))
+    for _ in range(draw(st.integers(0, 150))):
+        wrap = draw(st.integers(0, 3))
+        sibling = draw(st.sampled_from([0, "s", b"b", 2.5]))
+        value = [value, sibling] if wrap == 0 else {"k": value} if wrap == 1 else (value,) if wrap == 2 else [value]
+    return value
+
+
+@SOME
+@given(
+    data=st.one_of(hostile_msgpack(), st.builds(encode_key, st.text(max_size=40) | st.integers(-(2**63), 2**64 - 1)))
+)
+def test_hostile_key_bytes_decode_to_their_key_or_raise_corruption_error(data):
+    check_key_bytes(data)
+
+
+@SOME
+@given(payload=st.one_of(hostile_msgpack(), lz4_blocks()), flags=st.sampled_from([0, FLAG_LZ4]))
+def test_hostile_value_bytes_decode_or_raise_corruption_error(payload, flags):
+    check_value_bytes(flags, payload)
+
+
+@SOME
+@given(value=nested_values())
+def test_nested_values_round_trip_or_are_refused_with_type_error_by_their_depth(value):
+    ser = Serializer("msgpack")
+    too_deep = depth_of(value) > MAX_DEPTH or depth_of(value, tuples=True) > MAX_TUPLE_DEPTH
+    try:
+        data = ser.dumps(value)
+    except TypeError:
+        assert too_deep
+        return
+    assert not too_deep and same(ser.loads(0, data), value)
+
+
+def check_forged_store(path: str, frames: list[tuple[int, int, bytes, bytes]]) -> None:
+    """Append forged frames (op, flags, key, value) to a store made here, then open it and read
+    everything: each step gives its result or an IODictLogError."""
+    with IODict(path) as d:
+        d["good"] = [1, (2, "three")]
+    last = sorted(name for name in os.listdir(path) if name.endswith(".seg"))[-1]
+    with open(os.path.join(path, last), "rb+") as f:
+        salt = decode_segment_header(f.read(SEGMENT_HEADER_SIZE))[1]
+        f.seek(0, os.SEEK_END)
+        for n, (op, flags, key, value) in enumerate(frames):
+            f.write(encode_frame(op, flags, 1000 + n, 2**62 + n, key, value, salt=salt))
+    try:
+        with IODict(path) as d:
+            for key in list(d):
+                try:
+                    d[key]
+                except IODictLogError:
+                    pass
+            try:
+                list(d.records())
+            except IODictLogError:
+                pass
+    except IODictLogError:
+        pass
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    frames=st.lists(
+        st.tuples(
+            st.sampled_from([OP_SET, OP_SET, OP_DELETE]),
+            st.sampled_from([0, FLAG_LZ4]),
+            st.one_of(st.builds(encode_key, st.text(max_size=8)), hostile_msgpack()),
+            st.one_of(
+                hostile_msgpack(), lz4_blocks(), st.builds(lambda v: Serializer("msgpack").dumps(v), VALUES_SMALL)
+            ),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_a_store_with_forged_hostile_keys_and_values_opens_and_reads_or_raises_iodictlog_error(frames):
+    with tempfile.TemporaryDirectory() as tmp:
+        check_forged_store(os.path.join(tmp, "s"), frames)

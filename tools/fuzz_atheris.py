@@ -6,11 +6,13 @@
     python tools/fuzz_atheris.py -max_total_time=600 corpus/  # keep the inputs it finds
     python tools/fuzz_atheris.py crash-<sha1>                 # replay a crash file
     python tools/fuzz_atheris.py --random 20000               # no atheris: random inputs only
+    FUZZ_MODE=4 python tools/fuzz_atheris.py -max_total_time=60  # one mode only (below)
 
 It fuzzes what tests/test_fuzz.py fuzzes with hypothesis, with the same assertions:
 ``decode_frame``, ``Scan`` (``complete`` False and True), ``decode_segment_header``,
-``decode_manifest`` and ``stored_value`` from iodict_log/format.py. The first byte of
-an input picks how the rest is read:
+``decode_manifest`` and ``stored_value`` from iodict_log/format.py, ``decode_key`` and
+the msgpack ``Serializer`` from serialize.py, and a real store holding forged frames.
+The first byte of an input picks how the rest is read:
 
 0. raw bytes, given to every decoder as they are;
 1. a recipe for a buffer of frame-like pieces (frames of this store with any op and
@@ -22,21 +24,34 @@ an input picks how the rest is read:
    overwritten and flipped bytes and a cut end, checked against a model: every intact
    frame is yielded except the members of a batch nothing valid follows;
 3. a manifest or segment header built from the input, its checksum right or wrong,
-   checked against the rules of docs/FORMAT.md.
+   checked against the rules of docs/FORMAT.md;
+4. a hostile msgpack payload (huge lengths, lists, maps and tuples nested deep, any ext
+   code, lz4 blocks with lying size prefixes, bombs) decoded as a key and as a value;
+5. one to three such payloads as the keys and values of frames forged with a store's
+   salt (docs/FORMAT.md), appended to a real store, which is then opened and read.
+
+The process runs under an address-space cap (RLIMIT_AS, 1 GiB above its size at
+start), so a decode bomb is a MemoryError, which is a crash like any other.
 
 Any input gives frames or a documented outcome (None, a damage region, CorruptionError,
-FormatVersionError); anything else, or a failed assertion, is a crash that libFuzzer
+FormatVersionError, any IODictLogError from a store); anything else, or a failed assertion, is a crash that libFuzzer
 saves as crash-<sha1>. The tests never import this file.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import random
+import resource
+import shutil
 import struct
 import sys
+import tempfile
 import zlib
+
+import lz4.block
 
 try:
     import atheris
@@ -57,9 +72,13 @@ with atheris.instrument_imports(include=["iodict_log"]) if atheris else contextl
         KIND_LOG,
         KNOWN_FLAGS,
         KNOWN_OPS,
+        LZ4_FREE,
         MANIFEST_MAGIC,
+        MAX_LZ4_RATIO,
         OP_BATCH_BEGIN,
         OP_BATCH_COMMIT,
+        OP_DELETE,
+        OP_SET,
         PREFIX,
         SEGMENT_HEADER_SIZE,
         SEGMENT_MAGIC,
@@ -74,14 +93,20 @@ with atheris.instrument_imports(include=["iodict_log"]) if atheris else contextl
         header_length,
         stored_value,
     )
+    from iodict_log.serialize import encode_key
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 from helpers import SALT  # noqa: E402
 from test_fuzz import (  # noqa: E402  (the same checks the tests make: one definition of each)
     check_both_scans,
+    check_forged_store,
     check_frame,
+    check_key_bytes,
+    check_value_bytes,
     expected_scan,
+    packed_header,
     scan,
+    tuple_levels,
     valid_frames,
 )
 
@@ -141,7 +166,7 @@ def check_any_bytes(buf: bytes, start: int) -> None:
         except CorruptionError:
             assert flags
             continue
-        assert type(value) is bytes and len(value) <= 255 * max(len(buf), 1)
+        assert type(value) is bytes and len(value) <= max(MAX_LZ4_RATIO * len(buf), LZ4_FREE)
 
 
 # --- mode 1: frame-like pieces --------------------------------------------------------------
@@ -342,22 +367,89 @@ def check_headers(inp: Input) -> None:
             assert encode_manifest(m) == data
 
 
+# --- modes 4 and 5: hostile keys and values, alone and in a store -----------------------------
+
+
+def hostile_payload(inp: Input, nested: int = 0) -> bytes:
+    """msgpack that lies, built from the input (the kinds of tests/test_fuzz.py's hostile_msgpack)."""
+    kind = inp.below(8 if nested < 2 else 5)
+    if kind == 0:
+        return inp.blob(60)
+    if kind == 1:  # a length far beyond the bytes that follow
+        huge = (2**16 - 1, 2**31, 2**32 - 1, inp.int(4))[inp.below(4)]
+        return packed_header(("array", "map", "str", "bin", "ext")[inp.below(5)], huge) + inp.blob(8)
+    if kind == 2:  # lists or maps nested around a leaf
+        opener = (b"\x91", b"\x81\x01", b"\x92\x90")[inp.below(3)]
+        return opener * (50, 101, 600, 1100, 5000, inp.int(2))[inp.below(6)] + inp.blob(2)
+    if kind == 3:  # tuples nested around a leaf
+        return tuple_levels((1, 16, 17, 32, 33, 200, 3000, inp.int(2) % 4000)[inp.below(8)], inp.blob(2) or b"\x90")
+    if kind == 4:  # an ext of any code with any data
+        data = inp.blob(12)
+        return b"\xc7" + bytes([len(data), inp.int(1)]) + data
+    if kind == 5:  # an lz4 block of a payload, its size prefix kept or made up
+        block = lz4.block.compress(hostile_payload(inp, nested + 1), store_size=True)
+        return COUNT.pack(inp.int(4)) + block[4:] if inp.below(2) else block
+    if kind == 6:  # a bomb: many empty arrays or maps, compressed
+        count = (2**20, 2**24 - 10, inp.int(3))[inp.below(3)]
+        inner = packed_header("array", count) + (b"\x90", b"\x80")[inp.below(2)] * count
+        return lz4.block.compress(inner, store_size=True)
+    return hostile_payload(inp, nested + 1) + hostile_payload(inp, nested + 1)
+
+
+def check_payloads(inp: Input) -> None:
+    payload = hostile_payload(inp)
+    check_key_bytes(payload)
+    for flags in (0, FLAG_LZ4):
+        check_value_bytes(flags, payload)
+
+
+STORE_DIR = tempfile.mkdtemp(prefix="fuzz_atheris-")
+atexit.register(shutil.rmtree, STORE_DIR, True)
+
+
+def check_store(inp: Input) -> None:
+    frames = []
+    for _ in range(1 + inp.below(3)):
+        key = hostile_payload(inp) if inp.below(2) else encode_key(inp.blob(8).decode("latin-1"))
+        frames.append(
+            ((OP_SET, OP_SET, OP_DELETE)[inp.below(3)], (0, FLAG_LZ4)[inp.below(2)], key, hostile_payload(inp))
+        )
+    path = os.path.join(STORE_DIR, "s")
+    shutil.rmtree(path, ignore_errors=True)
+    check_forged_store(path, frames)
+
+
+ONLY_MODE = int(os.environ["FUZZ_MODE"]) if os.environ.get("FUZZ_MODE") else None
+
+
 def test_one_input(data: bytes) -> None:
     if not data:
         return
     inp = Input(data[1:MAX_INPUT])
-    mode = data[0] % 4
+    mode = ONLY_MODE if ONLY_MODE is not None else data[0] % 6
     if mode == 0:
         check_any_bytes(inp.data, data[0] // 4)
     elif mode == 1:
         check_pieces(inp)
     elif mode == 2:
         check_model(inp)
-    else:
+    elif mode == 3:
         check_headers(inp)
+    elif mode == 4:
+        check_payloads(inp)
+    else:
+        check_store(inp)
+
+
+def cap_memory(extra: int = 2**30) -> None:
+    """Cap the address space at its size now plus ``extra``: a bomb is then a MemoryError."""
+    with open("/proc/self/status") as f:
+        size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (size + extra, resource.RLIM_INFINITY))
 
 
 def main() -> None:
+    cap_memory()
     if len(sys.argv) == 3 and sys.argv[1] == "--random":
         rng = random.Random(0)
         for _ in range(int(sys.argv[2])):
