@@ -638,8 +638,8 @@ def manifest_like(draw) -> bytes:
     numbers = draw(st.lists(U64, max_size=6))
     count = draw(st.one_of(st.just(len(numbers)), st.just(len(numbers)), st.integers(0, 8), U32))
     version = draw(st.one_of(st.just(FORMAT_VERSION), st.just(FORMAT_VERSION), st.integers(0, 0xFFFF)))
-    reserved = draw(st.one_of(st.just(0), st.just(0), st.integers(0, 0xFFFF)))
-    head = struct.pack("<8sHHQQQI", MANIFEST_MAGIC, version, reserved, draw(U64), draw(U64), draw(U64), count)
+    kind = draw(st.one_of(st.just(0), st.just(1), st.integers(0, 0xFFFF)))
+    head = struct.pack("<8sHHQQQI", MANIFEST_MAGIC, version, kind, draw(U64), draw(U64), draw(U64), count)
     body = head + b"".join(struct.pack("<Q", n) for n in numbers)
     data = body + struct.pack("<I", zlib.crc32(body) if draw(st.integers(0, 3)) else draw(U32))
     choice = draw(st.integers(0, 5))
@@ -651,7 +651,7 @@ def manifest_like(draw) -> bytes:
 
 
 @MANY
-@given(data=st.one_of(st.binary(max_size=120), manifest_like(), st.builds(Manifest, U64, st.tuples(U64), U64, U64)))
+@given(data=st.one_of(st.binary(max_size=120), manifest_like(), st.builds(Manifest, U64, st.tuples(U64), U64, U64, st.integers(0, 2**16 - 1))))
 def test_manifest_decoder_follows_the_spec_for_any_bytes(data):
     if isinstance(data, Manifest):
         data = encode_manifest(data)
@@ -669,11 +669,10 @@ def test_manifest_decoder_follows_the_spec_for_any_bytes(data):
             assert len(data) != size + 4 or zlib.crc32(data[:size]) != struct.unpack_from("<I", data, size)[0]
         return
     assert ok_magic
-    _, _, reserved, generation, seq_floor, bt_floor, count = struct.unpack_from("<8sHHQQQI", data)
+    _, _, kind, generation, seq_floor, bt_floor, count = struct.unpack_from("<8sHHQQQI", data)
     assert len(data) == 44 + 8 * count
-    assert m == Manifest(generation, struct.unpack_from(f"<{count}Q", data, 40), seq_floor, bt_floor)
-    if reserved == 0:  # (a non-zero reserved field is accepted too)
-        assert encode_manifest(m) == data
+    assert m == Manifest(generation, struct.unpack_from(f"<{count}Q", data, 40), seq_floor, bt_floor, kind)
+    assert encode_manifest(m) == data
 
 
 def test_manifest_with_a_huge_count_is_refused_without_reading_it():

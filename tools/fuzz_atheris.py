@@ -360,11 +360,10 @@ def check_headers(inp: Input) -> None:
             size = 40 + 8 * struct.unpack_from("<I", data, 36)[0]
             assert len(data) != size + 4 or zlib.crc32(data[:size]) != struct.unpack_from("<I", data, size)[0]
     else:
-        _, _, reserved, generation, seq_floor, bt_floor, count = struct.unpack_from("<8sHHQQQI", data)
+        _, _, kind, generation, seq_floor, bt_floor, count = struct.unpack_from("<8sHHQQQI", data)
         assert len(data) == 44 + 8 * count
-        assert m == Manifest(generation, struct.unpack_from(f"<{count}Q", data, 40), seq_floor, bt_floor)
-        if reserved == 0:
-            assert encode_manifest(m) == data
+        assert m == Manifest(generation, struct.unpack_from(f"<{count}Q", data, 40), seq_floor, bt_floor, kind)
+        assert encode_manifest(m) == data
 
 
 # --- modes 4 and 5: hostile keys and values, alone and in a store -----------------------------
