@@ -471,10 +471,8 @@ class _Repair:
                     for f in seen.findings
                 ]
         left_out = [s for n, s in surveyed.items() if n not in order]
-        try:  # (a hint of this store may know of later records than its files still hold)
-            hint = read_hint(self.path)
-        except CorruptionError:
-            hint = None
+        # (a hint of this store may know of later records than its files still hold)
+        hint = read_hint(self.path, sum(os.lstat(self._file(n)).st_size for n in order), len(order))
         if hint is not None and hint.salt in self.salts:
             self.last_seq = max(self.last_seq, hint.last_seq)
             self.last_birthtime = max(self.last_birthtime, hint.last_birthtime)

@@ -651,7 +651,13 @@ def manifest_like(draw) -> bytes:
 
 
 @MANY
-@given(data=st.one_of(st.binary(max_size=120), manifest_like(), st.builds(Manifest, U64, st.tuples(U64), U64, U64, st.integers(0, 2**16 - 1))))
+@given(
+    data=st.one_of(
+        st.binary(max_size=120),
+        manifest_like(),
+        st.builds(Manifest, U64, st.tuples(U64), U64, U64, st.integers(0, 2**16 - 1)),
+    )
+)
 def test_manifest_decoder_follows_the_spec_for_any_bytes(data):
     if isinstance(data, Manifest):
         data = encode_manifest(data)
