@@ -156,7 +156,12 @@ def make_value(wid: tuple) -> Any:
     rnd, slot, inc, opno, j = wid
     x = _mix(wid)
     pad = _pad(x)
-    form = x % 5
+    form = x % 6
+    if form == 5:  # nested near the serializer's limits (31 tuples, 61 levels in all)
+        deep: Any = pad
+        for level in range(60):
+            deep = (deep,) if level % 2 else [deep]
+        return ("v", rnd, slot, inc, opno, j, deep)
     if form == 0:
         return ("v", rnd, slot, inc, opno, j, pad)
     if form == 1:
