@@ -91,7 +91,11 @@ def _packer(depth: int) -> msgpack.Packer:
 
 
 def _pack(obj: Any) -> bytes:
-    return _packer(0).pack(obj)
+    try:
+        packer = _local.packers[0]
+    except AttributeError:
+        packer = _packer(0)
+    return packer.pack(obj)
 
 
 def _unpack(data: bytes) -> Any:
