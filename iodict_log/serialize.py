@@ -117,14 +117,12 @@ def _nests_deeper(value: Any, limit: int) -> bool:
     level = [value]
     for _ in range(limit):
         children = gc.get_referents(*level)
+        if _NESTED.isdisjoint(map(type, children)):
+            return False
         if len(children) <= 64:  # (for a few, one comprehension costs less than the C calls)
             level = [child for child in children if type(child) in _NESTED]
-        elif _NESTED.isdisjoint(map(type, children)):
-            return False
         else:
             level = list(compress(children, map(_NESTED.__contains__, map(type, children))))
-        if not level:
-            return False
     return True
 
 
