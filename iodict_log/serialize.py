@@ -91,11 +91,15 @@ def _packer(depth: int) -> msgpack.Packer:
 
 
 def _pack(obj: Any) -> bytes:
-    return _packer(0).pack(obj)
+    try:
+        packer = _local.packers[0]
+    except AttributeError:
+        packer = _packer(0)
+    return packer.pack(obj)
 
 
 def _unpack(data: bytes) -> Any:
-    """The object in ``data``: CorruptionError for bytes no encode could have written."""
+    """The one msgpack object in ``data`` (tuples at most MAX_TUPLE_DEPTH deep), else CorruptionError."""
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_HOOKS[0])
     except _DECODE_ERRORS as exc:
@@ -113,14 +117,12 @@ def _nests_deeper(value: Any, limit: int) -> bool:
     level = [value]
     for _ in range(limit):
         children = gc.get_referents(*level)
+        if _NESTED.isdisjoint(map(type, children)):
+            return False
         if len(children) <= 64:  # (for a few, one comprehension costs less than the C calls)
             level = [child for child in children if type(child) in _NESTED]
-        elif _NESTED.isdisjoint(map(type, children)):
-            return False
         else:
             level = list(compress(children, map(_NESTED.__contains__, map(type, children))))
-        if not level:
-            return False
     return True
 
 
@@ -228,7 +230,7 @@ class Serializer:
             stored = stored_value(flags, stored)
         if flags & FLAG_PICKLE:
             return self.loads(flags, stored)
-        return _msgpack_loads(stored)
+        return _unpack(stored)
 
     def loads(self, flags: int, data: bytes) -> Any:
         if flags & FLAG_PICKLE:
@@ -238,7 +240,7 @@ class Serializer:
                     "serializer='pickle' to read it (only for files you trust)"
                 )
             return pickle.loads(data)
-        return _msgpack_loads(data)
+        return _unpack(data)
 
 
 def _msgpack_dumps(value: Any) -> bytes:
@@ -250,13 +252,6 @@ def _msgpack_dumps(value: Any) -> bytes:
     if len(data) > MAX_DEPTH and type(value) in _NESTED and _nests_deeper(value, MAX_DEPTH):
         raise TypeError(f"lists, dicts and tuples may nest at most {MAX_DEPTH} deep in a value")
     return data
-
-
-def _msgpack_loads(data: bytes) -> Any:
-    try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_HOOKS[0])
-    except _DECODE_ERRORS as exc:
-        raise CorruptionError(f"msgpack value does not decode: {type(exc).__name__}: {exc}") from None
 
 
 def _pickle_dumps(value: Any) -> bytes:
