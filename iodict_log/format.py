@@ -95,11 +95,15 @@ KNOWN_FLAGS = FLAG_LZ4 | FLAG_PICKLE | FLAG_BATCH
 
 COMPRESS_MIN = 256  # values shorter than this are never worth compressing
 # A value is stored lz4-compressed only if it unpacks to at most MAX_LZ4_RATIO
-# times its stored length or LZ4_FREE bytes, whichever is more, and a reader
-# refuses a bigger size prefix: so decompressing is bounded by the stored bytes,
-# and so is decoding (a msgpack object takes at least one byte).
+# times its stored length or LZ4_FREE bytes, whichever is more (lz4_bound), so
+# decompressing is bounded by the stored bytes, and so is decoding (a msgpack
+# object takes at least one byte). Stores written before that bound may hold
+# blocks that unpack up to LZ4_MAX_EXPANSION-fold (lz4's own limit): a reader
+# accepts those, and decodes them with a budget of containers (serialize.py);
+# a size prefix beyond that is refused before lz4 allocates anything.
 MAX_LZ4_RATIO = 32
 LZ4_FREE = 2**16
+LZ4_MAX_EXPANSION = 255
 COUNT = struct.Struct("<I")
 
 
@@ -126,18 +130,23 @@ def compress_value(value: bytes) -> tuple[int, bytes]:
     """Return (flags, stored bytes): lz4 only when it saves space, and never beyond the bound below."""
     if len(value) >= COMPRESS_MIN:
         packed = lz4.block.compress(value, store_size=True)
-        if len(packed) < len(value) <= max(MAX_LZ4_RATIO * len(packed), LZ4_FREE):
+        if len(packed) < len(value) <= lz4_bound(len(packed)):
             return FLAG_LZ4, packed
     return 0, value
+
+
+def lz4_bound(stored: int) -> int:
+    """The most bytes an lz4 block of ``stored`` bytes written by compress_value unpacks to."""
+    return max(MAX_LZ4_RATIO * stored, LZ4_FREE)
 
 
 def stored_value(flags: int, stored: bytes) -> bytes:
     """Undo compress_value."""
     if flags & FLAG_LZ4:
-        # The size prefix is checked before lz4 allocates anything: no block that
-        # compress_value writes unpacks to more than this.
-        if len(stored) < 4 or COUNT.unpack_from(stored)[0] > max(MAX_LZ4_RATIO * len(stored), LZ4_FREE):
-            raise CorruptionError(f"lz4 block has an impossible size prefix (over {MAX_LZ4_RATIO}x its length)")
+        # The size prefix is checked before lz4 allocates anything: no block, of
+        # this version (lz4_bound) or an older one, unpacks to more than this.
+        if len(stored) < 4 or COUNT.unpack_from(stored)[0] > LZ4_MAX_EXPANSION * len(stored):
+            raise CorruptionError(f"lz4 block has an impossible size prefix (over {LZ4_MAX_EXPANSION}x its length)")
         try:
             return lz4.block.decompress(stored)
         except (lz4.block.LZ4BlockError, ValueError) as exc:

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import msgpack
 
 from .errors import CorruptionError, IODictLogError
-from .format import COMPRESS_MIN, FLAG_LZ4, FLAG_PICKLE, compress_value, stored_value
+from .format import COMPRESS_MIN, FLAG_LZ4, FLAG_PICKLE, compress_value, lz4_bound, stored_value
 
 EXT_TUPLE = 1
 MAX_TUPLE_DEPTH = 32  # tuples nested in a value, at most (each level costs ~40 kB of C stack to decode)
@@ -42,6 +42,7 @@ _local = threading.local()  # Packers per thread: a Packer is not thread-safe
 _NESTED = frozenset({list, dict, tuple})
 # What a damaged or forged msgpack can raise: FormatError, StackError, ExtraData
 # and UnicodeDecodeError are ValueErrors; TypeError is an unhashable map key.
+CONTAINER_BYTES = 4  # decoding a block beyond lz4_bound allows one container per this many bytes
 _DECODE_ERRORS = (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException)
 
 
@@ -102,6 +103,40 @@ def _unpack(data: bytes) -> Any:
     """The one msgpack object in ``data`` (tuples at most MAX_TUPLE_DEPTH deep), else CorruptionError."""
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_HOOKS[0])
+    except _DECODE_ERRORS as exc:
+        raise CorruptionError(f"msgpack does not decode: {type(exc).__name__}: {exc}") from None
+
+
+def _unpack_budgeted(data: bytes) -> Any:
+    """_unpack for a block that unpacked beyond lz4_bound: at most one list, dict or
+    tuple per CONTAINER_BYTES of ``data``. Containers are what make a decode bomb (an
+    empty list is one byte and ~60 of memory); values written before the bound, such
+    as a megabyte of zeros, a long list of numbers or of small records, hold fewer."""
+    left = [len(data) // CONTAINER_BYTES + 1]  # (+1: the value itself)
+
+    def count(obj: Any) -> Any:
+        left[0] -= 1
+        if left[0] < 0:
+            raise CorruptionError(f"a highly compressed value holds over one container per {CONTAINER_BYTES} bytes")
+        return obj
+
+    def hook(depth: int) -> Callable[[int, bytes], Any]:
+        def ext_hook(code: int, ext: bytes) -> Any:
+            if code != EXT_TUPLE:
+                return msgpack.ExtType(code, ext)
+            if depth >= MAX_TUPLE_DEPTH:
+                raise CorruptionError(f"tuples nest more than {MAX_TUPLE_DEPTH} deep")
+            return tuple(_budgeted(ext, hook(depth + 1)))
+
+        return ext_hook
+
+    def _budgeted(part: bytes, ext_hook: Callable[[int, bytes], Any]) -> Any:
+        return msgpack.unpackb(
+            part, raw=False, strict_map_key=False, ext_hook=ext_hook, list_hook=count, object_hook=count
+        )
+
+    try:
+        return _budgeted(data, hook(0))
     except _DECODE_ERRORS as exc:
         raise CorruptionError(f"msgpack does not decode: {type(exc).__name__}: {exc}") from None
 
@@ -227,7 +262,10 @@ class Serializer:
     def decode(self, flags: int, stored: bytes) -> Any:
         """Undo encode()."""
         if flags & FLAG_LZ4:
-            stored = stored_value(flags, stored)
+            data = stored_value(flags, stored)
+            if len(data) > lz4_bound(len(stored)) and not flags & FLAG_PICKLE:
+                return _unpack_budgeted(data)  # (only older stores, or forged bytes, hold such a block)
+            stored = data
         if flags & FLAG_PICKLE:
             return self.loads(flags, stored)
         return _unpack(stored)

@@ -53,9 +53,8 @@ from iodict_log.format import (
     KIND_LOG,
     KNOWN_FLAGS,
     KNOWN_OPS,
-    LZ4_FREE,
+    LZ4_MAX_EXPANSION,
     MANIFEST_MAGIC,
-    MAX_LZ4_RATIO,
     OP_BATCH_BEGIN,
     OP_BATCH_COMMIT,
     OP_DELETE,
@@ -80,9 +79,10 @@ from iodict_log.format import (
     encode_segment_header,
     frame_value,
     header_length,
+    lz4_bound,
     stored_value,
 )
-from iodict_log.serialize import MAX_DEPTH, MAX_TUPLE_DEPTH, Serializer, decode_key, encode_key
+from iodict_log.serialize import CONTAINER_BYTES, MAX_DEPTH, MAX_TUPLE_DEPTH, Serializer, decode_key, encode_key
 
 MANY = settings(max_examples=300, deadline=None)
 SOME = settings(max_examples=150, deadline=None)
@@ -263,7 +263,7 @@ def test_stored_value_of_arbitrary_bytes_is_bounded_or_a_corruption_error(stored
         return
     assert type(value) is bytes
     if flags & FLAG_LZ4:
-        assert len(value) <= max(MAX_LZ4_RATIO * len(stored), LZ4_FREE)
+        assert len(value) <= LZ4_MAX_EXPANSION * len(stored)  # (checked before lz4 allocates)
     else:
         assert value == stored
 
@@ -278,7 +278,7 @@ def test_damaged_lz4_blocks_decompress_or_raise_corruption_error(value, bits):
         out = stored_value(flags, packed)
     except CorruptionError:
         return
-    assert type(out) is bytes and len(out) <= max(MAX_LZ4_RATIO * len(packed), LZ4_FREE)
+    assert type(out) is bytes and len(out) <= LZ4_MAX_EXPANSION * len(packed)
 
 
 # --- Scan over adversarial bytes ------------------------------------------------------------
@@ -812,14 +812,18 @@ def check_key_bytes(data: bytes) -> None:
 
 def check_value_bytes(flags: int, stored: bytes) -> None:
     """A msgpack value decodes (to a value that round-trips) or is CorruptionError; never more
-    than the lz4 bound (MAX_LZ4_RATIO times the stored bytes, or LZ4_FREE) is decompressed."""
+    than LZ4_MAX_EXPANSION times the stored bytes is decompressed, and past lz4_bound only with
+    a budget of containers."""
     ser = Serializer("msgpack")
     try:
         value = ser.decode(flags & FLAG_LZ4, stored)
     except CorruptionError:
         return
     if flags & FLAG_LZ4:
-        assert len(stored_value(FLAG_LZ4, stored)) <= max(MAX_LZ4_RATIO * len(stored), LZ4_FREE)
+        unpacked = stored_value(FLAG_LZ4, stored)
+        assert len(unpacked) <= LZ4_MAX_EXPANSION * len(stored)
+        if len(unpacked) > lz4_bound(len(stored)):
+            assert containers_in(value) <= len(unpacked) // CONTAINER_BYTES + 1
     try:
         again = ser.dumps(value)
     except TypeError:  # a forged value deeper than the encoder allows (read in bounded C stack)
@@ -923,3 +927,15 @@ def check_forged_store(path: str, frames: list[tuple[int, int, bytes, bytes]]) -
 def test_a_store_with_forged_hostile_keys_and_values_opens_and_reads_or_raises_iodictlog_error(frames):
     with tempfile.TemporaryDirectory() as tmp:
         check_forged_store(os.path.join(tmp, "s"), frames)
+
+
+def containers_in(value) -> int:
+    """How many lists, dicts and tuples ``value`` holds, itself included (without recursion)."""
+    count, todo = 0, [value]
+    while todo:
+        part = todo.pop()
+        kind = type(part)
+        if kind in (list, dict, tuple):
+            count += 1
+            todo.extend([*part, *part.values()] if kind is dict else part)
+    return count

@@ -415,3 +415,30 @@ def test_a_value_beyond_the_ratio_is_stored_uncompressed_unless_it_unpacks_to_64
     text = b"".join(b"hello world %d, " % i for i in range(100))
     flags, stored = compress_value(text)
     assert flags == FLAG_LZ4 and len(stored) < len(text)
+
+
+# Values an older version stored: lz4 blocks up to lz4's own 255-fold, before the write bound.
+OLDER_VALUES = {
+    "a megabyte of zeros": bytes(2**20),
+    "a long run of one letter": "a" * 500_000,
+    "a million zeros": [0] * 1_000_000,
+    "many small records": [{"a": 0}] * 50_000,
+    "a tuple of numbers": (1, 2, [3] * 100_000),
+}
+
+
+@pytest.mark.parametrize("value", OLDER_VALUES.values(), ids=list(OLDER_VALUES))
+def test_a_value_an_older_version_compressed_beyond_the_bound_still_reads(value):
+    # Guards against the write bound turning values already on disk into CorruptionError.
+    data = Serializer("msgpack").dumps(value)
+    stored = lz4.block.compress(data, store_size=True)
+    assert len(data) > max(MAX_LZ4_RATIO * len(stored), LZ4_FREE), "beyond what this version writes"
+    assert same(Serializer("msgpack").decode(FLAG_LZ4, stored), value)
+
+
+def test_a_container_bomb_beyond_the_bound_is_refused_before_it_is_built():
+    # The issue's bomb (an array of 16.7 million empty arrays in a 65 kB block): decoding
+    # stops at one container per CONTAINER_BYTES unpacked bytes.
+    stored = lz4.block.compress(msgpack.packb([[]] * 16_700_000), store_size=True)
+    with pytest.raises(CorruptionError, match="container"):
+        Serializer("msgpack").decode(FLAG_LZ4, stored)
