@@ -47,6 +47,8 @@ class Mutation(NamedTuple):
 REC = "tests/test_recovery.py::"
 PL = "tests/test_power_loss.py::"
 
+_RESYNC_NEXT = 'failed = b""  # the last header (from hcrc on) whose checksum failed: a run of sync bytes repeats it'
+
 MUTATIONS = [
     Mutation(
         "data crc in decode_frame",
@@ -72,8 +74,9 @@ MUTATIONS = [
     Mutation(
         "resync skips a frame whose header holds by its length",
         "iodict_log/format.py",
-        "pos += length",
-        "pos += 1",
+        # (the first of two such lines: the one after the bad frame itself, with the line that follows it)
+        "pos += length - 1\n" + _RESYNC_NEXT,
+        "pos += 0\n" + _RESYNC_NEXT,
         (REC + "test_bit_flip_in_a_value_that_holds_a_frame_of_the_same_store_adds_no_phantom_key",),
     ),
     Mutation(
