@@ -72,9 +72,11 @@ from iodict_log.format import (
     Scan,
     compress_value,
     decode_frame,
+    decode_hint,
     decode_manifest,
     decode_segment_header,
     encode_frame,
+    encode_hint,
     encode_manifest,
     encode_segment_header,
     frame_value,
@@ -82,6 +84,8 @@ from iodict_log.format import (
     lz4_bound,
     stored_value,
 )
+from iodict_log.hintfile import HINT_NAME, encode_index
+from iodict_log.index import KeyIndex, location_birthtime, pack_location, unpack_location
 from iodict_log.serialize import CONTAINER_BYTES, MAX_DEPTH, MAX_TUPLE_DEPTH, Serializer, decode_key, encode_key
 
 MANY = settings(max_examples=300, deadline=None)
@@ -939,3 +943,89 @@ def containers_in(value) -> int:
             count += 1
             todo.extend([*part, *part.values()] if kind is dict else part)
     return count
+
+
+# --- hint payloads ----------------------------------------------------------------------------
+
+
+HINT_KEYS = st.one_of(
+    st.text(max_size=8),
+    st.binary(max_size=8),
+    st.integers(-(2**63), 2**64 - 1),
+    st.tuples(st.text(max_size=3), st.integers(0, 9)),
+)
+
+
+def check_hint_payload(payload: bytes, sizes: list[int]) -> None:
+    """An index snapshot restores to locations inside the covered ``sizes``, keys in
+    birthtime order, or is refused with ValueError (the log then scans); nothing else."""
+    index = KeyIndex(decode_key)
+    try:
+        index.restore(payload, sizes)
+    except ValueError:
+        assert len(index) == 0
+        return
+    births = []
+    for _, loc in index.items():
+        slot, offset, length = unpack_location(loc)
+        assert slot < len(sizes) and offset + length <= sizes[slot] and length >= HEADER_SIZE
+        births.append(location_birthtime(loc))
+    assert births == sorted(set(births))
+
+
+def hint_payload_like(keys: list, lengths: list[int], sizes: list[int], flips: list[int]) -> bytes:
+    """A valid snapshot of ``keys`` laid out in ``sizes``, then with bits flipped."""
+    locations, offset = [], SEGMENT_HEADER_SIZE
+    for n, length in enumerate(lengths[: len(keys)]):
+        locations.append(pack_location(1000 * (n + 1), 0, offset, length))
+        offset += length
+    payload = encode_index(keys[: len(locations)], locations, 0)
+    for bit in flips:
+        payload = flip(payload, bit % (len(payload) * 8))
+    return payload
+
+
+@SOME
+@given(
+    keys=st.lists(HINT_KEYS, max_size=6, unique_by=encode_key),
+    lengths=st.lists(st.integers(0, 300), max_size=6),
+    sizes=st.lists(st.integers(0, 2000), min_size=1, max_size=3),
+    flips=st.lists(st.integers(0), max_size=3),
+    raw=st.one_of(st.none(), st.binary(max_size=200)),
+)
+def test_a_hint_payload_restores_inside_its_segments_or_is_refused(keys, lengths, sizes, flips, raw):
+    check_hint_payload(raw if raw is not None else hint_payload_like(keys, lengths, sizes, flips), sizes)
+
+
+def check_forged_hint_store(path: str, payload: bytes) -> None:
+    """A store whose HINT carries ``payload`` under valid checksums and coverage opens and
+    reads (what a forged hint says is the forger's, SECURITY.md) or raises IODictLogError."""
+    with IODict(path) as d:
+        d.update((f"k{i}", i) for i in range(5))
+        d.compact()  # (writes a hint)
+    hint_path = os.path.join(path, HINT_NAME)
+    with open(hint_path, "rb") as f:
+        hint = decode_hint(f.read())
+    assert hint is not None
+    with open(hint_path, "wb") as f:
+        f.write(encode_hint(hint._replace(payload=payload)))
+    try:
+        with IODict(path) as d:
+            for key in list(d):
+                try:
+                    d[key]
+                except (IODictLogError, KeyError):
+                    pass
+    except IODictLogError:
+        pass
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    keys=st.lists(HINT_KEYS, max_size=6, unique_by=encode_key),
+    lengths=st.lists(st.integers(0, 300), max_size=6),
+    flips=st.lists(st.integers(0), max_size=3),
+)
+def test_a_store_with_a_forged_hint_opens_or_raises_iodictlogerror(keys, lengths, flips):
+    with tempfile.TemporaryDirectory() as tmp:
+        check_forged_hint_store(os.path.join(tmp, "s"), hint_payload_like(keys, lengths, [2000], flips))

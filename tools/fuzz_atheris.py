@@ -28,7 +28,12 @@ The first byte of an input picks how the rest is read:
 4. a hostile msgpack payload (huge lengths, lists, maps and tuples nested deep, any ext
    code, lz4 blocks with lying size prefixes, bombs) decoded as a key and as a value;
 5. one to three such payloads as the keys and values of frames forged with a store's
-   salt (docs/FORMAT.md), appended to a real store, which is then opened and read.
+   salt (docs/FORMAT.md), appended to a real store, which is then opened and read;
+6. a hint payload (the index snapshot of HINT), valid then damaged, or raw bytes,
+   restored against covered segment sizes from the input: locations inside them, or
+   ValueError (a scan);
+7. such a payload as the HINT of a real store, under valid checksums and coverage,
+   which is then opened and read.
 
 The process runs under an address-space cap (RLIMIT_AS, 1 GiB above its size at
 start), so a decode bomb is a MemoryError, which is a crash like any other.
@@ -99,11 +104,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from helpers import SALT  # noqa: E402
 from test_fuzz import (  # noqa: E402  (the same checks the tests make: one definition of each)
     check_both_scans,
+    check_forged_hint_store,
     check_forged_store,
     check_frame,
+    check_hint_payload,
     check_key_bytes,
     check_value_bytes,
     expected_scan,
+    hint_payload_like,
     packed_header,
     scan,
     tuple_levels,
@@ -418,6 +426,25 @@ def check_store(inp: Input) -> None:
     check_forged_store(path, frames)
 
 
+def hint_payload(inp: Input, sizes: list[int]) -> bytes:
+    if inp.below(4) == 0:
+        return inp.blob(255)
+    keys = [inp.blob(6).decode("latin-1") for _ in range(inp.below(5))]
+    lengths = [inp.int(2) % 400 for _ in keys]
+    return hint_payload_like(list(dict.fromkeys(keys)), lengths, sizes, [inp.int(3) for _ in range(inp.below(4))])
+
+
+def check_hint(inp: Input) -> None:
+    sizes = [inp.int(2) for _ in range(1 + inp.below(3))]
+    check_hint_payload(hint_payload(inp, sizes), sizes)
+
+
+def check_hint_store(inp: Input) -> None:
+    path = os.path.join(STORE_DIR, "h")
+    shutil.rmtree(path, ignore_errors=True)
+    check_forged_hint_store(path, hint_payload(inp, [2000]))
+
+
 ONLY_MODE = int(os.environ["FUZZ_MODE"]) if os.environ.get("FUZZ_MODE") else None
 
 
@@ -425,7 +452,7 @@ def test_one_input(data: bytes) -> None:
     if not data:
         return
     inp = Input(data[1:MAX_INPUT])
-    mode = ONLY_MODE if ONLY_MODE is not None else data[0] % 6
+    mode = ONLY_MODE if ONLY_MODE is not None else data[0] % 8
     if mode == 0:
         check_any_bytes(inp.data, data[0] // 4)
     elif mode == 1:
@@ -436,8 +463,12 @@ def test_one_input(data: bytes) -> None:
         check_headers(inp)
     elif mode == 4:
         check_payloads(inp)
-    else:
+    elif mode == 5:
         check_store(inp)
+    elif mode == 6:
+        check_hint(inp)
+    else:
+        check_hint_store(inp)
 
 
 def cap_memory(extra: int = 2**30) -> None:
