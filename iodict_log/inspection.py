@@ -57,7 +57,6 @@ import msgpack  # type: ignore[import-untyped]
 
 from . import fileops
 from .compaction import SegmentWriter, Written, compaction_lock, install, remove_leftovers, standalone
-from .durablequeue import PendingItems
 from .errors import CorruptionError, FormatVersionError, IODictLogError
 from .filelock import FileLock
 from .fileops import sync_directory
@@ -85,6 +84,7 @@ from .hintfile import HINT_NAME, read_hint
 from .index import MAX_OFFSET, KeyIndex
 from .log import LOCK_NAME, Log
 from .manifest import MANIFEST_NAME, read_manifest, write_manifest
+from .pending import PendingItems
 from .segment import Segment, parse_segment_name, segment_name
 from .serialize import Serializer, canonical_key, decode_key
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from iodict_log import CorruptionWarning, DurableQueue
-from iodict_log.durablequeue import PendingItems
 from iodict_log.format import OP_DEAD, OP_PUT, OP_TAKE, SEGMENT_HEADER_SIZE, Frame, decode_segment_header, encode_frame
+from iodict_log.pending import PendingItems
 
 WAIT = 10  # seconds: a bound on what should happen at once; never reached when all is well
 
