@@ -60,6 +60,7 @@ class IODict(LogHandle, MutableMapping):
         auto_compact: bool = True,
         compact_ratio: float = 0.4,
         compact_min_bytes: int = 2**20,
+        lock_timeout: float | None = None,
     ) -> None:
         check_options(sync, segment_bytes)
         if compression not in ("lz4", None):
@@ -68,12 +69,17 @@ class IODict(LogHandle, MutableMapping):
             raise ValueError(f"compact_ratio must be a number between 0 and 1, not {compact_ratio!r}")
         if not isinstance(compact_min_bytes, int) or isinstance(compact_min_bytes, bool) or compact_min_bytes < 0:
             raise ValueError(f"compact_min_bytes must be an int >= 0, not {compact_min_bytes!r}")
+        if lock_timeout is not None and (
+            not isinstance(lock_timeout, (int, float)) or isinstance(lock_timeout, bool) or not lock_timeout >= 0
+        ):
+            raise ValueError(f"lock_timeout must be None or a number of seconds >= 0, not {lock_timeout!r}")
         self._serializer = Serializer(serializer)
         self._lock = make_lock(lock, self)
         self._compress = compression == "lz4"
         self.auto_compact = auto_compact
         self.compact_ratio = compact_ratio
         self.compact_min_bytes = compact_min_bytes
+        self.lock_timeout = lock_timeout
         self._auto_retry_at = 0  # disk bytes below which no new automatic compaction starts
         self._compact_check_at = 0  # the last_seq at which a write next looks at the dead bytes
         self._compactor: threading.Thread | None = None

@@ -1057,6 +1057,9 @@ class LogHandle:
     path: str
     _lock: Any
     _log: Log | None
+    # Seconds any call may wait for the store's write lock (IODict's lock_timeout), else
+    # LockTimeoutError; None waits as long as it takes. A call's own deadline comes first.
+    lock_timeout: float | None = None
 
     def _open_log(self) -> Log:
         log = self._log
@@ -1071,6 +1074,8 @@ class LogHandle:
             log = self._log
             if log is None:
                 self._open_log()  # raises StoreClosedError
+            if deadline is None and self.lock_timeout is not None:
+                deadline = time.monotonic() + self.lock_timeout
             log.file_lock.deadline = deadline
             try:
                 log.refresh()
@@ -1090,6 +1095,8 @@ class LogHandle:
             log = self._log
             if log is None:
                 self._open_log()  # raises StoreClosedError
+            if deadline is None and self.lock_timeout is not None:
+                deadline = time.monotonic() + self.lock_timeout
             log.file_lock.deadline = deadline
             try:
                 while True:

@@ -120,3 +120,27 @@ def test_a_reload_after_a_compaction_elsewhere_honours_the_deadline(tmp_path, ho
     proc.wait(timeout=30)
     assert dict(d.items()) == written
     d.close()
+
+
+def test_lock_timeout_makes_every_dict_write_raise_instead_of_waiting_behind_a_stopped_holder(tmp_path, holder):
+    # Guards 17.3 for dicts: a write waited as long as a stopped (Ctrl-Z, debugger) holder held the lock.
+    path = str(tmp_path / "s")
+    written = store_with(path, 10)
+    d = IODict(path, auto_compact=False, lock_timeout=0.2)
+    proc = holder(path, "plain")
+    for write in (lambda: d.__setitem__("new", 1), lambda: d.update({"a": 1, "b": 2}), lambda: d.pop("k1")):
+        with pytest.raises(LockTimeoutError):
+            write()
+    assert dict(d.items()) == written  # (reads need no lock) nothing was written
+    proc.kill()
+    proc.wait(timeout=30)
+    d["new"] = 1  # the holder's death released the lock
+    assert dict(d.items()) == {**written, "new": 1}
+    d.close()
+
+
+@pytest.mark.parametrize("bad", [-1, "1", True, float("nan")])
+def test_lock_timeout_must_be_none_or_seconds(tmp_path, bad):
+    with pytest.raises(ValueError, match="lock_timeout"):
+        IODict(tmp_path / "s", lock_timeout=bad)
+    assert not os.path.exists(tmp_path / "s")
