@@ -56,3 +56,14 @@ def rewrite_current(store: str, **fields: object) -> Manifest:
     manifest = manifest._replace(**fields)
     write_manifest(str(store), manifest)
     return manifest
+
+
+def forge(store, *records: tuple[int, bytes, bytes], first_seq: int = 10_000) -> None:
+    """Append checksum-valid frames (op, key, value), seqs from ``first_seq``, made with the
+    store's salt, to its last segment."""
+    last = segment_paths(str(store))[-1]
+    frames = [
+        frame(last, key, value, op=op, seq=first_seq + n, birthtime=2**62 + n)
+        for n, (op, key, value) in enumerate(records)
+    ]
+    append(last, *frames)

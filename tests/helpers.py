@@ -94,3 +94,13 @@ def wait_pid(pid: int, seconds: float) -> int:
             os.waitpid(pid, 0)
             raise AssertionError(f"child {pid} still running after {seconds} s: a hang")
         time.sleep(0.01)  # polling an exit, not a synchronisation: bounded by the deadline
+
+
+def drain(q) -> list:
+    """Every item get_nowait() hands out, until queue.Empty."""
+    items = []
+    while True:
+        try:
+            items.append(q.get_nowait())
+        except queue.Empty:
+            return items

@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from helpers import drain
 
 from iodict_log import CorruptionWarning, DurableQueue, IODictLogError
 from iodict_log.format import FLAG_LZ4, OP_PUT, SEGMENT_HEADER_SIZE, decode_segment_header, encode_frame
@@ -59,15 +60,6 @@ def gone(monkeypatch):
 
 def segment_files(path: Path) -> list[Path]:
     return sorted(path.glob("*.seg"))
-
-
-def drain(q: DurableQueue) -> list:
-    items = []
-    while True:
-        try:
-            items.append(q.get_nowait())
-        except queue.Empty:
-            return items
 
 
 def poison_warnings(caught) -> list[str]:

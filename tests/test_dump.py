@@ -8,12 +8,13 @@ import math
 import subprocess
 import sys
 
+from forged import forge
 from helpers import same
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iodict_log import DurableQueue, IODict
-from iodict_log.format import OP_DEAD, OP_SET, OP_TAKE, encode_frame
+from iodict_log.format import OP_DEAD, OP_SET, OP_TAKE
 from iodict_log.inspection import from_json, to_json
 from iodict_log.serialize import MAX_DEPTH, encode_key
 
@@ -98,15 +99,6 @@ def test_dump_of_a_store_is_strict_json_and_decodes_to_the_stored_values(tmp_pat
         got[from_json(record["key"])] = from_json(record["value"])
     assert got.pop("deepest") == deep  # (compared in C: same() recurses twice per level)
     assert same(got, stored)
-
-
-def forge(path, *frames: tuple[int, bytes, bytes]) -> None:
-    """Append checksum-valid frames (op, key, value), made with the store's salt, to the last segment."""
-    last = sorted(path.glob("*.seg"))[-1]
-    salt = int.from_bytes(last.read_bytes()[12:16], "little")
-    with open(last, "ab") as f:
-        for n, (op, key, value) in enumerate(frames):
-            f.write(encode_frame(op, 0, 1000 + n, 2**62 + n, key, value, salt=salt))
 
 
 def test_records_dump_cannot_show_print_an_error_line_and_exit_1_and_the_rest_goes_on(tmp_path):

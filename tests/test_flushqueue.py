@@ -14,6 +14,7 @@ import sys
 import threading
 
 import pytest
+from helpers import drain
 
 import iodict_log
 from iodict_log import DurableQueue, IODict, IODictLogError
@@ -29,15 +30,6 @@ class Parking(queue.Queue, iodict_log.FlushQueue):
         self.path = path
         self.lock = None
         self.semaphore = None
-
-
-def drain(q) -> list:
-    items = []
-    while True:
-        try:
-            items.append(q.get_nowait())
-        except queue.Empty:
-            return items
 
 
 def bounded(fn):

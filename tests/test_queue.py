@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import drain
 
 import iodict_log
 from iodict_log import CorruptionWarning, DurableQueue, StoreClosedError
@@ -135,16 +136,6 @@ def still_blocked(call: Call, method: str) -> bool:
             return False
         assert time.monotonic() < deadline, f"the thread never reached a wait inside {method}()"
     return not call.finished.wait(STILL_BLOCKED)
-
-
-def drain(q) -> list:
-    """Every item get_nowait() hands out, until queue.Empty."""
-    items = []
-    while True:
-        try:
-            items.append(q.get_nowait())
-        except queue.Empty:
-            return items
 
 
 def segment_files(path) -> list[Path]:

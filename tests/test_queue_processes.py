@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import os
-import queue
 import random
 import select
 import signal
@@ -21,6 +20,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Callable
+
+from helpers import drain
 
 from iodict_log import DurableQueue
 
@@ -125,15 +126,6 @@ def wait_exit(child: Child, deadline: float) -> int:
     """Read the child's output to its end, then its exit status."""
     pump([child], lambda: child.eof, deadline, f"{child.name} to exit")
     return child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-
-
-def drain(q: DurableQueue) -> list:
-    items = []
-    while True:
-        try:
-            items.append(q.get_nowait())
-        except queue.Empty:
-            return items
 
 
 def segment_files(path: Path) -> list[str]:

@@ -12,6 +12,7 @@ import sys
 import warnings
 
 import pytest
+from forged import forge
 
 from iodict_log import CorruptionError, CorruptionWarning, DurableQueue, IODict
 from iodict_log.format import (
@@ -20,7 +21,6 @@ from iodict_log.format import (
     OP_SET,
     OP_TAKE,
     SEGMENT_HEADER_SIZE,
-    encode_frame,
     encode_segment_header,
 )
 from iodict_log.inspection import repair
@@ -166,15 +166,6 @@ def test_repair_goes_on_past_a_missing_segment_and_says_what_was_lost(tmp_path):
     with IODict(path) as d:
         assert set(d) == {f"k{i:03d}" for i in range(150)} - lost
         d["after"] = b"works"
-
-
-def forge(path, *frames: tuple[int, bytes, bytes]) -> None:
-    """Append checksum-valid frames (op, key, value), made with the store's salt, to the last segment."""
-    last = segments(path)[-1]
-    salt = int.from_bytes(last.read_bytes()[12:16], "little")
-    with open(last, "ab") as f:
-        for n, (op, key, value) in enumerate(frames):
-            f.write(encode_frame(op, 0, 10_000 + n, 2**62 + n, key, value, salt=salt))
 
 
 def test_verify_reports_and_repair_drops_records_a_reader_refuses(tmp_path):
