@@ -19,8 +19,9 @@ from typing import Any, Callable, Iterable, NoReturn, Sequence, TypeVar
 
 from . import __version__
 from .errors import CorruptionWarning, IODictLogError
-from .inspection import Census, dump_line, open_log, repair, require_store, verify
+from .inspection import Census, dump_line, open_log, require_store, verify
 from .iodict import IODict
+from .repair import repair
 
 T = TypeVar("T")
 

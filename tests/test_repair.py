@@ -23,7 +23,7 @@ from iodict_log.format import (
     SEGMENT_HEADER_SIZE,
     encode_segment_header,
 )
-from iodict_log.inspection import repair
+from iodict_log.repair import repair
 from iodict_log.serialize import encode_key
 
 
@@ -239,7 +239,7 @@ def test_backup_copies_only_the_stores_own_regular_files_and_follows_no_link(tmp
     os.symlink("..", path / "0000000093.seg")
     os.symlink("/usr", path / "linked-dir")
     os.mkfifo(path / "0000000094.seg")
-    from iodict_log.inspection import backup_store
+    from iodict_log.repair import backup_store
 
     notes = backup_store(str(path), str(tmp_path / "backup"))
     copied = sorted(p.name for p in (tmp_path / "backup").iterdir())
@@ -262,7 +262,7 @@ def test_repair_with_nothing_to_do_changes_nothing_and_makes_no_backup(tmp_path)
 
 def test_repair_copies_damaged_segments_without_holding_the_write_lock(tmp_path, monkeypatch):
     # Guards 17.3: repair held LOCK throughout (a put_nowait elsewhere blocked 9.7 s).
-    from iodict_log import inspection
+    from iodict_log import repair as repairing
     from iodict_log.filelock import FileLock
 
     path = tmp_path / "q"
@@ -277,7 +277,7 @@ def test_repair_copies_damaged_segments_without_holding_the_write_lock(tmp_path,
         file = next(p for p in segments(path) if marker in p.read_bytes())
         flip_byte(file, file.read_bytes().find(marker) + 2)
     free_while_copying = []
-    copy = inspection._Repair._copy
+    copy = repairing._Repair._copy
 
     def watched(self, seen):
         probe = FileLock(str(path / "LOCK"))
@@ -289,7 +289,7 @@ def test_repair_copies_damaged_segments_without_holding_the_write_lock(tmp_path,
             probe.close()
         return copy(self, seen)
 
-    monkeypatch.setattr(inspection._Repair, "_copy", watched)
+    monkeypatch.setattr(repairing._Repair, "_copy", watched)
     repaired = repair(str(path))
     assert free_while_copying == [True, True] and len([f for f in repaired.dropped if f.damage]) == 2
     with DurableQueue(path, serializer="msgpack") as q:

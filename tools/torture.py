@@ -27,7 +27,7 @@ Rounds, until the time is up (a round in progress finishes). In each round:
    were lost, that nothing appeared, that the store opens to exactly a replay
    of its files (values, order, birthtimes), and that every damaged region is
    one it made and is counted in ``stats()["corrupt_records"]``.
-   Damage no reader gets past is repaired (``inspection.repair``) before those
+   Damage no reader gets past is repaired (``repair.repair``) before those
    checks: a flipped byte in CURRENT or CURRENT deleted (it costs nothing), a
    flipped byte in a segment header (nothing: the salt comes back from the
    other headers), a deleted segment (exactly its records). Then what repair
@@ -69,7 +69,7 @@ from typing import Any, Callable, Iterator
 import torture_oracle as oracle
 
 from iodict_log import DurableQueue, IODict
-from iodict_log.inspection import repair
+from iodict_log.repair import repair
 
 MISSING = object()
 STOP_WAIT = 60.0  # seconds a worker may take to stop cleanly before it counts as hung
