@@ -55,15 +55,11 @@ from .log import Log
 from .manifest import MANIFEST_NAME, read_manifest
 from .pending import PendingItems
 from .segment import parse_segment_name, segment_name
-from .serialize import Serializer, canonical_key, decode_key
+from .serialize import Serializer, decode_key
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
 
 _MAP_ABOVE = 64 * 2**20  # segment files larger than this are memory-mapped instead of read
-# What decoding a checksum-valid but forged record may raise: CorruptionError once
-# serialize says so for every case; msgpack's own errors (ValueError and
-# UnpackException subclasses) and TypeError (a list as a key) until then.
-_UNDECODABLE = (CorruptionError, ValueError, TypeError, msgpack.UnpackException)
 _MSGPACK = Serializer("msgpack")
 
 
@@ -201,8 +197,8 @@ def refusal(frame: Frame) -> str | None:
         return f"{op_name(op)} record's key is {len(frame.key)} bytes, not {SEQ.size}"
     try:
         if op in (OP_SET, OP_DELETE):
-            canonical_key(decode_key(frame.key))
-    except _UNDECODABLE as exc:
+            decode_key(frame.key)  # (exactly a storable key's bytes, or CorruptionError)
+    except CorruptionError as exc:
         return f"key does not decode: {exc}"
     try:
         if op in (OP_SET, OP_PUT):
@@ -210,7 +206,7 @@ def refusal(frame: Frame) -> str | None:
                 stored_value(frame.flags, frame.value)  # only the lz4 layer can be checked
             else:
                 _MSGPACK.decode(frame.flags, frame.value)
-    except _UNDECODABLE as exc:
+    except CorruptionError as exc:
         return f"value does not decode: {exc}"
     return None
 
@@ -396,9 +392,7 @@ def dump_line(frame: Frame) -> tuple[str, str | None]:
     op = frame.op
     try:
         if op in (OP_SET, OP_DELETE):
-            key = decode_key(frame.key)
-            canonical_key(key)  # (TypeError for what no key can be)
-            record["key"] = to_json(key)
+            record["key"] = to_json(decode_key(frame.key))
         if op in (OP_TAKE, OP_DEAD):
             if len(frame.key) != SEQ.size:
                 raise CorruptionError(f"{op_name(op)} record's key is {len(frame.key)} bytes, not {SEQ.size}")
@@ -409,7 +403,7 @@ def dump_line(frame: Frame) -> tuple[str, str | None]:
             else:
                 record["value"] = to_json(_MSGPACK.decode(frame.flags, frame.value))
         return json.dumps(record, allow_nan=False), None
-    except (*_UNDECODABLE, RecursionError) as exc:
+    except (CorruptionError, ValueError, RecursionError) as exc:  # (to_json: ValueError past MAX_DUMP_DEPTH)
         record.pop("value", None)
         record["error"] = reason = f"cannot be shown: {exc}"
         return json.dumps(record, allow_nan=False), reason

@@ -16,7 +16,7 @@ from .hintfile import publish_hint, stage_hint
 from .index import KeyIndex, index_key, location_birthtime, plain_key, snapshot_of
 from .log import Entry, Log, LogHandle, check_options
 from .objectlock import make_lock
-from .serialize import Serializer, canonical_key, decode_key, encode_key
+from .serialize import Serializer, canonical_key, decode_key, encode_canonical_key
 
 _MISSING = object()
 _ABSENT = object()  # looked up in place of a key no store can hold: never found
@@ -130,7 +130,9 @@ class IODict(LogHandle, MutableMapping):
 
     def _remove(self, log: Log, keys: list[Any]) -> None:
         """Append deletes of existing keys as one write."""
-        entries: list[Entry] = [(OP_DELETE, 0, encode_key(plain_key(key)), b"", log.birthtime()) for key in keys]
+        entries: list[Entry] = [
+            (OP_DELETE, 0, encode_canonical_key(plain_key(key)), b"", log.birthtime()) for key in keys
+        ]
         if len(entries) == 1:
             log.append_one(*entries[0])
         else:
@@ -145,7 +147,7 @@ class IODict(LogHandle, MutableMapping):
         before anything is written (TypeError on bad input)."""
         if type(key) is not str:
             key = canonical_key(key)
-        return (index_key(key), encode_key(key), *self._serializer.encode(value, self._compress))
+        return (index_key(key), encode_canonical_key(key), *self._serializer.encode(value, self._compress))
 
     # --- the mapping ----------------------------------------------------------
 
@@ -157,7 +159,7 @@ class IODict(LogHandle, MutableMapping):
 
     def __setitem__(self, key: Any, value: Any) -> None:
         if type(key) is str:  # (the hot path: _encoded() without its calls)
-            self._write(self._set, key, encode_key(key), *self._serializer.encode(value, self._compress))
+            self._write(self._set, key, encode_canonical_key(key), *self._serializer.encode(value, self._compress))
         else:
             self._write(self._set, *self._encoded(key, value))
 

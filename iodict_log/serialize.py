@@ -60,21 +60,28 @@ def _tuple_default(depth: int) -> Callable[[Any], msgpack.ExtType]:
     return default
 
 
-def _tuple_hook(depth: int) -> Callable[[int, bytes], Any]:
-    """The Unpacker ``ext_hook`` at tuple nesting ``depth``: bounds the C recursion of nested unpacks."""
+def _tuple_hooks(**options: Any) -> list[Callable[[int, bytes], Any]]:
+    """The Unpacker ``ext_hook`` for each tuple nesting depth: each decodes a tuple's
+    members with the next depth's, so the C recursion of nested unpacks is bounded.
+    ``options`` go to every nested unpack too."""
+    hooks: list[Callable[[int, bytes], Any]] = []
 
-    def ext_hook(code: int, data: bytes) -> Any:
-        if code != EXT_TUPLE:
-            return msgpack.ExtType(code, data)
-        if depth >= MAX_TUPLE_DEPTH:
-            raise CorruptionError(f"tuples nest more than {MAX_TUPLE_DEPTH} deep")
-        return tuple(msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_HOOKS[depth + 1]))
+    def at(depth: int) -> Callable[[int, bytes], Any]:
+        def ext_hook(code: int, data: bytes) -> Any:
+            if code != EXT_TUPLE:
+                return msgpack.ExtType(code, data)
+            if depth >= MAX_TUPLE_DEPTH:
+                raise CorruptionError(f"tuples nest more than {MAX_TUPLE_DEPTH} deep")
+            return tuple(msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=hooks[depth + 1], **options))
 
-    return ext_hook
+        return ext_hook
+
+    hooks.extend(at(depth) for depth in range(MAX_TUPLE_DEPTH + 1))
+    return hooks
 
 
 _DEFAULTS = [_tuple_default(depth) for depth in range(MAX_TUPLE_DEPTH + 1)]
-_HOOKS = [_tuple_hook(depth) for depth in range(MAX_TUPLE_DEPTH + 1)]
+_HOOKS = _tuple_hooks()
 
 
 def _packer(depth: int) -> msgpack.Packer:
@@ -99,7 +106,7 @@ def _pack(obj: Any) -> bytes:
     return packer.pack(obj)
 
 
-def _unpack(data: bytes) -> Any:
+def unpack(data: bytes) -> Any:
     """The one msgpack object in ``data`` (tuples at most MAX_TUPLE_DEPTH deep), else CorruptionError."""
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_HOOKS[0])
@@ -108,7 +115,7 @@ def _unpack(data: bytes) -> Any:
 
 
 def _unpack_budgeted(data: bytes) -> Any:
-    """_unpack for a block that unpacked beyond lz4_bound: at most one list, dict or
+    """unpack for a block that unpacked beyond lz4_bound: at most one list, dict or
     tuple per CONTAINER_BYTES of ``data``. Containers are what make a decode bomb (an
     empty list is one byte and ~60 of memory); values written before the bound, such
     as a megabyte of zeros, a long list of numbers or of small records, hold fewer."""
@@ -120,23 +127,11 @@ def _unpack_budgeted(data: bytes) -> Any:
             raise CorruptionError(f"a highly compressed value holds over one container per {CONTAINER_BYTES} bytes")
         return obj
 
-    def hook(depth: int) -> Callable[[int, bytes], Any]:
-        def ext_hook(code: int, ext: bytes) -> Any:
-            if code != EXT_TUPLE:
-                return msgpack.ExtType(code, ext)
-            if depth >= MAX_TUPLE_DEPTH:
-                raise CorruptionError(f"tuples nest more than {MAX_TUPLE_DEPTH} deep")
-            return tuple(_budgeted(ext, hook(depth + 1)))
-
-        return ext_hook
-
-    def _budgeted(part: bytes, ext_hook: Callable[[int, bytes], Any]) -> Any:
-        return msgpack.unpackb(
-            part, raw=False, strict_map_key=False, ext_hook=ext_hook, list_hook=count, object_hook=count
-        )
-
+    hooks = _tuple_hooks(list_hook=count, object_hook=count)
     try:
-        return _budgeted(data, hook(0))
+        return msgpack.unpackb(
+            data, raw=False, strict_map_key=False, ext_hook=hooks[0], list_hook=count, object_hook=count
+        )
     except _DECODE_ERRORS as exc:
         raise CorruptionError(f"msgpack does not decode: {type(exc).__name__}: {exc}") from None
 
@@ -194,8 +189,13 @@ def canonical_key(key: Any, _depth: int = 0) -> Any:
 
 def encode_key(key: Any) -> bytes:
     """The bytes of the canonical form of ``key`` (TypeError for a key that cannot be stored)."""
+    return encode_canonical_key(canonical_key(key))
+
+
+def encode_canonical_key(key: Any) -> bytes:
+    """encode_key for a key already in canonical form (canonical_key's result)."""
     try:
-        return _pack(canonical_key(key))
+        return _pack(key)
     except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from os.listdir()
         raise TypeError(f"str key is not valid Unicode: {exc}") from None
 
@@ -225,7 +225,7 @@ def decode_key(data: bytes) -> Any:
     deep. A str up to 255 bytes or a one-byte int, the common keys, are
     canonical as soon as they decode.
     """
-    key = _unpack(data)
+    key = unpack(data)
     kind = type(key)
     if kind is str or kind is bytes or kind is int:  # (msgpack ints are all in range)
         head = data[0]
@@ -268,7 +268,7 @@ class Serializer:
             stored = data
         if flags & FLAG_PICKLE:
             return self.loads(flags, stored)
-        return _unpack(stored)
+        return unpack(stored)
 
     def loads(self, flags: int, data: bytes) -> Any:
         if flags & FLAG_PICKLE:
@@ -278,7 +278,7 @@ class Serializer:
                     "serializer='pickle' to read it (only for files you trust)"
                 )
             return pickle.loads(data)
-        return _unpack(data)
+        return unpack(data)
 
 
 def _msgpack_dumps(value: Any) -> bytes:
