@@ -11,6 +11,7 @@ import threading
 import time
 
 SALT = 0x5EED5A17  # any per-store salt: the codec takes it as given
+WAIT = 10  # seconds: an upper bound on anything that should happen at once; never reached when all is well
 
 
 def same(a, b) -> bool:
@@ -74,6 +75,42 @@ class Lines:
         while (line := self.next(max(0.0, deadline - time.monotonic()))) != "":
             out.append(line)
         return out
+
+
+class Call(threading.Thread):
+    """Run ``fn()`` in a daemon thread (start it, or use started()), keeping its result or
+    exception for the test thread."""
+
+    def __init__(self, fn) -> None:
+        super().__init__(daemon=True)
+        self.fn = fn
+        self.result = None
+        self.error: BaseException | None = None
+        self.finished = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn()
+        except BaseException as exc:  # handed to the test thread
+            self.error = exc
+        finally:
+            self.finished.set()
+
+    def outcome(self, what: str = ""):
+        """Wait (at most WAIT) for the call to end and return its result, re-raising its error;
+        ``what`` names the call in the failure (its ``fn`` by default)."""
+        self.join(timeout=WAIT)
+        assert not self.is_alive(), f"{what or repr(self.fn)} did not return within {WAIT} s"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def started(fn) -> Call:
+    """A Call of ``fn``, started."""
+    call = Call(fn)
+    call.start()
+    return call
 
 
 def joined(thread: threading.Thread, seconds: float) -> None:

@@ -196,11 +196,16 @@ def damage_a_value(path, marker: bytes) -> None:
     segment.write_bytes(bytes(data))
 
 
-def test_repair_drops_damage_for_good_keeps_a_backup_and_loses_nothing_readable(tmp_path):
-    path = tmp_path / "s"
+def make_segmented_store(path) -> None:
+    """120 keys over 4096-byte segments, each value marked ``value-NNN-`` (for damage_a_value)."""
     with IODict(path, compression=None, segment_bytes=4096) as d:
         for i in range(120):
             d[f"k{i:03d}"] = f"value-{i:03d}-".encode() * 4
+
+
+def test_repair_drops_damage_for_good_keeps_a_backup_and_loses_nothing_readable(tmp_path):
+    path = tmp_path / "s"
+    make_segmented_store(path)
     damage_a_value(path, b"value-030-")  # in a finished segment
     damage_a_value(path, b"value-118-")  # in the last one
     with pytest.warns(CorruptionWarning), IODict(path) as d:
@@ -221,9 +226,7 @@ def test_repair_drops_damage_for_good_keeps_a_backup_and_loses_nothing_readable(
 
 def test_repair_while_another_process_has_the_store_open(tmp_path):
     path = tmp_path / "s"
-    with IODict(path, compression=None, segment_bytes=4096) as d:
-        for i in range(120):
-            d[f"k{i:03d}"] = f"value-{i:03d}-".encode() * 4
+    make_segmented_store(path)
     damage_a_value(path, b"value-030-")
     with pytest.warns(CorruptionWarning):
         live = IODict(path, segment_bytes=4096)
@@ -303,9 +306,7 @@ def test_every_subcommand_help_has_a_description_and_its_exit_statuses():
 def test_corruption_warnings_print_as_one_plain_line_each(tmp_path):
     # Guards 17.9: warnings came in Python's format, with the source line under them.
     path = tmp_path / "s"
-    with IODict(path, compression=None, segment_bytes=4096) as d:
-        for i in range(120):
-            d[f"k{i:03d}"] = f"value-{i:03d}-".encode() * 4
+    make_segmented_store(path)
     damage_a_value(path, b"value-030-")
     damage_a_value(path, b"value-070-")
     for command in ("stats", "dump"):

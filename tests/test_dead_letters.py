@@ -26,10 +26,11 @@ import warnings
 from pathlib import Path
 
 import pytest
+from forged import append, frame, segment_paths
 from helpers import drain
 
 from iodict_log import CorruptionWarning, DurableQueue, IODictLogError
-from iodict_log.format import FLAG_LZ4, OP_PUT, SEGMENT_HEADER_SIZE, decode_segment_header, encode_frame
+from iodict_log.format import FLAG_LZ4, OP_PUT
 
 WAIT = 10
 
@@ -60,6 +61,11 @@ def gone(monkeypatch):
 
 def segment_files(path: Path) -> list[Path]:
     return sorted(path.glob("*.seg"))
+
+
+def in_child(code: str, path: Path) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter, the queue's path as ``sys.argv[1]``; its text output."""
+    return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
 
 
 def poison_warnings(caught) -> list[str]:
@@ -122,7 +128,7 @@ def test_dead_letters_survive_reopen_and_are_seen_by_another_process(tmp_path, g
         "q = DurableQueue(sys.argv[1])\n"
         "print(json.dumps([[d.id for d in q.dead_letters()], q.qsize(), q.stats()['dead']]))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
+    out = in_child(code, path)
     assert json.loads(out.stdout) == [ids, 0, 2], out.stderr
 
 
@@ -138,7 +144,7 @@ def test_another_process_moves_a_poison_item_aside_for_everyone(tmp_path, gone):
         "warnings.simplefilter('ignore', RuntimeWarning)\n"
         "print(DurableQueue(sys.argv[1]).get_nowait())\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
+    out = in_child(code, path)
     assert out.stdout.strip() == "next", out.stderr
     assert len(q.dead_letters()) == 1, "the dead letter shows in every process"
     assert q.dead_letters()[0].item == gone.Job(3), "here the class imports: the item decodes"
@@ -252,11 +258,8 @@ def test_segment_reclaim_keeps_the_segment_holding_a_dead_letter(tmp_path, gone)
 
 def append_forged_put(path: Path, flags: int, value: bytes, seq: int) -> None:
     """Append a PUT frame that passes every checksum (made with the store's salt)."""
-    segment = segment_files(path)[-1]
-    with open(segment, "r+b") as f:
-        _, salt = decode_segment_header(f.read(SEGMENT_HEADER_SIZE))
-        f.seek(0, os.SEEK_END)
-        f.write(encode_frame(OP_PUT, flags, seq, time.time_ns(), b"", value, salt=salt))
+    segment = segment_paths(path)[-1]
+    append(segment, frame(segment, b"", value, op=OP_PUT, flags=flags, seq=seq, birthtime=time.time_ns()))
 
 
 @pytest.mark.parametrize(

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
+from helpers import Lines, wait_pid
 
 from iodict_log import IODict
 
@@ -70,12 +69,6 @@ THIRD = textwrap.dedent(
 )
 
 
-def read_line(stream, timeout: float) -> str:
-    ready, _, _ = select.select([stream], [], [], timeout)
-    assert ready, "the parent process did not report in time"
-    return stream.readline().strip()
-
-
 def store_descriptors(pid: int, store: str) -> list[str]:
     """What process ``pid`` has open inside ``store``."""
     found = []
@@ -102,7 +95,7 @@ def test_a_parent_killed_holding_the_lock_never_leaves_it_held_by_its_forked_chi
     )
     children: list[int] = []
     try:
-        children = [int(pid) for pid in read_line(parent.stdout, 60).split()]
+        children = [int(pid) for pid in Lines(parent.stdout).next(60).split()]
         assert len(children) == 2
         for pid in children:
             assert store_descriptors(pid, store) == []  # neither LOCK nor any segment
@@ -123,18 +116,6 @@ def test_a_parent_killed_holding_the_lock_never_leaves_it_held_by_its_forked_chi
         assert d["third"] == len(d) - 1 and d["k99"] == 99
 
 
-def wait_for_child(pid: int, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)  # (polling a child's exit, with a deadline)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    raise AssertionError("the forked child did not finish in time")
-
-
 @pytest.mark.parametrize("sync", [False, 0.05])
 def test_objects_keep_working_in_a_forked_child(tmp_path, sync):
     store = str(tmp_path / "store")
@@ -152,7 +133,7 @@ def test_objects_keep_working_in_a_forked_child(tmp_path, sync):
             code = 0 if ok else 2
         finally:
             os._exit(code)
-    assert wait_for_child(pid, 60) == 0
+    assert wait_pid(pid, 60) == 0
     d["parent"] = 1  # the parent's descriptors and lock are untouched
     assert d["child199"] == 199 and len(d) == 401
     d.close()
@@ -174,7 +155,7 @@ def test_a_child_forked_after_a_compaction_elsewhere_rebuilds_on_first_use(tmp_p
             code = 0 if dict(d.items()) == expected else 2
         finally:
             os._exit(code)
-    assert wait_for_child(pid, 60) == 0
+    assert wait_pid(pid, 60) == 0
     assert dict(d.items()) == {f"k{i}": 250 + i for i in range(50)}
     d.close()
     other.close()
@@ -194,7 +175,7 @@ def test_a_child_forked_inside_the_write_lock_never_releases_the_parents_lock(tm
                 code = 0 if not taken else 2
             finally:
                 os._exit(code)
-        assert wait_for_child(pid, 60) == 0
+        assert wait_pid(pid, 60) == 0
         assert lock.held
     d["after"] = 1
     d.close()

@@ -16,11 +16,11 @@ import struct
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import lz4.block
 import msgpack
 import pytest
+from forged import forge
 from helpers import same
 
 from iodict_log import IODict
@@ -32,7 +32,6 @@ from iodict_log.format import (
     MAX_LZ4_RATIO,
     OP_SET,
     compress_value,
-    encode_frame,
     stored_value,
 )
 from iodict_log.serialize import MAX_DEPTH, MAX_KEY_DEPTH, MAX_TUPLE_DEPTH, Serializer, decode_key, encode_key
@@ -60,16 +59,6 @@ def nested_list(depth: int) -> list:
     for _ in range(depth - 1):
         value = [value]
     return value
-
-
-def forge(path: Path, *frames: tuple[int, bytes, bytes]) -> None:
-    """Append checksum-valid frames (op, key, value), made with the store's salt
-    (read from the segment header, docs/FORMAT.md), to the last segment."""
-    last = sorted(path.glob("*.seg"))[-1]
-    salt = int.from_bytes(last.read_bytes()[12:16], "little")
-    with open(last, "ab") as f:
-        for n, (op, key, value) in enumerate(frames):
-            f.write(encode_frame(op, 0, 1000 + n, 2**62 + n, key, value, salt=salt))
 
 
 def in_child(code: str, memory_mb: int | None = None) -> str:
@@ -211,7 +200,12 @@ def test_forged_deep_value_in_a_store_reads_as_corruption_error_in_a_child(tmp_p
     path = tmp_path / "s"
     with IODict(path) as d:
         d["good"] = [1, 2]
-    forge(path, (OP_SET, encode_key("route"), tuple_ext(250)), (OP_SET, encode_key("lists"), b"\x91" * 3000 + b"\xc0"))
+    forge(
+        path,
+        (OP_SET, encode_key("route"), tuple_ext(250)),
+        (OP_SET, encode_key("lists"), b"\x91" * 3000 + b"\xc0"),
+        first_seq=1000,
+    )
     out = in_child(
         f"""
         from iodict_log import IODict

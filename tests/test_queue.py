@@ -33,12 +33,11 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import drain
+from helpers import WAIT, Call, drain, started
 
 import iodict_log
 from iodict_log import CorruptionWarning, DurableQueue, StoreClosedError
 
-WAIT = 10  # seconds: an upper bound on anything that should happen at once; never reached when all is well
 STILL_BLOCKED = 0.2  # seconds we watch a call, seen waiting inside the queue, that must not return
 
 
@@ -76,39 +75,6 @@ class NewQueue(queue.Queue, iodict_log.FlushQueue):
         self.path = path
         self.lock = lock
         self.semaphore = semaphore
-
-
-class Call(threading.Thread):
-    """Run ``fn()`` in a daemon thread, keeping its result or exception for the test thread."""
-
-    def __init__(self, fn) -> None:
-        super().__init__(daemon=True)
-        self.fn = fn
-        self.result = None
-        self.error: BaseException | None = None
-        self.finished = threading.Event()
-
-    def run(self) -> None:
-        try:
-            self.result = self.fn()
-        except BaseException as exc:  # handed to the test thread
-            self.error = exc
-        finally:
-            self.finished.set()
-
-    def outcome(self):
-        """Wait (bounded) for the call to end and return its result, re-raising its error."""
-        self.join(timeout=WAIT)
-        assert not self.is_alive(), f"{self.fn!r} did not return within {WAIT} s"
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
-def started(fn) -> Call:
-    call = Call(fn)
-    call.start()
-    return call
 
 
 def _parked_in(call: Call, method: str) -> bool:

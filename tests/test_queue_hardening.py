@@ -22,40 +22,15 @@ import time
 import warnings
 from pathlib import Path
 
+import forged
 import pytest
+from helpers import WAIT, started
 
 from iodict_log import CorruptionWarning, DurableQueue
-from iodict_log.format import OP_DEAD, OP_PUT, OP_TAKE, SEGMENT_HEADER_SIZE, Frame, decode_segment_header, encode_frame
+from iodict_log.format import OP_DEAD, OP_PUT, OP_TAKE, Frame
 from iodict_log.pending import PendingItems
 
-WAIT = 10  # seconds: a bound on what should happen at once; never reached when all is well
-
-
 # --- helpers -------------------------------------------------------------------------
-
-
-class Call(threading.Thread):
-    """Run ``fn()`` in a daemon thread, keeping its result or exception."""
-
-    def __init__(self, fn) -> None:
-        super().__init__(daemon=True)
-        self.fn = fn
-        self.result = None
-        self.error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self.result = self.fn()
-        except BaseException as exc:  # handed to the test thread
-            self.error = exc
-
-    def outcome(self, what: str):
-        self.join(timeout=WAIT)
-        assert not self.is_alive(), f"{what} was still waiting for the lock after {WAIT} s"
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 def read_line(proc: subprocess.Popen, deadline: float) -> str:
@@ -135,25 +110,25 @@ def held_queue(tmp_path):
 def test_get_nowait_raises_empty_while_another_process_holds_the_lock(held_queue):
     q, _ = held_queue
     with pytest.raises(queue.Empty):
-        Call(q.get_nowait).outcome("get_nowait()")
+        started(q.get_nowait).outcome("get_nowait()")
 
 
 def test_timed_get_raises_empty_while_another_process_holds_the_lock(held_queue):
     q, _ = held_queue
     with pytest.raises(queue.Empty):
-        Call(lambda: q.get(timeout=0.2)).outcome("get(timeout=0.2)")
+        started(lambda: q.get(timeout=0.2)).outcome("get(timeout=0.2)")
 
 
 def test_put_nowait_raises_full_while_another_process_holds_the_lock(held_queue):
     q, _ = held_queue
     with pytest.raises(queue.Full):
-        Call(lambda: q.put_nowait("three")).outcome("put_nowait()")
+        started(lambda: q.put_nowait("three")).outcome("put_nowait()")
 
 
 def test_timed_put_many_raises_full_while_another_process_holds_the_lock(held_queue):
     q, child = held_queue
     with pytest.raises(queue.Full):
-        Call(lambda: q.put_many(["three", "four"], timeout=0.2)).outcome("put_many(timeout=0.2)")
+        started(lambda: q.put_many(["three", "four"], timeout=0.2)).outcome("put_many(timeout=0.2)")
     end(child)
     assert [q.get_nowait(), q.get_nowait()] == ["one", "two"], "a refused call changes nothing"
     with pytest.raises(queue.Empty):
@@ -168,9 +143,9 @@ def test_timed_get_raises_empty_while_a_producer_is_stopped_inside_put(tmp_path)
     try:
         assert read_line(child, time.monotonic() + WAIT) == "stopping"
         with pytest.raises(queue.Empty):
-            Call(lambda: q.get(timeout=0.2)).outcome("get(timeout=0.2)")
+            started(lambda: q.get(timeout=0.2)).outcome("get(timeout=0.2)")
         with pytest.raises(queue.Full):
-            Call(lambda: q.put("x", timeout=0.2)).outcome("put(timeout=0.2)")
+            started(lambda: q.put("x", timeout=0.2)).outcome("put(timeout=0.2)")
         child.send_signal(signal.SIGCONT)  # the producer goes on: everything works again
         assert child.wait(timeout=WAIT) == 0
         assert q.get(timeout=WAIT) == "ready before"
@@ -335,12 +310,10 @@ def test_the_head_skips_items_taken_from_the_middle():
 
 def append_forged(path: Path, *frames: tuple[int, int, bytes]) -> None:
     """Append valid frames (op, seq, key) to the store's last segment, with its salt."""
-    segment = sorted(path.glob("*.seg"))[-1]
-    with open(segment, "r+b") as f:
-        _, salt = decode_segment_header(f.read(SEGMENT_HEADER_SIZE))
-        f.seek(0, os.SEEK_END)
-        for op, seq, key in frames:
-            f.write(encode_frame(op, 0, seq, time.time_ns(), key, b"", salt=salt))
+    segment = forged.segment_paths(path)[-1]
+    forged.append(
+        segment, *(forged.frame(segment, key, op=op, seq=seq, birthtime=time.time_ns()) for op, seq, key in frames)
+    )
 
 
 def test_a_take_or_dead_record_whose_key_is_not_a_seq_is_one_damaged_record_each(tmp_path):
