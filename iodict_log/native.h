@@ -15,5 +15,16 @@ int format_init(PyObject *module);
 /* _lock.c: filelock.py's mapped LOCK file (the robust write mutex, the change counter). */
 extern PyMethodDef lock_methods[];
 int lock_init(PyObject *module);
+/* For the other C files (the fast paths), the same operations filelock.py makes:
+ * take the robust process-shared mutex at `mutex`, first without waiting, then
+ * waiting with the GIL released: 0 taken, 1 taken from a holder that died (made
+ * consistent again), -1 with an exception set. */
+int lock_take(void *mutex);
+/* Give it back: 0, or -1 with an exception set. */
+int lock_give(void *mutex);
+/* The change counter at `counter` (8-byte aligned in the mapped LOCK file): read
+ * it (an atomic acquire load), or add one (atomic, release) and return the new value. */
+uint64_t lock_changes(const void *counter);
+uint64_t lock_bump(void *counter);
 
 #endif
