@@ -10,7 +10,8 @@ PyMODINIT_FUNC PyInit__native(void) {
     PyObject *module = PyModule_Create(&native_module);
     if (module == NULL) return NULL;
     if (PyModule_AddFunctions(module, format_methods) < 0 || format_init(module) < 0 ||
-        PyModule_AddFunctions(module, lock_methods) < 0 || lock_init(module) < 0) {
+        PyModule_AddFunctions(module, lock_methods) < 0 || lock_init(module) < 0 ||
+        PyModule_AddFunctions(module, iodict_methods) < 0 || iodict_init(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -9,12 +9,13 @@ import warnings
 from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, MutableMapping, ValuesView
 from typing import Any, Callable, NamedTuple, TypeVar
 
-from . import compaction, crashpoints, fileops
+from . import compaction, crashpoints, filelock, fileops
 from .errors import IODictLogError, StoreClosedError
-from .format import KIND_COMPACTED, OP_DELETE, OP_SET, Frame, Hint
+from .format import KIND_COMPACTED, OP_DELETE, OP_SET, Frame, Hint, compress_value
 from .hintfile import publish_hint, stage_hint
 from .index import KeyIndex, index_key, location_birthtime, plain_key, snapshot_of
 from .log import Entry, Log, LogHandle, check_options
+from .native import core
 from .objectlock import make_lock
 from .serialize import Serializer, canonical_key, decode_key, encode_canonical_key
 
@@ -22,6 +23,15 @@ _MISSING = object()
 _ABSENT = object()  # looked up in place of a key no store can hold: never found
 _CHUNK = 1024  # keys read per lock hold while iterating values
 T = TypeVar("T")
+
+# The C core's fast paths for str keys (_iodict.c): the common case of __setitem__
+# and __getitem__ in one call each; they answer NotImplemented, having changed
+# nothing, whenever the Python path below must run.
+if core is not None:
+    core.setup_iodict(type(threading.RLock()), fileops, crashpoints, filelock, compress_value)
+    _set_str, _get_str = core.set_str, core.get_str
+else:
+    _set_str = _get_str = None
 
 
 class Record(NamedTuple):
@@ -152,6 +162,10 @@ class IODict(LogHandle, MutableMapping):
     # --- the mapping ----------------------------------------------------------
 
     def __getitem__(self, key: Any) -> Any:
+        if type(key) is str and _get_str is not None:
+            value = _get_str(self, key)
+            if value is not NotImplemented:
+                return value
         found = self._read(self._stored_at, key if type(key) is str else _lookup_key(key))
         if found is None:
             raise KeyError(key)
@@ -159,6 +173,8 @@ class IODict(LogHandle, MutableMapping):
 
     def __setitem__(self, key: Any, value: Any) -> None:
         if type(key) is str:  # (the hot path: _encoded() without its calls)
+            if _set_str is not None and _set_str(self, key, value) is not NotImplemented:
+                return
             self._write(self._set, key, encode_canonical_key(key), *self._serializer.encode(value, self._compress))
         else:
             self._write(self._set, *self._encoded(key, value))

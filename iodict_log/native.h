@@ -27,4 +27,8 @@ int lock_give(void *mutex);
 uint64_t lock_changes(const void *counter);
 uint64_t lock_bump(void *counter);
 
+/* _iodict.c: iodict.py's hot paths (d[key] = value, d[key] for str keys). */
+extern PyMethodDef iodict_methods[];
+int iodict_init(PyObject *module);
+
 #endif

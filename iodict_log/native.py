@@ -29,5 +29,5 @@ core: ModuleType | None = _load()
 
 
 def build() -> str:
-    """"native" or "pure": which code this process runs."""
+    """ "native" or "pure": which code this process runs."""
     return "pure" if core is None else "native"

