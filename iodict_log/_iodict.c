@@ -725,6 +725,97 @@ done:
     return result == NULL ? NULL : Py_NewRef(result);
 }
 
+/* --- d.records() ------------------------------------------------------------ */
+
+/* The key whose stored bytes are data, as serialize.decode_key: a str, bytes or int
+ * key when its bytes are exactly its canonical encoding, else decode_key's answer. */
+static PyObject *key_of(PyObject *data, PyObject *decode_key) {
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(data);
+    PyObject *key = unpack_scalar(p, (size_t)PyBytes_GET_SIZE(data));
+    if (key != NULL) {
+        if (PyUnicode_CheckExact(key) || PyBytes_CheckExact(key) || PyLong_CheckExact(key)) {
+            PyObject *again = pack_scalar(key);
+            int canonical = again != NULL && PyBytes_GET_SIZE(again) == PyBytes_GET_SIZE(data) &&
+                            memcmp(PyBytes_AS_STRING(again), p, (size_t)PyBytes_GET_SIZE(data)) == 0;
+            Py_XDECREF(again);
+            PyErr_Clear();
+            if (canonical) return key;
+        }
+        Py_DECREF(key);
+    }
+    return PyObject_CallOneArg(decode_key, data);
+}
+
+/* records(frames, serializer, decode_key, Record, set, delete): IODict._record of each
+ * SET and DELETE frame of the list, in order (the others are skipped). */
+static PyObject *records(PyObject *self, PyObject *args) {
+    PyObject *frames, *serializer, *decode_key, *record_type, *set_name, *delete_name;
+    if (!PyArg_ParseTuple(args, "O!OOO!UU", &PyList_Type, &frames, &serializer, &decode_key, &PyType_Type,
+                          &record_type, &set_name, &delete_name))
+        return NULL;
+    PyTypeObject *type = (PyTypeObject *)record_type;
+    if (!PyType_IsSubtype(type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "Record must be a tuple type");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(frames);
+    PyObject *out = PyList_New(0);
+    if (out == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *frame = PyList_GET_ITEM(frames, i);
+        if (!PyTuple_Check(frame) || PyTuple_GET_SIZE(frame) != 8) {
+            PyErr_SetString(PyExc_TypeError, "records() takes format.Frame tuples");
+            goto fail;
+        }
+        long op = PyLong_AsLong(PyTuple_GET_ITEM(frame, 2));
+        if (op == -1 && PyErr_Occurred()) goto fail;
+        if (op != OP_SET && op != 2) continue;
+        PyObject *kdata = PyTuple_GET_ITEM(frame, 6), *vdata = PyTuple_GET_ITEM(frame, 7);
+        if (!PyBytes_Check(kdata) || !PyBytes_Check(vdata)) {
+            PyErr_SetString(PyExc_TypeError, "a Frame's key and value are bytes");
+            goto fail;
+        }
+        PyObject *key = key_of(kdata, decode_key), *value;
+        if (key == NULL) goto fail;
+        if (op == OP_SET) {
+            long flags = PyLong_AsLong(PyTuple_GET_ITEM(frame, 3));
+            value = (flags & (FLAG_LZ4 | FLAG_PICKLE)) == 0
+                        ? unpack_scalar((const unsigned char *)PyBytes_AS_STRING(vdata), (size_t)PyBytes_GET_SIZE(vdata))
+                        : NULL;
+            if (value == NULL)
+                value = PyObject_CallMethodObjArgs(serializer, s_decode, PyTuple_GET_ITEM(frame, 3), vdata, NULL);
+            if (value == NULL) {
+                Py_DECREF(key);
+                goto fail;
+            }
+        } else {
+            value = Py_NewRef(Py_None);
+        }
+        double birth = PyFloat_AsDouble(PyTuple_GET_ITEM(frame, 5));
+        PyObject *rec = type->tp_alloc(type, 5);
+        if (rec == NULL || (birth == -1.0 && PyErr_Occurred())) {
+            Py_XDECREF(rec);
+            Py_DECREF(key);
+            Py_DECREF(value);
+            goto fail;
+        }
+        PyTuple_SET_ITEM(rec, 0, Py_NewRef(PyTuple_GET_ITEM(frame, 4)));
+        PyTuple_SET_ITEM(rec, 1, PyFloat_FromDouble(birth / 1e9));
+        PyTuple_SET_ITEM(rec, 2, Py_NewRef(op == OP_SET ? set_name : delete_name));
+        PyTuple_SET_ITEM(rec, 3, key);
+        PyTuple_SET_ITEM(rec, 4, value);
+        if (PyTuple_GET_ITEM(rec, 1) == NULL || PyList_Append(out, rec) < 0) {
+            Py_DECREF(rec);
+            goto fail;
+        }
+        Py_DECREF(rec);
+    }
+    return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
 /* --- setup ------------------------------------------------------------------- */
 
 static PyObject *module_dict(PyObject *module) {
@@ -775,6 +866,7 @@ PyMethodDef iodict_methods[] = {
     {"setup_iodict", setup_iodict, METH_VARARGS, "Hand the fast paths what they compare against (iodict.py)."},
     {"set_str", (PyCFunction)(void (*)(void))set_str, METH_FASTCALL, "d[key] = value for a str key, or NotImplemented."},
     {"get_str", (PyCFunction)(void (*)(void))get_str, METH_FASTCALL, "d[key] for a str key, or NotImplemented."},
+    {"records", records, METH_VARARGS, "IODict._record of each SET and DELETE frame of a list of Frames."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -7,6 +7,7 @@ import threading
 import time
 import warnings
 from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, MutableMapping, ValuesView
+from itertools import islice
 from typing import Any, Callable, NamedTuple, TypeVar
 
 from . import compaction, crashpoints, filelock, fileops
@@ -29,9 +30,10 @@ T = TypeVar("T")
 # nothing, whenever the Python path below must run.
 if core is not None:
     core.setup_iodict(type(threading.RLock()), fileops, crashpoints, filelock, compress_value)
-    _set_str, _get_str = core.set_str, core.get_str
+    _set_str, _get_str, _records = core.set_str, core.get_str, core.records
 else:
-    _set_str = _get_str = None
+    _set_str = _get_str = _records = None
+_REPLAY_CHUNK = 1024  # frames turned into Records per C call
 
 
 class Record(NamedTuple):
@@ -327,7 +329,18 @@ class IODict(LogHandle, MutableMapping):
     def records(self, start: int = 0) -> Iterator[Record]:
         """Every set and delete still in the log, in sequence order, from seq ``start``."""
         frames = self._read(lambda log: log.frames(start))
+        if _records is not None:
+            return self._records_of(frames)
         return (self._record(frame) for frame in frames if frame.op in (OP_SET, OP_DELETE))
+
+    def _records_of(self, frames: Iterator[Frame]) -> Iterator[Record]:
+        """What records() yields, made by the C core a chunk of frames at a time."""
+        serializer = self._serializer
+        while True:
+            chunk = list(islice(frames, _REPLAY_CHUNK))
+            if not chunk:
+                return
+            yield from _records(chunk, serializer, decode_key, Record, "set", "delete")
 
     def _record(self, frame: Frame) -> Record:
         key = decode_key(frame.key)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import resource
 import signal
 import subprocess
@@ -182,3 +183,27 @@ def test_segments_cut_or_overwritten_under_an_open_reader_raise_corruption(store
     else:
         assert d["k000"] == "v" * 100
     d.close()
+
+
+def test_records_are_the_ones_the_python_path_makes(store_path):
+    # records() through the C core yields what the pure-Python build yields, every field and type.
+    with IODict(store_path, segment_bytes=4096) as d:
+        d.update({f"k{i}": "x" * (i % 300) for i in range(300)})
+        d["t"] = (1, 2)
+        del d["t"]
+        d[5] = b"z"
+        d[(1, "a")] = {"x": [1.5, None]}
+        d[2**63] = "big key"
+        d["k1"] = "again"
+        mine = list(d.records())
+    script = (
+        "import iodict_log, pickle, sys\n"
+        "sys.stdout.buffer.write(pickle.dumps(list(iodict_log.IODict(sys.argv[1]).records())))\n"
+    )
+    env = dict(os.environ, IODICT_LOG_PURE="1")
+    theirs = pickle.loads(
+        subprocess.run([sys.executable, "-c", script, store_path], env=env, capture_output=True, check=True).stdout
+    )
+    assert len(mine) == 306
+    assert [tuple(map(type, r)) for r in mine] == [tuple(map(type, r)) for r in theirs]
+    assert mine == theirs
