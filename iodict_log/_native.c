@@ -11,7 +11,9 @@ PyMODINIT_FUNC PyInit__native(void) {
     if (module == NULL) return NULL;
     if (PyModule_AddFunctions(module, format_methods) < 0 || format_init(module) < 0 ||
         PyModule_AddFunctions(module, lock_methods) < 0 || lock_init(module) < 0 ||
-        PyModule_AddFunctions(module, iodict_methods) < 0 || iodict_init(module) < 0) {
+        PyModule_AddFunctions(module, serialize_methods) < 0 || PyModule_AddFunctions(module, log_methods) < 0 ||
+        log_init(module) < 0 || PyModule_AddFunctions(module, iodict_methods) < 0 || iodict_init(module) < 0 ||
+        PyModule_AddFunctions(module, durablequeue_methods) < 0 || durablequeue_init(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

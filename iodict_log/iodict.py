@@ -10,7 +10,7 @@ from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, Mu
 from itertools import islice
 from typing import Any, Callable, NamedTuple, TypeVar
 
-from . import compaction, crashpoints, filelock, fileops
+from . import compaction, crashpoints, fileops
 from .errors import IODictLogError, StoreClosedError
 from .format import KIND_COMPACTED, OP_DELETE, OP_SET, Frame, Hint, compress_value
 from .hintfile import publish_hint, stage_hint
@@ -29,7 +29,7 @@ T = TypeVar("T")
 # and __getitem__ in one call each; they answer NotImplemented, having changed
 # nothing, whenever the Python path below must run.
 if core is not None:
-    core.setup_iodict(type(threading.RLock()), fileops, crashpoints, filelock, compress_value)
+    core.setup_iodict(compress_value)
     _set_str, _get_str, _records = core.set_str, core.get_str, core.records
 else:
     _set_str = _get_str = _records = None

@@ -50,7 +50,7 @@ import warnings
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
-from . import crashpoints, fileops
+from . import crashpoints, filelock, fileops
 from .compaction import Sources, Written, install, is_compaction_file
 from .errors import CorruptionError, CorruptionWarning, IODictLogError, StoreClosedError
 from .filelock import FileLock
@@ -93,6 +93,7 @@ from .index import (
     unpack_location,
 )
 from .manifest import MANIFEST_NAME, MAX_SEGMENTS, read_manifest, write_manifest
+from .native import core
 from .segment import (
     MAX_NUMBER,
     Segment,
@@ -121,6 +122,9 @@ _HOLDS = {STORE_DICT: "dict records", STORE_QUEUE: "queue items", STORE_DICT | S
 _OP_KIND = {OP_SET: STORE_DICT, OP_DELETE: STORE_DICT, OP_PUT: STORE_QUEUE, OP_TAKE: STORE_QUEUE, OP_DEAD: STORE_QUEUE}
 
 _open_logs: weakref.WeakSet[Log] = weakref.WeakSet()
+
+if core is not None:  # (the C fast paths compare against these: _log.c)
+    core.setup_log(type(threading.RLock()), fileops, crashpoints, filelock)
 
 
 def _after_fork_in_child() -> None:

@@ -27,8 +27,63 @@ int lock_give(void *mutex);
 uint64_t lock_changes(const void *counter);
 uint64_t lock_bump(void *counter);
 
-/* _iodict.c: iodict.py's hot paths (d[key] = value, d[key] for str keys). */
+/* format.py constants the fast paths need (the two must agree). */
+#define HEADER_SIZE 36
+#define OP_SET 1
+#define OP_DELETE 2
+#define OP_PUT 16
+#define OP_TAKE 17
+#define FLAG_LZ4 0x01
+#define FLAG_PICKLE 0x02
+#define KNOWN_FLAGS 0x07
+#define MAX_SEQ 0x7fffffffffffffffULL
+#define MAX_OFFSET 0xffffffffULL
+#define COMPRESS_MIN 256
+
+/* _serialize.c: serialize.py's msgpack for str, bytes, int, float, bool and None.
+ * NULL with no exception set: not a scalar it packs or unpacks (the Serializer's). */
+extern PyMethodDef serialize_methods[];
+PyObject *pack_scalar(PyObject *value);
+PyObject *unpack_scalar(const unsigned char *data, size_t len);
+
+/* _log.c: log.py's hot path for the fast paths below (see its header comment).
+ * Functions answering int: 1 done, 0 not the common case (nothing changed: leave
+ * it to Python), -1 error (an exception is set). */
+extern PyMethodDef log_methods[];
+int log_init(PyObject *module);
+PyObject *field(PyObject *dict, PyObject *name);                 /* borrowed, NULL if absent */
+int int_field(PyObject *dict, PyObject *name, long long *out); /* 0 unless an int that fits */
+int set_int(PyObject *dict, PyObject *name, long long value);
+int int_attr(PyObject *obj, PyObject *name, long long *out);
+PyObject *pack_location(uint64_t birthtime, unsigned slot, uint64_t offset, uint64_t length);
+int unpack_location(PyObject *loc, unsigned *slot, uint64_t *offset, uint64_t *length, uint64_t *birth);
+PyObject *frame_bytes(unsigned op, unsigned flags, uint64_t seq, uint64_t birthtime, const char *key, size_t klen,
+                      const char *value, size_t vlen, uint32_t salt);
+int frame_checks(const unsigned char *b, size_t len, uint32_t salt, size_t *value_at, unsigned *flags);
+int object_lock(PyObject *lock); /* the object's RLock: 1 taken, 0 another kind of lock, -1 error */
+void object_unlock(PyObject *lock);
+int log_is_fresh(PyObject *log); /* Log.refresh() has nothing to do */
+int log_read_value(PyObject *log, PyObject *loc, PyObject **data, size_t *value_at, unsigned *flags);
+typedef struct {
+    PyObject *ldict, *fldict; /* __dict__ of the Log and of its FileLock */
+    long long end, segment_bytes, last_seq, last_birthtime;
+    void *mutex, *counter;
+    int lock_fd, fd, birth_taken, written;
+    uint32_t salt;
+    Py_ssize_t slot;
+} Appender;
+int append_begin(Appender *a, PyObject *log); /* 1: the write lock is held, the log up to date */
+uint64_t append_birthtime(Appender *a);       /* Log.birthtime() */
+int append_one(Appender *a, unsigned op, unsigned flags, const char *key, size_t klen, const char *value, size_t vlen,
+               uint64_t birth, PyObject **loc);
+int append_end(Appender *a); /* count the change, give the lock: 0 or -1 */
+
+/* _iodict.c: iodict.py's hot paths (d[key] = value, d[key] for str keys, records()). */
 extern PyMethodDef iodict_methods[];
 int iodict_init(PyObject *module);
+
+/* _durablequeue.c: durablequeue.py's hot paths (put, get). */
+extern PyMethodDef durablequeue_methods[];
+int durablequeue_init(PyObject *module);
 
 #endif

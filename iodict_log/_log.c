@@ -1,0 +1,464 @@
+/* log.py's hot path in C, for the fast paths of _iodict.c and _durablequeue.c:
+ * LogHandle._write / _read around one operation, Log.refresh's "nothing new",
+ * Log.birthtime, Log.append_one + Log._land, and Log.read_value.
+ *
+ * They read and write the same attributes of the same objects (the Log's and
+ * the FileLock's __dict__, Segment's slots) as the Python code, in the same
+ * order. append_begin() takes the write lock only in the common case: no
+ * deadline, no group commit or sync=True, no crash point armed, no faulty file
+ * operations installed (tests/faultyfs.py), no roll due, nothing another
+ * process changed (the change counter, or under flock the file size), not a
+ * forked child with closed descriptors. In any other case it answers 0 having
+ * changed nothing, and the caller leaves the whole operation to Python, which
+ * does the rare work and raises the errors.
+ *
+ * While the C path holds the write lock, FileLock._depth is 1, as it is in
+ * Python under `with log.file_lock`, so Python code called meanwhile (a
+ * queue's PendingItems, its segment reclaim) sees the lock held and never
+ * takes it again.
+ */
+#include "native.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/file.h>
+#include <time.h>
+#include <unistd.h>
+#include <zlib.h>
+
+/* Handed over by log.py at import (setup_log). */
+static PyObject *RLockType, *fileops_dict, *os_write, *os_ftruncate, *crashpoints_dict, *filelock_dict;
+static PyObject *s_forked, *s_sync_interval, *s_sync_always, *s_sync_error, *s_end, *s_segment_bytes, *s_last_seq,
+    *s_last_birthtime, *s_segments, *s_file_lock, *s_changes, *s_fd, *s_lock_fd, *s_salt, *s_depth, *s_generation,
+    *s_deadline, *s_mutex, *s_counter, *s_owner_died, *s_acquire, *s_release, *s_write, *s_ftruncate, *s_ARMED,
+    *s_fork_generation, *s_zero, *s_one;
+
+/* --- attributes ------------------------------------------------------------- */
+
+PyObject *field(PyObject *dict, PyObject *name) {
+    PyObject *v = PyDict_GetItemWithError(dict, name);
+    if (v == NULL) PyErr_Clear();
+    return v;
+}
+
+int int_field(PyObject *dict, PyObject *name, long long *out) {
+    PyObject *v = field(dict, name);
+    if (v == NULL || !PyLong_CheckExact(v)) return 0;
+    int overflow;
+    *out = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow || (*out == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+int set_int(PyObject *dict, PyObject *name, long long value) {
+    PyObject *v = PyLong_FromLongLong(value);
+    if (v == NULL) return -1;
+    int r = PyDict_SetItem(dict, name, v);
+    Py_DECREF(v);
+    return r;
+}
+
+int int_attr(PyObject *obj, PyObject *name, long long *out) {
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int ok = 0;
+    if (PyLong_CheckExact(v)) {
+        int overflow;
+        *out = PyLong_AsLongLongAndOverflow(v, &overflow);
+        ok = !overflow && !(*out == -1 && PyErr_Occurred());
+        PyErr_Clear();
+    }
+    Py_DECREF(v);
+    return ok;
+}
+
+/* --- index.pack_location / unpack_location ------------------------------------ */
+
+static void put_u32(unsigned char *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static uint32_t get_u32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+PyObject *pack_location(uint64_t birthtime, unsigned slot, uint64_t offset, uint64_t length) {
+    unsigned char b[18];
+    put_u32(b, (uint32_t)length);
+    put_u32(b + 4, (uint32_t)offset);
+    b[8] = (unsigned char)slot;
+    b[9] = (unsigned char)(slot >> 8);
+    put_u32(b + 10, (uint32_t)birthtime);
+    put_u32(b + 14, (uint32_t)(birthtime >> 32));
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyLong_FromUnsignedNativeBytes(b, sizeof b, Py_ASNATIVEBYTES_LITTLE_ENDIAN);
+#else
+    return _PyLong_FromByteArray(b, sizeof b, 1, 0);
+#endif
+}
+
+int unpack_location(PyObject *loc, unsigned *slot, uint64_t *offset, uint64_t *length, uint64_t *birth) {
+    unsigned char b[18];
+    if (!PyLong_CheckExact(loc) || _PyLong_Sign(loc) < 0) return 0;
+#if PY_VERSION_HEX >= 0x030D0000
+    Py_ssize_t n = PyLong_AsNativeBytes(loc, b, sizeof b, Py_ASNATIVEBYTES_LITTLE_ENDIAN | Py_ASNATIVEBYTES_UNSIGNED_BUFFER);
+    if (n < 0 || n > (Py_ssize_t)sizeof b) {
+        PyErr_Clear();
+        return 0;
+    }
+#else
+    if (_PyLong_AsByteArray((PyLongObject *)loc, b, sizeof b, 1, 0) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+#endif
+    *length = get_u32(b);
+    *offset = get_u32(b + 4);
+    *slot = (unsigned)b[8] | (unsigned)b[9] << 8;
+    *birth = (uint64_t)get_u32(b + 10) | (uint64_t)get_u32(b + 14) << 32;
+    return 1;
+}
+
+static void put_u64(unsigned char *p, uint64_t v) {
+    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static uint64_t get_u64(const unsigned char *p) { return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32; }
+static const unsigned char SYNC[2] = {0xd1, 0x0c};
+static int known_op(unsigned op) { return (op >= 1 && op <= 5) || (op >= 16 && op <= 18); }
+
+/* --- format.encode_frame / frame_value (TODO: share with _format.c) --------- */
+
+/* format.encode_frame into a new bytes object. */
+PyObject *frame_bytes(unsigned op, unsigned flags, uint64_t seq, uint64_t birthtime, const char *key,
+                             size_t klen, const char *value, size_t vlen, uint32_t salt) {
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(HEADER_SIZE + klen + vlen));
+    if (out == NULL) return NULL;
+    unsigned char *b = (unsigned char *)PyBytes_AS_STRING(out);
+    memcpy(b + HEADER_SIZE, key, klen);
+    memcpy(b + HEADER_SIZE + klen, value, vlen);
+    uLong dcrc = crc32(crc32(salt, (const Bytef *)key, (uInt)klen), (const Bytef *)value, (uInt)vlen);
+    b[0] = SYNC[0];
+    b[1] = SYNC[1];
+    put_u32(b + 6, (uint32_t)dcrc);
+    b[10] = (unsigned char)op;
+    b[11] = (unsigned char)flags;
+    put_u32(b + 12, (uint32_t)klen);
+    put_u32(b + 16, (uint32_t)vlen);
+    put_u64(b + 20, seq);
+    put_u64(b + 28, birthtime);
+    put_u32(b + 2, (uint32_t)crc32(salt, b + 6, HEADER_SIZE - 6));
+    return out;
+}
+
+/* format.frame_value's checks on the frame that is all of b[0:len]; the value's
+ * offset and flags, or 0 if they fail. */
+int frame_checks(const unsigned char *b, size_t len, uint32_t salt, size_t *value_at, unsigned *flags) {
+    if (len < HEADER_SIZE || b[0] != SYNC[0] || b[1] != SYNC[1]) return 0;
+    if (crc32(salt, b + 6, HEADER_SIZE - 6) != get_u32(b + 2)) return 0;
+    uint64_t klen = get_u32(b + 12), vlen = get_u32(b + 16);
+    if (HEADER_SIZE + klen + vlen != len || !known_op(b[10]) || (b[11] & ~KNOWN_FLAGS)) return 0;
+    if ((get_u64(b + 20) | get_u64(b + 28)) > MAX_SEQ) return 0;
+    if (crc32(salt, b + HEADER_SIZE, (uInt)(len - HEADER_SIZE)) != get_u32(b + 6)) return 0;
+    *value_at = HEADER_SIZE + (size_t)klen;
+    *flags = b[11];
+    return 1;
+}
+
+/* --- the object's lock (LogHandle: `with self._lock`) -------------------------- */
+
+int object_lock(PyObject *lock) {
+    if (lock == NULL || Py_TYPE(lock) != (PyTypeObject *)RLockType) return 0; /* (another kind: Python's) */
+    PyObject *r = PyObject_CallMethodNoArgs(lock, s_acquire);
+    if (r == NULL) return -1;
+    Py_DECREF(r);
+    return 1;
+}
+
+void object_unlock(PyObject *lock) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *r = PyObject_CallMethodNoArgs(lock, s_release);
+    Py_XDECREF(r);
+    if (type != NULL) PyErr_Restore(type, value, tb);
+}
+
+/* --- the write lock (FileLock.__enter__ / __exit__ at depth 0, no deadline) ------ */
+
+static int file_lock_take(Appender *a) {
+    if (a->mutex != NULL) return lock_take(a->mutex);
+    if (flock(a->lock_fd, LOCK_EX | LOCK_NB) == 0) return 0;
+    int r;
+    Py_BEGIN_ALLOW_THREADS
+    do r = flock(a->lock_fd, LOCK_EX); while (r < 0 && errno == EINTR);
+    Py_END_ALLOW_THREADS
+    if (r < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return 0;
+}
+
+static int file_lock_give(Appender *a) {
+    int r = a->mutex != NULL ? lock_give(a->mutex) : flock(a->lock_fd, LOCK_UN);
+    if (r < 0 && a->mutex == NULL) PyErr_SetFromErrno(PyExc_OSError);
+    return r < 0 ? -1 : 0;
+}
+
+/* --- Log.refresh: is there nothing new? ---------------------------------------- */
+
+/* 1 if nobody changed anything since this process last caught up: the change counter
+ * when LOCK has one, else the last segment still ends at log._end. 0 otherwise. */
+static int fresh(PyObject *ldict, void *counter, PyObject *active) {
+    long long changes, end, fd;
+    if (counter != NULL) return int_field(ldict, s_changes, &changes) && lock_changes(counter) == (uint64_t)changes;
+    return int_field(ldict, s_end, &end) && active != Py_None && int_attr(active, s_fd, &fd) &&
+           lseek((int)fd, 0, SEEK_END) == (off_t)end;
+}
+
+int log_is_fresh(PyObject *log) {
+    PyObject *ldict = PyObject_GenericGetDict(log, NULL);
+    if (ldict == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *filelock = field(ldict, s_file_lock), *segments = field(ldict, s_segments);
+    long long counter = 0;
+    int ok = field(ldict, s_forked) == Py_False && filelock != NULL && segments != NULL &&
+             PyList_CheckExact(segments) && PyList_GET_SIZE(segments) > 0;
+    if (ok) {
+        if (!int_attr(filelock, s_counter, &counter)) counter = 0;
+        ok = fresh(ldict, (void *)(intptr_t)counter, PyList_GET_ITEM(segments, PyList_GET_SIZE(segments) - 1));
+    }
+    Py_DECREF(ldict);
+    return ok;
+}
+
+/* --- Log.read_value ------------------------------------------------------------- */
+
+int log_read_value(PyObject *log, PyObject *loc, PyObject **data, size_t *value_at, unsigned *flags) {
+    unsigned slot;
+    uint64_t offset, length, birth;
+    long long fd, salt;
+    PyObject *segments = PyObject_GetAttr(log, s_segments);
+    if (segments == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int ok = PyList_CheckExact(segments) && unpack_location(loc, &slot, &offset, &length, &birth) &&
+             (Py_ssize_t)slot < PyList_GET_SIZE(segments);
+    PyObject *segment = ok ? PyList_GET_ITEM(segments, slot) : NULL;
+    ok = ok && segment != Py_None && int_attr(segment, s_fd, &fd) && fd >= 0 && int_attr(segment, s_salt, &salt);
+    Py_DECREF(segments);
+    if (!ok) return 0;
+    PyObject *bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
+    if (bytes == NULL) return -1;
+    ssize_t got;
+    Py_BEGIN_ALLOW_THREADS
+    do got = pread((int)fd, PyBytes_AS_STRING(bytes), (size_t)length, (off_t)offset); while (got < 0 && errno == EINTR);
+    Py_END_ALLOW_THREADS
+    if (got != (ssize_t)length ||
+        !frame_checks((unsigned char *)PyBytes_AS_STRING(bytes), (size_t)length, (uint32_t)salt, value_at, flags)) {
+        Py_DECREF(bytes);
+        return 0; /* cut short or damaged: Python raises CorruptionError */
+    }
+    *data = bytes;
+    return 1;
+}
+
+/* --- appending ------------------------------------------------------------------ */
+
+int append_begin(Appender *a, PyObject *log) {
+    memset(a, 0, sizeof *a);
+    if (PyDict_GetItemWithError(crashpoints_dict, s_ARMED) != Py_False ||
+        field(fileops_dict, s_write) != os_write || field(fileops_dict, s_ftruncate) != os_ftruncate) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *ldict = PyObject_GenericGetDict(log, NULL);
+    if (ldict == NULL) return -1;
+    a->ldict = ldict;
+    long long generation, fork_generation, depth, mutex = 0, counter = 0, lock_fd = -1, fd, salt;
+    if (field(ldict, s_forked) != Py_False || field(ldict, s_sync_interval) != Py_None ||
+        field(ldict, s_sync_always) != Py_False || field(ldict, s_sync_error) != Py_None ||
+        !int_field(ldict, s_end, &a->end) || !int_field(ldict, s_segment_bytes, &a->segment_bytes) ||
+        !int_field(ldict, s_last_seq, &a->last_seq) || !int_field(ldict, s_last_birthtime, &a->last_birthtime) ||
+        a->end >= a->segment_bytes) /* (a roll, Log._make_room: Python's) */
+        goto python;
+    PyObject *filelock = field(ldict, s_file_lock), *segments = field(ldict, s_segments);
+    if (filelock == NULL || segments == NULL || !PyList_CheckExact(segments) || PyList_GET_SIZE(segments) == 0)
+        goto python;
+    a->fldict = PyObject_GenericGetDict(filelock, NULL);
+    if (a->fldict == NULL) goto fail;
+    if (!int_field(a->fldict, s_depth, &depth) || depth != 0 || !int_field(a->fldict, s_generation, &generation) ||
+        !int_field(filelock_dict, s_fork_generation, &fork_generation) || generation != fork_generation ||
+        field(a->fldict, s_deadline) != Py_None)
+        goto python;
+    int_field(a->fldict, s_mutex, &mutex);
+    int_field(a->fldict, s_counter, &counter);
+    if (mutex == 0 && !int_field(a->fldict, s_lock_fd, &lock_fd)) goto python;
+    a->slot = PyList_GET_SIZE(segments) - 1;
+    PyObject *active = PyList_GET_ITEM(segments, a->slot);
+    if (active == Py_None || !int_attr(active, s_fd, &fd) || fd < 0 || !int_attr(active, s_salt, &salt)) goto python;
+    a->mutex = (void *)(intptr_t)mutex;
+    a->counter = (void *)(intptr_t)counter;
+    a->lock_fd = (int)lock_fd;
+    a->fd = (int)fd;
+    a->salt = (uint32_t)salt;
+    int taken = file_lock_take(a);
+    if (taken < 0) goto fail;
+    if (taken == 1) { /* its holder died: Python's refresh looks at everything */
+        int r = PyDict_SetItem(a->fldict, s_owner_died, Py_True);
+        file_lock_give(a);
+        if (r < 0) goto fail;
+        goto python;
+    }
+    /* log.refresh() under the lock: under the mutex the counter says it all (a holder that
+     * died is reported above); under flock a dead holder's bytes only show in the size. */
+    if (!(a->mutex != NULL ? fresh(ldict, a->counter, active) : fresh(ldict, NULL, active))) {
+        file_lock_give(a);
+        goto python;
+    }
+    if (PyDict_SetItem(a->fldict, s_depth, s_one) < 0) {
+        file_lock_give(a);
+        goto fail;
+    }
+    return 1;
+python:
+    Py_CLEAR(a->fldict);
+    Py_CLEAR(a->ldict);
+    return PyErr_Occurred() ? -1 : 0;
+fail:
+    Py_CLEAR(a->fldict);
+    Py_CLEAR(a->ldict);
+    return -1;
+}
+
+uint64_t append_birthtime(Appender *a) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    long long now = ((long long)ts.tv_sec * 1000000000LL + ts.tv_nsec) / 1000 * 1000;
+    a->last_birthtime = now > a->last_birthtime ? now : a->last_birthtime + 1000;
+    a->birth_taken = 1;
+    return (uint64_t)a->last_birthtime;
+}
+
+int append_one(Appender *a, unsigned op, unsigned flags, const char *key, size_t klen, const char *value, size_t vlen,
+               uint64_t birth, PyObject **loc) {
+    if (a->end >= a->segment_bytes) return 0; /* (a second append filled the segment: the roll is Python's) */
+    PyObject *frame = frame_bytes(op, flags, (uint64_t)a->last_seq + 1, birth, key, klen, value, vlen, a->salt);
+    if (frame == NULL) return -1;
+    size_t length = (size_t)PyBytes_GET_SIZE(frame);
+    if ((uint64_t)a->end + length > MAX_OFFSET) {
+        Py_DECREF(frame);
+        return 0; /* (past 4 GiB: Python's error) */
+    }
+    /* Segment.append: all of it or none of it. */
+    const char *p = PyBytes_AS_STRING(frame);
+    size_t left = length;
+    int error = 0;
+    Py_BEGIN_ALLOW_THREADS
+    while (left) {
+        ssize_t w = write(a->fd, p, left);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            error = errno;
+            break;
+        }
+        p += w;
+        left -= (size_t)w;
+    }
+    if (error) {
+        int r;
+        do r = ftruncate(a->fd, (off_t)a->end); while (r < 0 && errno == EINTR);
+    }
+    Py_END_ALLOW_THREADS
+    Py_DECREF(frame);
+    if (error) {
+        errno = error;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    *loc = pack_location(birth, (unsigned)a->slot, (uint64_t)a->end, length);
+    if (*loc == NULL) return -1;
+    a->end += (long long)length;
+    a->last_seq += 1;
+    a->written = 1;
+    /* The Log's state, as append_one leaves it, before any Python code runs. */
+    if (set_int(a->ldict, s_end, a->end) < 0 || set_int(a->ldict, s_last_seq, a->last_seq) < 0 ||
+        (a->birth_taken && set_int(a->ldict, s_last_birthtime, a->last_birthtime) < 0)) {
+        Py_CLEAR(*loc);
+        return -1;
+    }
+    return 1;
+}
+
+int append_end(Appender *a) {
+    int bad = PyDict_SetItem(a->fldict, s_depth, s_zero) < 0;
+    /* FileLock.__exit__: count the change, then let go. The count is ours: nobody else
+     * changed anything while we held the lock, so this process is up to date at it. */
+    if (a->counter != NULL) {
+        uint64_t now = lock_bump(a->counter);
+        if (!bad) {
+            PyObject *v = PyLong_FromUnsignedLongLong(now);
+            bad = v == NULL || PyDict_SetItem(a->ldict, s_changes, v) < 0;
+            Py_XDECREF(v);
+        }
+    }
+    if (file_lock_give(a) < 0) bad = 1;
+    Py_CLEAR(a->fldict);
+    Py_CLEAR(a->ldict);
+    return bad ? -1 : 0;
+}
+
+/* --- setup ---------------------------------------------------------------------- */
+
+static PyObject *module_dict(PyObject *module) {
+    if (!PyModule_Check(module)) {
+        PyErr_SetString(PyExc_TypeError, "setup_log expects modules");
+        return NULL;
+    }
+    return Py_NewRef(PyModule_GetDict(module));
+}
+
+/* setup_log(RLock type, fileops, crashpoints, filelock): what the fast paths compare
+ * against, handed over by log.py at import. */
+static PyObject *setup_log(PyObject *self, PyObject *args) {
+    PyObject *rlock, *fileops, *crashpoints, *filelock;
+    if (!PyArg_ParseTuple(args, "OOOO", &rlock, &fileops, &crashpoints, &filelock)) return NULL;
+    Py_XSETREF(RLockType, Py_NewRef(rlock));
+    Py_XSETREF(fileops_dict, module_dict(fileops));
+    Py_XSETREF(crashpoints_dict, module_dict(crashpoints));
+    Py_XSETREF(filelock_dict, module_dict(filelock));
+    if (fileops_dict == NULL || crashpoints_dict == NULL || filelock_dict == NULL) return NULL;
+    /* The primitives as they are now (unfaulted): the fast paths run only while they stay. */
+    Py_XSETREF(os_write, Py_XNewRef(field(fileops_dict, s_write)));
+    Py_XSETREF(os_ftruncate, Py_XNewRef(field(fileops_dict, s_ftruncate)));
+    Py_RETURN_NONE;
+}
+
+PyMethodDef log_methods[] = {
+    {"setup_log", setup_log, METH_VARARGS, "Hand the fast paths what they compare against (log.py)."},
+    {NULL, NULL, 0, NULL},
+};
+
+int log_init(PyObject *module) {
+#define INTERN(var, text) \
+    if ((var = PyUnicode_InternFromString(text)) == NULL) return -1;
+    INTERN(s_forked, "_forked") INTERN(s_sync_interval, "sync_interval") INTERN(s_sync_always, "sync_always")
+    INTERN(s_sync_error, "_sync_error") INTERN(s_end, "_end") INTERN(s_segment_bytes, "segment_bytes")
+    INTERN(s_last_seq, "last_seq") INTERN(s_last_birthtime, "last_birthtime") INTERN(s_segments, "_segments")
+    INTERN(s_file_lock, "file_lock") INTERN(s_changes, "_changes") INTERN(s_fd, "fd") INTERN(s_lock_fd, "_fd")
+    INTERN(s_salt, "salt") INTERN(s_depth, "_depth") INTERN(s_generation, "_generation")
+    INTERN(s_deadline, "deadline") INTERN(s_mutex, "_mutex") INTERN(s_counter, "_counter")
+    INTERN(s_owner_died, "owner_died") INTERN(s_acquire, "acquire") INTERN(s_release, "release")
+    INTERN(s_write, "write") INTERN(s_ftruncate, "ftruncate") INTERN(s_ARMED, "ARMED")
+    INTERN(s_fork_generation, "_fork_generation")
+#undef INTERN
+    if ((s_zero = PyLong_FromLong(0)) == NULL || (s_one = PyLong_FromLong(1)) == NULL) return -1;
+    return 0;
+}
