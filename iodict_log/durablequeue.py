@@ -52,11 +52,15 @@ from . import fileops
 from .errors import CorruptionError, CorruptionWarning
 from .format import FLAG_BATCH, FLAG_PICKLE, OP_DEAD, OP_PUT, OP_TAKE, SEQ
 from .log import Entry, Log, LogHandle, check_options
+from .native import core
 from .objectlock import make_lock
 from .pending import DeadLetter, PendingItems
 from .serialize import Serializer
 
 MAX_POLL = 0.05  # seconds between looks at the log while blocked
+# The C core's put and get of one item, with no deadline (_durablequeue.c): they answer
+# NotImplemented, having changed nothing, whenever the Python path below must run.
+_put_one, _get_one = (core.queue_put, core.queue_get) if core is not None else (None, None)
 
 
 _queues: weakref.WeakValueDictionary[int, DurableQueue] = weakref.WeakValueDictionary()  # by id(): may be unhashable
@@ -262,6 +266,8 @@ class DurableQueue(LogHandle, queue.Queue):
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         """Put ``item``; with a maxsize, wait for room (or raise queue.Full)."""
+        if _put_one is not None and block and timeout is None and _put_one(self, item) is not NotImplemented:
+            return
         self.put_many([item], block, timeout)
 
     def put_many(self, items: Iterable[Any], block: bool = True, timeout: float | None = None) -> None:
@@ -284,6 +290,10 @@ class DurableQueue(LogHandle, queue.Queue):
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Remove and return the oldest item; wait for one (or raise queue.Empty)."""
+        if _get_one is not None and block and timeout is None:
+            item = _get_one(self)
+            if item is not NotImplemented:
+                return item
         deadline = self._deadline(block, timeout)
         delay = 0.001
         try:
