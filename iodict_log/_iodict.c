@@ -78,10 +78,7 @@ static int set_holding(PyObject *ddict, PyObject *log, PyObject *key, PyObject *
     if (PyDict_SetItem(locations, key, loc) < 0 || !int_attr(index, s_live_bytes, &live)) {
         r = -1;
     } else {
-        unsigned s;
-        uint64_t o, length, b;
-        unpack_location(loc, &s, &o, &length, &b);
-        PyObject *v = PyLong_FromLongLong(live - (long long)old_length + (long long)length);
+        PyObject *v = PyLong_FromLongLong(live - (long long)old_length + (long long)a.last_length);
         if (v == NULL || PyObject_SetAttr(index, s_live_bytes, v) < 0) r = -1;
         Py_XDECREF(v);
     }

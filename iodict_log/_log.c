@@ -230,9 +230,14 @@ int log_is_fresh(PyObject *log) {
     long long counter = 0;
     int ok = field(ldict, s_forked) == Py_False && filelock != NULL && segments != NULL &&
              PyList_CheckExact(segments) && PyList_GET_SIZE(segments) > 0;
-    if (ok) {
-        if (!int_attr(filelock, s_counter, &counter)) counter = 0;
+    PyObject *fldict = ok ? PyObject_GenericGetDict(filelock, NULL) : NULL;
+    if (fldict != NULL) {
+        if (!int_field(fldict, s_counter, &counter)) counter = 0;
         ok = fresh(ldict, (void *)(intptr_t)counter, PyList_GET_ITEM(segments, PyList_GET_SIZE(segments) - 1));
+        Py_DECREF(fldict);
+    } else {
+        PyErr_Clear();
+        ok = 0;
     }
     Py_DECREF(ldict);
     return ok;
@@ -386,6 +391,7 @@ int append_one(Appender *a, unsigned op, unsigned flags, const char *key, size_t
     *loc = pack_location(birth, (unsigned)a->slot, (uint64_t)a->end, length);
     if (*loc == NULL) return -1;
     a->end += (long long)length;
+    a->last_length = length;
     a->last_seq += 1;
     a->written = 1;
     /* The Log's state, as append_one leaves it, before any Python code runs. */

@@ -69,6 +69,7 @@ typedef struct {
     long long end, segment_bytes, last_seq, last_birthtime;
     void *mutex, *counter;
     int lock_fd, fd, birth_taken, written;
+    size_t last_length; /* of the frame append_one wrote last */
     uint32_t salt;
     Py_ssize_t slot;
 } Appender;
