@@ -24,8 +24,8 @@ static int enter(PyObject *qdict, PyObject *q, PyObject **lock) {
     if (timeout == NULL) return -1;
     int plain = timeout == Py_None;
     Py_DECREF(timeout);
-    *lock = field(qdict, s_lock);
-    if (!plain || !int_field(qdict, s_maxsize, &maxsize) || maxsize != 0) return 0; /* (bounded: Python's) */
+    *lock = dict_get(qdict, s_lock);
+    if (!plain || !dict_int(qdict, s_maxsize, &maxsize) || maxsize != 0) return 0; /* (bounded: Python's) */
     return object_lock(*lock);
 }
 
@@ -38,7 +38,7 @@ static PyObject *put(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     PyObject *q = args[0], *item = args[1];
     PyObject *qdict = PyObject_GenericGetDict(q, NULL);
     if (qdict == NULL) return NULL;
-    PyObject *serializer = field(qdict, s_serializer), *pending = field(qdict, s_pending), *lock, *log;
+    PyObject *serializer = dict_get(qdict, s_serializer), *pending = dict_get(qdict, s_pending), *lock, *log;
     PyObject *pair = NULL, *loc = NULL, *seq = NULL;
     int r = 0;
     if (serializer == NULL || pending == NULL) goto done;
@@ -53,7 +53,7 @@ static PyObject *put(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     PyObject *stored = PyTuple_GET_ITEM(pair, 1);
     r = enter(qdict, q, &lock);
     if (r <= 0) goto done;
-    log = field(qdict, s_log);
+    log = dict_get(qdict, s_log);
     Appender a;
     r = log != NULL && log != Py_None ? append_begin(&a, log) : 0;
     if (r > 0) {
@@ -132,13 +132,13 @@ leave:
 static PyObject *get(PyObject *self, PyObject *q) {
     PyObject *qdict = PyObject_GenericGetDict(q, NULL);
     if (qdict == NULL) return NULL;
-    PyObject *serializer = field(qdict, s_serializer), *pending = field(qdict, s_pending), *lock, *log;
+    PyObject *serializer = dict_get(qdict, s_serializer), *pending = dict_get(qdict, s_pending), *lock, *log;
     PyObject *item = NULL;
     int r = 0;
     if (serializer == NULL || pending == NULL) goto done;
     r = enter(qdict, q, &lock);
     if (r <= 0) goto done;
-    log = field(qdict, s_log);
+    log = dict_get(qdict, s_log);
     Py_ssize_t ready = PyObject_Length(pending);
     r = 0;
     if (ready > 0 && log != NULL && log != Py_None) {
@@ -156,7 +156,7 @@ static PyObject *get(PyObject *self, PyObject *q) {
     }
     object_unlock(lock);
     if (r > 0) { /* get(): with self.mutex: self._gotten += 1 */
-        PyObject *mutex = field(qdict, s_mutex), *gotten = field(qdict, s_gotten);
+        PyObject *mutex = dict_get(qdict, s_mutex), *gotten = dict_get(qdict, s_gotten);
         PyObject *taken = mutex != NULL ? PyObject_CallMethodNoArgs(mutex, s_acquire) : NULL;
         PyObject *more = taken != NULL && gotten != NULL ? PyNumber_Add(gotten, s_one) : NULL;
         int bad = more == NULL || PyDict_SetItem(qdict, s_gotten, more) < 0;

@@ -56,8 +56,8 @@ static PyObject *encode_value(PyObject *serializer, PyObject *value, int compres
 static int set_holding(PyObject *ddict, PyObject *log, PyObject *key, PyObject *kbytes, long long flags,
                        PyObject *stored) {
     long long check_at, last_seq, live;
-    PyObject *index = field(ddict, s_index);
-    if (index == NULL || !int_field(ddict, s_compact_check_at, &check_at)) return 0;
+    PyObject *index = dict_get(ddict, s_index);
+    if (index == NULL || !dict_int(ddict, s_compact_check_at, &check_at)) return 0;
     Appender a;
     int r = append_begin(&a, log);
     if (r <= 0) return r;
@@ -75,7 +75,7 @@ static int set_holding(PyObject *ddict, PyObject *log, PyObject *key, PyObject *
                    PyBytes_AS_STRING(stored), (size_t)PyBytes_GET_SIZE(stored), birth, &loc);
     if (r <= 0) goto leave;
     /* KeyIndex.set */
-    if (PyDict_SetItem(locations, key, loc) < 0 || !int_attr(index, s_live_bytes, &live)) {
+    if (PyDict_SetItem(locations, key, loc) < 0 || !attr_int(index, s_live_bytes, &live)) {
         r = -1;
     } else {
         PyObject *v = PyLong_FromLongLong(live - (long long)old_length + (long long)a.last_length);
@@ -101,25 +101,25 @@ static PyObject *set_str(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     PyObject *ddict = PyObject_GenericGetDict(d, NULL);
     if (ddict == NULL) return NULL;
     int r = 0;
-    PyObject *kbytes = NULL, *stored = NULL, *lock = field(ddict, s_lock), *serializer = field(ddict, s_serializer);
-    PyObject *log = field(ddict, s_log);
+    PyObject *kbytes = NULL, *stored = NULL, *lock = dict_get(ddict, s_lock), *serializer = dict_get(ddict, s_serializer);
+    PyObject *log = dict_get(ddict, s_log);
     long long flag, flags;
-    if (lock == NULL || serializer == NULL || field(ddict, s_lock_timeout) != Py_None || log == NULL || log == Py_None ||
-        !int_attr(serializer, s_flag, &flag) || flag != 0)
+    if (lock == NULL || serializer == NULL || dict_get(ddict, s_lock_timeout) != Py_None || log == NULL || log == Py_None ||
+        !attr_int(serializer, s_flag, &flag) || flag != 0)
         goto done;
     kbytes = pack_scalar(key); /* encode_canonical_key(key) */
     if (kbytes == NULL) {
         r = PyErr_Occurred() ? -1 : 0;
         goto done;
     }
-    stored = encode_value(serializer, value, field(ddict, s_compress) == Py_True, &flags);
+    stored = encode_value(serializer, value, dict_get(ddict, s_compress) == Py_True, &flags);
     if (stored == NULL) {
         r = -1;
         goto done;
     }
     r = object_lock(lock);
     if (r <= 0) goto done;
-    log = field(ddict, s_log); /* (again: closed meanwhile?) */
+    log = dict_get(ddict, s_log); /* (again: closed meanwhile?) */
     if (log != NULL && log != Py_None) {
         Py_INCREF(log);
         r = set_holding(ddict, log, key, kbytes, flags, stored);
@@ -149,15 +149,15 @@ static PyObject *get_str(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     if (!PyUnicode_CheckExact(key)) Py_RETURN_NOTIMPLEMENTED;
     PyObject *ddict = PyObject_GenericGetDict(d, NULL);
     if (ddict == NULL) return NULL;
-    PyObject *data = NULL, *serializer = field(ddict, s_serializer), *lock = field(ddict, s_lock), *log, *index;
+    PyObject *data = NULL, *serializer = dict_get(ddict, s_serializer), *lock = dict_get(ddict, s_lock), *log, *index;
     int r = 0;
     size_t value_at;
     unsigned flags;
-    if (lock == NULL || serializer == NULL || field(ddict, s_lock_timeout) != Py_None) goto done;
+    if (lock == NULL || serializer == NULL || dict_get(ddict, s_lock_timeout) != Py_None) goto done;
     r = object_lock(lock);
     if (r <= 0) goto done;
-    log = field(ddict, s_log);
-    index = field(ddict, s_index);
+    log = dict_get(ddict, s_log);
+    index = dict_get(ddict, s_index);
     r = 0;
     if (log != NULL && log != Py_None && index != NULL && log_is_fresh(log)) { /* (LogHandle._read's refresh) */
         PyObject *locations = PyObject_GetAttr(index, s_locations);

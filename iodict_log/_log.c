@@ -35,14 +35,14 @@ static PyObject *s_forked, *s_sync_interval, *s_sync_always, *s_sync_error, *s_e
 
 /* --- attributes ------------------------------------------------------------- */
 
-PyObject *field(PyObject *dict, PyObject *name) {
+PyObject *dict_get(PyObject *dict, PyObject *name) {
     PyObject *v = PyDict_GetItemWithError(dict, name);
     if (v == NULL) PyErr_Clear();
     return v;
 }
 
-int int_field(PyObject *dict, PyObject *name, long long *out) {
-    PyObject *v = field(dict, name);
+int dict_int(PyObject *dict, PyObject *name, long long *out) {
+    PyObject *v = dict_get(dict, name);
     if (v == NULL || !PyLong_CheckExact(v)) return 0;
     int overflow;
     *out = PyLong_AsLongLongAndOverflow(v, &overflow);
@@ -53,7 +53,7 @@ int int_field(PyObject *dict, PyObject *name, long long *out) {
     return 1;
 }
 
-int set_int(PyObject *dict, PyObject *name, long long value) {
+int dict_set_int(PyObject *dict, PyObject *name, long long value) {
     PyObject *v = PyLong_FromLongLong(value);
     if (v == NULL) return -1;
     int r = PyDict_SetItem(dict, name, v);
@@ -61,7 +61,7 @@ int set_int(PyObject *dict, PyObject *name, long long value) {
     return r;
 }
 
-int int_attr(PyObject *obj, PyObject *name, long long *out) {
+int attr_int(PyObject *obj, PyObject *name, long long *out) {
     PyObject *v = PyObject_GetAttr(obj, name);
     if (v == NULL) {
         PyErr_Clear();
@@ -215,8 +215,8 @@ static int file_lock_give(Appender *a) {
  * when LOCK has one, else the last segment still ends at log._end. 0 otherwise. */
 static int fresh(PyObject *ldict, void *counter, PyObject *active) {
     long long changes, end, fd;
-    if (counter != NULL) return int_field(ldict, s_changes, &changes) && lock_changes(counter) == (uint64_t)changes;
-    return int_field(ldict, s_end, &end) && active != Py_None && int_attr(active, s_fd, &fd) &&
+    if (counter != NULL) return dict_int(ldict, s_changes, &changes) && lock_changes(counter) == (uint64_t)changes;
+    return dict_int(ldict, s_end, &end) && active != Py_None && attr_int(active, s_fd, &fd) &&
            lseek((int)fd, 0, SEEK_END) == (off_t)end;
 }
 
@@ -226,13 +226,13 @@ int log_is_fresh(PyObject *log) {
         PyErr_Clear();
         return 0;
     }
-    PyObject *filelock = field(ldict, s_file_lock), *segments = field(ldict, s_segments);
+    PyObject *filelock = dict_get(ldict, s_file_lock), *segments = dict_get(ldict, s_segments);
     long long counter = 0;
-    int ok = field(ldict, s_forked) == Py_False && filelock != NULL && segments != NULL &&
+    int ok = dict_get(ldict, s_forked) == Py_False && filelock != NULL && segments != NULL &&
              PyList_CheckExact(segments) && PyList_GET_SIZE(segments) > 0;
     PyObject *fldict = ok ? PyObject_GenericGetDict(filelock, NULL) : NULL;
     if (fldict != NULL) {
-        if (!int_field(fldict, s_counter, &counter)) counter = 0;
+        if (!dict_int(fldict, s_counter, &counter)) counter = 0;
         ok = fresh(ldict, (void *)(intptr_t)counter, PyList_GET_ITEM(segments, PyList_GET_SIZE(segments) - 1));
         Py_DECREF(fldict);
     } else {
@@ -257,7 +257,7 @@ int log_read_value(PyObject *log, PyObject *loc, PyObject **data, size_t *value_
     int ok = PyList_CheckExact(segments) && unpack_location(loc, &slot, &offset, &length, &birth) &&
              (Py_ssize_t)slot < PyList_GET_SIZE(segments);
     PyObject *segment = ok ? PyList_GET_ITEM(segments, slot) : NULL;
-    ok = ok && segment != Py_None && int_attr(segment, s_fd, &fd) && fd >= 0 && int_attr(segment, s_salt, &salt);
+    ok = ok && segment != Py_None && attr_int(segment, s_fd, &fd) && fd >= 0 && attr_int(segment, s_salt, &salt);
     Py_DECREF(segments);
     if (!ok) return 0;
     PyObject *bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
@@ -280,7 +280,7 @@ int log_read_value(PyObject *log, PyObject *loc, PyObject **data, size_t *value_
 int append_begin(Appender *a, PyObject *log) {
     memset(a, 0, sizeof *a);
     if (PyDict_GetItemWithError(crashpoints_dict, s_ARMED) != Py_False ||
-        field(fileops_dict, s_write) != os_write || field(fileops_dict, s_ftruncate) != os_ftruncate) {
+        dict_get(fileops_dict, s_write) != os_write || dict_get(fileops_dict, s_ftruncate) != os_ftruncate) {
         PyErr_Clear();
         return 0;
     }
@@ -288,27 +288,27 @@ int append_begin(Appender *a, PyObject *log) {
     if (ldict == NULL) return -1;
     a->ldict = ldict;
     long long generation, fork_generation, depth, mutex = 0, counter = 0, lock_fd = -1, fd, salt;
-    if (field(ldict, s_forked) != Py_False || field(ldict, s_sync_interval) != Py_None ||
-        field(ldict, s_sync_always) != Py_False || field(ldict, s_sync_error) != Py_None ||
-        !int_field(ldict, s_end, &a->end) || !int_field(ldict, s_segment_bytes, &a->segment_bytes) ||
-        !int_field(ldict, s_last_seq, &a->last_seq) || !int_field(ldict, s_last_birthtime, &a->last_birthtime) ||
+    if (dict_get(ldict, s_forked) != Py_False || dict_get(ldict, s_sync_interval) != Py_None ||
+        dict_get(ldict, s_sync_always) != Py_False || dict_get(ldict, s_sync_error) != Py_None ||
+        !dict_int(ldict, s_end, &a->end) || !dict_int(ldict, s_segment_bytes, &a->segment_bytes) ||
+        !dict_int(ldict, s_last_seq, &a->last_seq) || !dict_int(ldict, s_last_birthtime, &a->last_birthtime) ||
         a->end >= a->segment_bytes) /* (a roll, Log._make_room: Python's) */
         goto python;
-    PyObject *filelock = field(ldict, s_file_lock), *segments = field(ldict, s_segments);
+    PyObject *filelock = dict_get(ldict, s_file_lock), *segments = dict_get(ldict, s_segments);
     if (filelock == NULL || segments == NULL || !PyList_CheckExact(segments) || PyList_GET_SIZE(segments) == 0)
         goto python;
     a->fldict = PyObject_GenericGetDict(filelock, NULL);
     if (a->fldict == NULL) goto fail;
-    if (!int_field(a->fldict, s_depth, &depth) || depth != 0 || !int_field(a->fldict, s_generation, &generation) ||
-        !int_field(filelock_dict, s_fork_generation, &fork_generation) || generation != fork_generation ||
-        field(a->fldict, s_deadline) != Py_None)
+    if (!dict_int(a->fldict, s_depth, &depth) || depth != 0 || !dict_int(a->fldict, s_generation, &generation) ||
+        !dict_int(filelock_dict, s_fork_generation, &fork_generation) || generation != fork_generation ||
+        dict_get(a->fldict, s_deadline) != Py_None)
         goto python;
-    int_field(a->fldict, s_mutex, &mutex);
-    int_field(a->fldict, s_counter, &counter);
-    if (mutex == 0 && !int_field(a->fldict, s_lock_fd, &lock_fd)) goto python;
+    dict_int(a->fldict, s_mutex, &mutex);
+    dict_int(a->fldict, s_counter, &counter);
+    if (mutex == 0 && !dict_int(a->fldict, s_lock_fd, &lock_fd)) goto python;
     a->slot = PyList_GET_SIZE(segments) - 1;
     PyObject *active = PyList_GET_ITEM(segments, a->slot);
-    if (active == Py_None || !int_attr(active, s_fd, &fd) || fd < 0 || !int_attr(active, s_salt, &salt)) goto python;
+    if (active == Py_None || !attr_int(active, s_fd, &fd) || fd < 0 || !attr_int(active, s_salt, &salt)) goto python;
     a->mutex = (void *)(intptr_t)mutex;
     a->counter = (void *)(intptr_t)counter;
     a->lock_fd = (int)lock_fd;
@@ -395,8 +395,8 @@ int append_one(Appender *a, unsigned op, unsigned flags, const char *key, size_t
     a->last_seq += 1;
     a->written = 1;
     /* The Log's state, as append_one leaves it, before any Python code runs. */
-    if (set_int(a->ldict, s_end, a->end) < 0 || set_int(a->ldict, s_last_seq, a->last_seq) < 0 ||
-        (a->birth_taken && set_int(a->ldict, s_last_birthtime, a->last_birthtime) < 0)) {
+    if (dict_set_int(a->ldict, s_end, a->end) < 0 || dict_set_int(a->ldict, s_last_seq, a->last_seq) < 0 ||
+        (a->birth_taken && dict_set_int(a->ldict, s_last_birthtime, a->last_birthtime) < 0)) {
         Py_CLEAR(*loc);
         return -1;
     }
@@ -442,8 +442,8 @@ static PyObject *setup_log(PyObject *self, PyObject *args) {
     Py_XSETREF(filelock_dict, module_dict(filelock));
     if (fileops_dict == NULL || crashpoints_dict == NULL || filelock_dict == NULL) return NULL;
     /* The primitives as they are now (unfaulted): the fast paths run only while they stay. */
-    Py_XSETREF(os_write, Py_XNewRef(field(fileops_dict, s_write)));
-    Py_XSETREF(os_ftruncate, Py_XNewRef(field(fileops_dict, s_ftruncate)));
+    Py_XSETREF(os_write, Py_XNewRef(dict_get(fileops_dict, s_write)));
+    Py_XSETREF(os_ftruncate, Py_XNewRef(dict_get(fileops_dict, s_ftruncate)));
     Py_RETURN_NONE;
 }
 

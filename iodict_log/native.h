@@ -51,10 +51,10 @@ PyObject *unpack_scalar(const unsigned char *data, size_t len);
  * it to Python), -1 error (an exception is set). */
 extern PyMethodDef log_methods[];
 int log_init(PyObject *module);
-PyObject *field(PyObject *dict, PyObject *name);                 /* borrowed, NULL if absent */
-int int_field(PyObject *dict, PyObject *name, long long *out); /* 0 unless an int that fits */
-int set_int(PyObject *dict, PyObject *name, long long value);
-int int_attr(PyObject *obj, PyObject *name, long long *out);
+PyObject *dict_get(PyObject *dict, PyObject *name);                 /* borrowed, NULL if absent */
+int dict_int(PyObject *dict, PyObject *name, long long *out); /* 0 unless an int that fits */
+int dict_set_int(PyObject *dict, PyObject *name, long long value);
+int attr_int(PyObject *obj, PyObject *name, long long *out);
 PyObject *pack_location(uint64_t birthtime, unsigned slot, uint64_t offset, uint64_t length);
 int unpack_location(PyObject *loc, unsigned *slot, uint64_t *offset, uint64_t *length, uint64_t *birth);
 PyObject *frame_bytes(unsigned op, unsigned flags, uint64_t seq, uint64_t birthtime, const char *key, size_t klen,
