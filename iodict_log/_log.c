@@ -21,7 +21,10 @@
 
 #include <errno.h>
 #include <string.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -31,7 +34,8 @@ static PyObject *RLockType, *fileops_dict, *os_write, *os_ftruncate, *crashpoint
 static PyObject *s_forked, *s_sync_interval, *s_sync_always, *s_sync_error, *s_end, *s_segment_bytes, *s_last_seq,
     *s_last_birthtime, *s_segments, *s_file_lock, *s_changes, *s_fd, *s_lock_fd, *s_salt, *s_depth, *s_generation,
     *s_deadline, *s_mutex, *s_counter, *s_owner_died, *s_acquire, *s_release, *s_write, *s_ftruncate, *s_ARMED,
-    *s_fork_generation, *s_zero, *s_one;
+    *s_fork_generation, *s_view, *s_zero, *s_one;
+#define VIEW_MIN (1 << 20) /* the smallest mapping made: a segment grows into it */
 
 /* --- attributes ------------------------------------------------------------- */
 
@@ -243,31 +247,143 @@ int log_is_fresh(PyObject *log) {
     return ok;
 }
 
-/* --- Log.read_value ------------------------------------------------------------- */
+/* --- Log.read_value, through a mapping of the segment -------------------------
+ *
+ * A get reads its record from a read-only shared mapping of the segment instead of
+ * making a pread: no syscall. Each Segment holds its mapping as `view` (a
+ * SegmentView, unmapped when the last reference goes: Segment.close drops it, and a
+ * read in flight holds its own), made on the first read and made larger when the
+ * segment has grown past it. Only offsets below what the index has seen committed
+ * are ever touched, and those pages exist unless another program cut the file
+ * (repair, or damage): that read then faults with SIGBUS, which a handler turns
+ * back into "not the common case" (the Python path then raises CorruptionError for
+ * the cut record), never a crash. The handler is installed with the first mapping;
+ * a SIGBUS outside a guarded copy goes to the handler that was there before. */
+
+typedef struct {
+    PyObject_HEAD
+    void *addr;
+    size_t size;
+} SegmentView;
+
+static void view_dealloc(SegmentView *v) {
+    if (v->addr != NULL) munmap(v->addr, v->size);
+    PyObject_Free(v);
+}
+
+static PyTypeObject SegmentViewType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "iodict_log._native.SegmentView",
+    .tp_basicsize = sizeof(SegmentView),
+    .tp_dealloc = (destructor)view_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A read-only mapping of one segment file (_log.c).",
+};
+
+static __thread sigjmp_buf *volatile bus_guard; /* set around a copy from a mapping (volatile: the handler reads it) */
+static struct sigaction previous_bus;
+static int bus_handler_installed;
+
+static void on_bus(int sig, siginfo_t *info, void *context) {
+    sigjmp_buf *guard = bus_guard;
+    if (guard != NULL) {
+        bus_guard = NULL;
+        siglongjmp(*guard, 1); /* (SA_NODEFER: SIGBUS is not left blocked) */
+    }
+    if (previous_bus.sa_flags & SA_SIGINFO) {
+        previous_bus.sa_sigaction(sig, info, context);
+    } else if (previous_bus.sa_handler != SIG_DFL && previous_bus.sa_handler != SIG_IGN) {
+        previous_bus.sa_handler(sig);
+    } else { /* as if nobody had been here: the default action */
+        signal(sig, SIG_DFL);
+        raise(sig);
+    }
+}
+
+static int install_bus_handler(void) {
+    if (bus_handler_installed) return 1;
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_sigaction = on_bus;
+    action.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+    sigemptyset(&action.sa_mask);
+    if (sigaction(SIGBUS, &action, &previous_bus) < 0) return 0;
+    bus_handler_installed = 1;
+    return 1;
+}
+
+/* The segment's view covering [0, end), made (or made larger) if need be; a new
+ * reference, or NULL (no exception) when there can be none: then pread. */
+static PyObject *view_of(PyObject *segment, int fd, uint64_t end) {
+    PyObject *view = PyObject_GetAttr(segment, s_view);
+    if (view == NULL) {
+        PyErr_Clear();
+        return NULL; /* (a Segment without the slot) */
+    }
+    if (Py_TYPE(view) == &SegmentViewType && ((SegmentView *)view)->size >= end) return view;
+    size_t size = Py_TYPE(view) == &SegmentViewType ? ((SegmentView *)view)->size * 2 : 0;
+    Py_DECREF(view);
+    if (!install_bus_handler()) return NULL;
+    if (size < end) size = (size_t)end;
+    if (size < VIEW_MIN) size = VIEW_MIN;
+    void *addr = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+    if (addr == MAP_FAILED) return NULL;
+    SegmentView *made = PyObject_New(SegmentView, &SegmentViewType);
+    if (made == NULL) {
+        munmap(addr, size);
+        PyErr_Clear();
+        return NULL;
+    }
+    made->addr = addr;
+    made->size = size;
+    if (PyObject_SetAttr(segment, s_view, (PyObject *)made) < 0) { /* (the old view goes when its readers are done) */
+        Py_DECREF(made);
+        PyErr_Clear();
+        return NULL;
+    }
+    return (PyObject *)made;
+}
+
+/* Copy length bytes at offset from the view into out: 1, or 0 if the file was cut under it. */
+static int copy_from(SegmentView *view, uint64_t offset, size_t length, char *out) {
+    sigjmp_buf guard;
+    if (sigsetjmp(guard, 0)) return 0; /* (bus_guard was cleared by the handler) */
+    bus_guard = &guard;
+    memcpy(out, (const char *)view->addr + offset, length);
+    bus_guard = NULL;
+    return 1;
+}
 
 int log_read_value(PyObject *log, PyObject *loc, PyObject **data, size_t *value_at, unsigned *flags) {
     unsigned slot;
     uint64_t offset, length, birth;
     long long fd, salt;
-    PyObject *segments = PyObject_GetAttr(log, s_segments);
-    if (segments == NULL) {
+    PyObject *ldict = PyObject_GenericGetDict(log, NULL);
+    if (ldict == NULL) {
         PyErr_Clear();
         return 0;
     }
-    int ok = PyList_CheckExact(segments) && unpack_location(loc, &slot, &offset, &length, &birth) &&
+    PyObject *segments = dict_get(ldict, s_segments);
+    int ok = segments != NULL && PyList_CheckExact(segments) && unpack_location(loc, &slot, &offset, &length, &birth) &&
              (Py_ssize_t)slot < PyList_GET_SIZE(segments);
-    PyObject *segment = ok ? PyList_GET_ITEM(segments, slot) : NULL;
+    PyObject *segment = ok ? Py_NewRef(PyList_GET_ITEM(segments, slot)) : NULL;
+    Py_DECREF(ldict);
     ok = ok && segment != Py_None && attr_int(segment, s_fd, &fd) && fd >= 0 && attr_int(segment, s_salt, &salt);
-    Py_DECREF(segments);
+    PyObject *bytes = ok ? PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length) : NULL;
+    PyObject *view = bytes != NULL ? view_of(segment, (int)fd, offset + length) : NULL;
+    Py_XDECREF(segment);
     if (!ok) return 0;
-    PyObject *bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
     if (bytes == NULL) return -1;
-    ssize_t got;
-    Py_BEGIN_ALLOW_THREADS
-    do got = pread((int)fd, PyBytes_AS_STRING(bytes), (size_t)length, (off_t)offset); while (got < 0 && errno == EINTR);
-    Py_END_ALLOW_THREADS
-    if (got != (ssize_t)length ||
-        !frame_checks((unsigned char *)PyBytes_AS_STRING(bytes), (size_t)length, (uint32_t)salt, value_at, flags)) {
+    if (view != NULL) {
+        ok = copy_from((SegmentView *)view, offset, (size_t)length, PyBytes_AS_STRING(bytes));
+        Py_DECREF(view);
+    } else {
+        ssize_t got;
+        Py_BEGIN_ALLOW_THREADS
+        do got = pread((int)fd, PyBytes_AS_STRING(bytes), (size_t)length, (off_t)offset); while (got < 0 && errno == EINTR);
+        Py_END_ALLOW_THREADS
+        ok = got == (ssize_t)length;
+    }
+    if (!ok || !frame_checks((unsigned char *)PyBytes_AS_STRING(bytes), (size_t)length, (uint32_t)salt, value_at, flags)) {
         Py_DECREF(bytes);
         return 0; /* cut short or damaged: Python raises CorruptionError */
     }
@@ -463,8 +579,9 @@ int log_init(PyObject *module) {
     INTERN(s_deadline, "deadline") INTERN(s_mutex, "_mutex") INTERN(s_counter, "_counter")
     INTERN(s_owner_died, "owner_died") INTERN(s_acquire, "acquire") INTERN(s_release, "release")
     INTERN(s_write, "write") INTERN(s_ftruncate, "ftruncate") INTERN(s_ARMED, "ARMED")
-    INTERN(s_fork_generation, "_fork_generation")
+    INTERN(s_fork_generation, "_fork_generation") INTERN(s_view, "view")
 #undef INTERN
+    if (PyType_Ready(&SegmentViewType) < 0) return -1;
     if ((s_zero = PyLong_FromLong(0)) == NULL || (s_one = PyLong_FromLong(1)) == NULL) return -1;
     return 0;
 }

@@ -47,7 +47,7 @@ class Segment:
     ``salt`` seeds the CRCs of its frames.
     """
 
-    __slots__ = ("number", "path", "fd", "kind", "salt")
+    __slots__ = ("number", "path", "fd", "kind", "salt", "view")
 
     def __init__(self, number: int, path: str, fd: int, kind: int, salt: int) -> None:
         self.number = number
@@ -55,6 +55,7 @@ class Segment:
         self.fd = fd
         self.kind = kind
         self.salt = salt
+        self.view: object = None  # the C core's read-only mapping of the file (_log.c), made by its first get
 
     @classmethod
     def create(cls, directory: str, number: int, kind: int, salt: int) -> Segment:
@@ -138,6 +139,7 @@ class Segment:
         fileops.fdatasync(self.fd)
 
     def close(self) -> None:
+        self.view = None  # (unmapped once no read holds it)
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -178,6 +180,7 @@ def close_later(segments: list[Segment]) -> None:
     fds = [hand_to_thread(s.fd) for s in segments if s.fd >= 0]
     for s in segments:
         s.fd = -1
+        s.view = None
     if fds:
         threading.Thread(target=_close_all, args=(fds,), name="iodict_log-close", daemon=True).start()
 
