@@ -391,6 +391,34 @@ int log_read_value(PyObject *log, PyObject *loc, PyObject **data, size_t *value_
     return 1;
 }
 
+/* read_value(log, loc) -> (flags, stored value) | None: Log.read_value through the
+ * mapping; None when the record cannot be read so (Python then raises). */
+static PyObject *read_value(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "read_value(log, loc)");
+        return NULL;
+    }
+    PyObject *data;
+    size_t value_at;
+    unsigned flags;
+    int r = log_read_value(args[0], args[1], &data, &value_at, &flags);
+    if (r < 0) return NULL;
+    if (r == 0) Py_RETURN_NONE;
+    PyObject *value = PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + value_at, PyBytes_GET_SIZE(data) - (Py_ssize_t)value_at);
+    Py_DECREF(data);
+    if (value == NULL) return NULL;
+    PyObject *pair = PyTuple_New(2), *f = PyLong_FromLong((long)flags);
+    if (pair == NULL || f == NULL) {
+        Py_XDECREF(pair);
+        Py_XDECREF(f);
+        Py_DECREF(value);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(pair, 0, f);
+    PyTuple_SET_ITEM(pair, 1, value);
+    return pair;
+}
+
 /* --- appending ------------------------------------------------------------------ */
 
 int append_begin(Appender *a, PyObject *log) {
@@ -565,6 +593,7 @@ static PyObject *setup_log(PyObject *self, PyObject *args) {
 
 PyMethodDef log_methods[] = {
     {"setup_log", setup_log, METH_VARARGS, "Hand the fast paths what they compare against (log.py)."},
+    {"read_value", (PyCFunction)(void (*)(void))read_value, METH_FASTCALL, "Log.read_value, or None to leave it to Python."},
     {NULL, NULL, 0, NULL},
 };
 

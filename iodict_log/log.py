@@ -125,6 +125,7 @@ _open_logs: weakref.WeakSet[Log] = weakref.WeakSet()
 
 if core is not None:  # (the C fast paths compare against these: _log.c)
     core.setup_log(type(threading.RLock()), fileops, crashpoints, filelock)
+_read_value = None if core is None else core.read_value
 
 
 def _after_fork_in_child() -> None:
@@ -850,6 +851,10 @@ class Log:
 
     def read_value(self, loc: int) -> tuple[int, bytes]:
         """(flags, stored value) of the record at ``loc``, checksums verified."""
+        if _read_value is not None:  # (the C core reads through a mapping; None: read here, and raise)
+            found = _read_value(self, loc)
+            if found is not None:
+                return found
         segment = self._segments[(loc >> SLOT_SHIFT) & SLOT_MASK]  # (unpack_location, inlined: every get)
         offset = (loc >> OFFSET_SHIFT) & OFFSET_MASK
         found = frame_value(segment.read(offset, loc & LENGTH_MASK), segment.salt)
