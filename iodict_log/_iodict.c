@@ -17,9 +17,9 @@
 
 #include <string.h>
 
-static PyObject *compress_value; /* format.compress_value, handed over by iodict.py */
+static PyObject *compress_value, *encode_batch; /* format's, handed over by iodict.py */
 static PyObject *s_log, *s_lock, *s_lock_timeout, *s_index, *s_serializer, *s_compress, *s_compact_check_at,
-    *s_locations, *s_live_bytes, *s_flag, *s_encode, *s_decode;
+    *s_locations, *s_live_bytes, *s_flag, *s_encode, *s_decode, *s_consider_compacting, *s_op_set;
 
 /* --- d[key] = value --------------------------------------------------------- */
 
@@ -130,6 +130,170 @@ static PyObject *set_str(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     object_unlock(lock);
 done:
     Py_XDECREF(kbytes);
+    Py_XDECREF(stored);
+    Py_DECREF(ddict);
+    if (r < 0) return NULL;
+    if (r == 0) Py_RETURN_NOTIMPLEMENTED;
+    Py_RETURN_NONE;
+}
+
+/* --- d.update(pairs) -------------------------------------------------------- */
+
+/* IODict._put for str keys, holding the object's lock: 1 written, 0 Python's, -1 error.
+ * keys, kbytes, flags and stored are lists of the same length (at least 2). */
+static int put_holding(PyObject *d, PyObject *ddict, PyObject *log, PyObject *keys, PyObject *kbytes,
+                       PyObject *flags, PyObject *stored) {
+    PyObject *index = dict_get(ddict, s_index);
+    if (index == NULL) return 0;
+    Appender a;
+    int r = append_begin(&a, log);
+    if (r <= 0) return r;
+    Py_ssize_t n = PyList_GET_SIZE(keys);
+    PyObject *locations = PyObject_GetAttr(index, s_locations), *born = PyDict_New(), *entries = PyList_New(n);
+    PyObject *batch = NULL;
+    r = -1;
+    if (locations == NULL || born == NULL || entries == NULL) goto leave;
+    r = 0;
+    if (!PyDict_CheckExact(locations)) goto leave;
+    for (Py_ssize_t i = 0; i < n; i++) { /* each key's birthtime: its own, or a new one (once per batch) */
+        PyObject *key = PyList_GET_ITEM(keys, i), *birth = PyDict_GetItemWithError(born, key);
+        if (birth == NULL) {
+            if (PyErr_Occurred()) goto fail;
+            PyObject *old = PyDict_GetItemWithError(locations, key);
+            unsigned slot;
+            uint64_t offset, length, b;
+            if (old == NULL && PyErr_Occurred()) goto fail;
+            if (old != NULL && !unpack_location(old, &slot, &offset, &length, &b)) goto leave;
+            birth = PyLong_FromUnsignedLongLong(old == NULL ? append_birthtime(&a) : b);
+            if (birth == NULL || PyDict_SetItem(born, key, birth) < 0) {
+                Py_XDECREF(birth);
+                goto fail;
+            }
+            Py_DECREF(birth); /* (born holds it) */
+        }
+        PyObject *entry = PyTuple_Pack(5, s_op_set, PyList_GET_ITEM(flags, i), PyList_GET_ITEM(kbytes, i),
+                                       PyList_GET_ITEM(stored, i), birth);
+        if (entry == NULL) goto fail;
+        PyList_SET_ITEM(entries, i, entry);
+    }
+    /* Log.append_batch: BEGIN's and COMMIT's birthtimes after the entries', then one write. */
+    uint64_t begin = append_birthtime(&a), commit = append_birthtime(&a);
+    batch = PyObject_CallFunction(encode_batch, "OLKKLnk", entries, a.last_seq + 1, (unsigned long long)begin,
+                                  (unsigned long long)commit, a.end, a.slot, (unsigned long)a.salt);
+    if (batch == NULL) goto fail;
+    if (!PyTuple_CheckExact(batch) || PyTuple_GET_SIZE(batch) != 3 || !PyBytes_CheckExact(PyTuple_GET_ITEM(batch, 0)) ||
+        !PyList_CheckExact(PyTuple_GET_ITEM(batch, 1)) || PyList_GET_SIZE(PyTuple_GET_ITEM(batch, 1)) != n) {
+        PyErr_SetString(PyExc_SystemError, "format.encode_batch gave no (bytes, locations, seq)");
+        goto fail;
+    }
+    r = append_data(&a, PyTuple_GET_ITEM(batch, 0), n + 2);
+    if (r <= 0) goto leave;
+    /* KeyIndex.set of each, in order */
+    long long live;
+    if (!attr_int(index, s_live_bytes, &live)) goto fail;
+    PyObject *locs = PyTuple_GET_ITEM(batch, 1);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = PyList_GET_ITEM(locs, i), *key = PyList_GET_ITEM(keys, i);
+        unsigned slot;
+        uint64_t offset, length, b, old_length = 0;
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) goto fail;
+        PyObject *loc = PyTuple_GET_ITEM(pair, 1), *old = PyDict_GetItemWithError(locations, key);
+        if (old == NULL && PyErr_Occurred()) goto fail;
+        if (old != NULL && !unpack_location(old, &slot, &offset, &old_length, &b)) goto fail;
+        if (!unpack_location(loc, &slot, &offset, &length, &b) || PyDict_SetItem(locations, key, loc) < 0) goto fail;
+        live += (long long)length - (long long)old_length;
+    }
+    PyObject *v = PyLong_FromLongLong(live);
+    if (v == NULL || PyObject_SetAttr(index, s_live_bytes, v) < 0) {
+        Py_XDECREF(v);
+        goto fail;
+    }
+    Py_DECREF(v);
+    long long check_at;
+    if (dict_int(ddict, s_compact_check_at, &check_at) && a.last_seq >= check_at) { /* (under the lock, as in _put) */
+        PyObject *done = PyObject_CallMethodOneArg(d, s_consider_compacting, log);
+        if (done == NULL) goto fail;
+        Py_DECREF(done);
+    }
+    r = 1;
+    goto leave;
+fail:
+    r = -1;
+leave:
+    if (r == 0) PyErr_Clear();
+    Py_XDECREF(batch);
+    Py_XDECREF(entries);
+    Py_XDECREF(born);
+    Py_XDECREF(locations);
+    if (append_end(&a) < 0) r = -1;
+    return r;
+}
+
+/* update_str(d, pairs): d.update(pairs) for a list of 2 or more (str key, value) pairs;
+ * NotImplemented to leave it to Python. */
+static PyObject *update_str(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyList_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "update_str(d, pairs: list)");
+        return NULL;
+    }
+    PyObject *d = args[0], *pairs = args[1];
+    Py_ssize_t n = PyList_GET_SIZE(pairs);
+    if (n < 2) Py_RETURN_NOTIMPLEMENTED;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = PyList_GET_ITEM(pairs, i);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyUnicode_CheckExact(PyTuple_GET_ITEM(pair, 0)))
+            Py_RETURN_NOTIMPLEMENTED;
+    }
+    PyObject *ddict = PyObject_GenericGetDict(d, NULL);
+    if (ddict == NULL) return NULL;
+    int r = 0;
+    PyObject *keys = PyList_New(n), *kbytes = PyList_New(n), *flags = PyList_New(n), *stored = PyList_New(n);
+    PyObject *lock = dict_get(ddict, s_lock), *serializer = dict_get(ddict, s_serializer), *log = dict_get(ddict, s_log);
+    long long flag;
+    if (keys == NULL || kbytes == NULL || flags == NULL || stored == NULL) {
+        r = -1;
+        goto done;
+    }
+    if (lock == NULL || serializer == NULL || dict_get(ddict, s_lock_timeout) != Py_None || log == NULL ||
+        log == Py_None || !attr_int(serializer, s_flag, &flag) || flag != 0)
+        goto done;
+    int compress = dict_get(ddict, s_compress) == Py_True;
+    for (Py_ssize_t i = 0; i < n; i++) { /* IODict._encoded of each, before anything is written */
+        PyObject *pair = PyList_GET_ITEM(pairs, i), *key = PyTuple_GET_ITEM(pair, 0);
+        PyObject *kb = pack_scalar(key);
+        if (kb == NULL) {
+            r = PyErr_Occurred() ? -1 : 0;
+            goto done;
+        }
+        long long f;
+        PyObject *value = encode_value(serializer, PyTuple_GET_ITEM(pair, 1), compress, &f);
+        PyObject *pf = value != NULL ? PyLong_FromLongLong(f) : NULL;
+        if (pf == NULL) {
+            Py_DECREF(kb);
+            Py_XDECREF(value);
+            r = -1;
+            goto done;
+        }
+        PyList_SET_ITEM(keys, i, Py_NewRef(key));
+        PyList_SET_ITEM(kbytes, i, kb);
+        PyList_SET_ITEM(flags, i, pf);
+        PyList_SET_ITEM(stored, i, value);
+    }
+    r = object_lock(lock);
+    if (r <= 0) goto done;
+    log = dict_get(ddict, s_log); /* (again: closed meanwhile?) */
+    if (log != NULL && log != Py_None) {
+        Py_INCREF(log);
+        r = put_holding(d, ddict, log, keys, kbytes, flags, stored);
+        Py_DECREF(log);
+    } else {
+        r = 0;
+    }
+    object_unlock(lock);
+done:
+    Py_XDECREF(keys);
+    Py_XDECREF(kbytes);
+    Py_XDECREF(flags);
     Py_XDECREF(stored);
     Py_DECREF(ddict);
     if (r < 0) return NULL;
@@ -286,14 +450,18 @@ fail:
 
 /* --- setup ------------------------------------------------------------------- */
 
-/* setup_iodict(compress_value): format.compress_value, handed over by iodict.py. */
-static PyObject *setup_iodict(PyObject *self, PyObject *compress) {
+/* setup_iodict(compress_value, encode_batch): format's, handed over by iodict.py. */
+static PyObject *setup_iodict(PyObject *self, PyObject *args) {
+    PyObject *compress, *batch;
+    if (!PyArg_ParseTuple(args, "OO", &compress, &batch)) return NULL;
     Py_XSETREF(compress_value, Py_NewRef(compress));
+    Py_XSETREF(encode_batch, Py_NewRef(batch));
     Py_RETURN_NONE;
 }
 
 PyMethodDef iodict_methods[] = {
-    {"setup_iodict", setup_iodict, METH_O, "Hand the fast paths format.compress_value (iodict.py)."},
+    {"setup_iodict", setup_iodict, METH_VARARGS, "Hand the fast paths format's compress_value and encode_batch."},
+    {"update_str", (PyCFunction)(void (*)(void))update_str, METH_FASTCALL, "d.update(pairs) for str keys, or NotImplemented."},
     {"set_str", (PyCFunction)(void (*)(void))set_str, METH_FASTCALL, "d[key] = value for a str key, or NotImplemented."},
     {"get_str", (PyCFunction)(void (*)(void))get_str, METH_FASTCALL, "d[key] for a str key, or NotImplemented."},
     {"records", records, METH_VARARGS, "IODict._record of each SET and DELETE frame of a list of Frames."},
@@ -306,7 +474,7 @@ int iodict_init(PyObject *module) {
     INTERN(s_log, "_log") INTERN(s_lock, "_lock") INTERN(s_lock_timeout, "lock_timeout") INTERN(s_index, "_index")
     INTERN(s_serializer, "_serializer") INTERN(s_compress, "_compress") INTERN(s_compact_check_at, "_compact_check_at")
     INTERN(s_locations, "_locations") INTERN(s_live_bytes, "live_bytes") INTERN(s_flag, "flag")
-    INTERN(s_encode, "encode") INTERN(s_decode, "decode")
+    INTERN(s_encode, "encode") INTERN(s_decode, "decode") INTERN(s_consider_compacting, "_consider_compacting")
 #undef INTERN
-    return 0;
+    return (s_op_set = PyLong_FromLong(OP_SET)) == NULL ? -1 : 0;
 }

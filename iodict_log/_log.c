@@ -496,18 +496,12 @@ uint64_t append_birthtime(Appender *a) {
     return (uint64_t)a->last_birthtime;
 }
 
-int append_one(Appender *a, unsigned op, unsigned flags, const char *key, size_t klen, const char *value, size_t vlen,
-               uint64_t birth, PyObject **loc) {
+int append_data(Appender *a, PyObject *data, long long frames) {
     if (a->end >= a->segment_bytes) return 0; /* (a second append filled the segment: the roll is Python's) */
-    PyObject *frame = frame_bytes(op, flags, (uint64_t)a->last_seq + 1, birth, key, klen, value, vlen, a->salt);
-    if (frame == NULL) return -1;
-    size_t length = (size_t)PyBytes_GET_SIZE(frame);
-    if ((uint64_t)a->end + length > MAX_OFFSET) {
-        Py_DECREF(frame);
-        return 0; /* (past 4 GiB: Python's error) */
-    }
+    size_t length = (size_t)PyBytes_GET_SIZE(data);
+    if ((uint64_t)a->end + length > MAX_OFFSET) return 0; /* (past 4 GiB: Python's error) */
     /* Segment.append: all of it or none of it. */
-    const char *p = PyBytes_AS_STRING(frame);
+    const char *p = PyBytes_AS_STRING(data);
     size_t left = length;
     int error = 0;
     Py_BEGIN_ALLOW_THREADS
@@ -526,25 +520,32 @@ int append_one(Appender *a, unsigned op, unsigned flags, const char *key, size_t
         do r = ftruncate(a->fd, (off_t)a->end); while (r < 0 && errno == EINTR);
     }
     Py_END_ALLOW_THREADS
-    Py_DECREF(frame);
     if (error) {
         errno = error;
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
-    *loc = pack_location(birth, (unsigned)a->slot, (uint64_t)a->end, length);
-    if (*loc == NULL) return -1;
     a->end += (long long)length;
     a->last_length = length;
-    a->last_seq += 1;
+    a->last_seq += frames;
     a->written = 1;
-    /* The Log's state, as append_one leaves it, before any Python code runs. */
+    /* The Log's state, as append_one / append_batch leave it, before any Python code runs. */
     if (dict_set_int(a->ldict, s_end, a->end) < 0 || dict_set_int(a->ldict, s_last_seq, a->last_seq) < 0 ||
-        (a->birth_taken && dict_set_int(a->ldict, s_last_birthtime, a->last_birthtime) < 0)) {
-        Py_CLEAR(*loc);
+        (a->birth_taken && dict_set_int(a->ldict, s_last_birthtime, a->last_birthtime) < 0))
         return -1;
-    }
     return 1;
+}
+
+int append_one(Appender *a, unsigned op, unsigned flags, const char *key, size_t klen, const char *value, size_t vlen,
+               uint64_t birth, PyObject **loc) {
+    PyObject *frame = frame_bytes(op, flags, (uint64_t)a->last_seq + 1, birth, key, klen, value, vlen, a->salt);
+    if (frame == NULL) return -1;
+    long long at = a->end;
+    int r = append_data(a, frame, 1);
+    Py_DECREF(frame);
+    if (r <= 0) return r;
+    *loc = pack_location(birth, (unsigned)a->slot, (uint64_t)at, a->last_length);
+    return *loc == NULL ? -1 : 1;
 }
 
 int append_end(Appender *a) {

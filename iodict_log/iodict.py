@@ -12,7 +12,7 @@ from typing import Any, Callable, NamedTuple, TypeVar
 
 from . import compaction, crashpoints, fileops
 from .errors import IODictLogError, StoreClosedError
-from .format import KIND_COMPACTED, OP_DELETE, OP_SET, Frame, Hint, compress_value
+from .format import KIND_COMPACTED, OP_DELETE, OP_SET, Frame, Hint, compress_value, encode_batch
 from .hintfile import publish_hint, stage_hint
 from .index import KeyIndex, index_key, location_birthtime, plain_key, snapshot_of
 from .log import Entry, Log, LogHandle, check_options
@@ -29,10 +29,10 @@ T = TypeVar("T")
 # and __getitem__ in one call each; they answer NotImplemented, having changed
 # nothing, whenever the Python path below must run.
 if core is not None:
-    core.setup_iodict(compress_value)
-    _set_str, _get_str, _records = core.set_str, core.get_str, core.records
+    core.setup_iodict(compress_value, encode_batch)
+    _set_str, _get_str, _update_str, _records = core.set_str, core.get_str, core.update_str, core.records
 else:
-    _set_str = _get_str = _records = None
+    _set_str = _get_str = _update_str = _records = None
 _REPLAY_CHUNK = 1024  # frames turned into Records per C call
 
 
@@ -281,6 +281,8 @@ class IODict(LogHandle, MutableMapping):
         else:
             pairs = [_pair(item) for item in other]
         pairs.extend(kwargs.items())
+        if _update_str is not None and _update_str(self, pairs) is not NotImplemented:
+            return
         self._write(self._put, [self._encoded(key, value) for key, value in pairs])
 
     def clear(self) -> None:

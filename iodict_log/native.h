@@ -77,6 +77,7 @@ int append_begin(Appender *a, PyObject *log); /* 1: the write lock is held, the 
 uint64_t append_birthtime(Appender *a);       /* Log.birthtime() */
 int append_one(Appender *a, unsigned op, unsigned flags, const char *key, size_t klen, const char *value, size_t vlen,
                uint64_t birth, PyObject **loc);
+int append_data(Appender *a, PyObject *data, long long frames); /* Log._land of framed bytes (a batch) */
 int append_end(Appender *a); /* count the change, give the lock: 0 or -1 */
 
 /* _iodict.c: iodict.py's hot paths (d[key] = value, d[key] for str keys, records()). */
