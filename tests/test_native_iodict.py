@@ -211,3 +211,34 @@ def test_records_are_the_ones_the_python_path_makes(store_path):
     assert len(mine) == 306
     assert [tuple(map(type, r)) for r in mine] == [tuple(map(type, r)) for r in theirs]
     assert mine == theirs
+
+
+def test_update_makes_the_batch_the_python_path_makes(tmp_path):
+    # update() through each build: the same records (seq, op, key, value), keys in the same order,
+    # a key repeated within the batch keeps one birthtime, and a value that cannot be stored
+    # raises TypeError before anything is written.
+    script = (
+        "import sys, iodict_log, pickle\n"
+        "d = iodict_log.IODict(sys.argv[1], auto_compact=False)\n"
+        "values = ['x' * 400, 5, b'b', (1, 2), {'m': [1]}, None, 2.5] * 3\n"
+        "d['seed'] = 0\n"
+        "for round in range(30):\n"
+        "    d.update([(f'k{i % 7}', v) for i, v in enumerate(values)])\n"
+        "try:\n"
+        "    d.update([('ok', 1), ('bad', object())])\n"
+        "except TypeError:\n"
+        "    pass\n"
+        "births = [d.birthtime(k) for k in d]\n"
+        "assert births == sorted(births) and 'ok' not in d\n"
+        "replay = [(r.seq, r.op, r.key, r.value) for r in d.records()]\n"
+        "sys.stdout.buffer.write(pickle.dumps((replay, list(d.items()))))\n"
+    )
+    out = {}
+    for build in ("native", "pure"):
+        env = dict(os.environ, IODICT_LOG_PURE="1" if build == "pure" else "0")
+        run = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / build)], env=env, capture_output=True, check=True
+        )
+        out[build] = pickle.loads(run.stdout)
+    assert out["native"] == out["pure"]
+    assert len(out["native"][1]) == 8
