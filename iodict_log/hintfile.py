@@ -138,6 +138,11 @@ _LANE = 8  # bytes per lane for ends and limits (all below 2**35)
 _GUARD = 40  # the guard bit of such a lane
 
 
+def index_dict(keys: list[Any], locations: list[int]) -> dict[Any, int]:
+    """dict(zip(keys, locations)): the index of a snapshot (the C twin builds it presized)."""
+    return dict(zip(keys, locations))
+
+
 def _check_locations(raw: bytes, count: int, sizes: Sequence[int]) -> int:
     """ValueError unless every location is at least a frame header long, lies in
     a covered segment and within its covered size; the locations' total length."""
@@ -177,7 +182,7 @@ def _gather(raw: bytes, at: int, width: int, lane: int, count: int) -> bytearray
     return lanes
 
 
-# The C core's twin (iodict_log/_format.c) replaces decode_locations where it is built.
-py_decode_locations = decode_locations
+# The C core's twins (iodict_log/_format.c) replace these where it is built.
+py_decode_locations, py_index_dict = decode_locations, index_dict
 if core is not None:
-    decode_locations = core.decode_locations
+    decode_locations, index_dict = core.decode_locations, core.index_dict
