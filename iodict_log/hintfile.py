@@ -166,10 +166,10 @@ def _check_locations(raw: bytes, count: int, sizes: Sequence[int]) -> int:
         guards = int.from_bytes((b"\x01" + bytes(_LANE - 1)) * count, "little") << _GUARD
         if (int.from_bytes(limits, "little") + guards - ends) & guards != guards:
             raise ValueError("a location outside the covered segments")
-    else:  # (over 256 segments: one limit per key, looked up by map; IndexError past the last)
+    else:  # (over 256 segments: one limit per key, looked up by map)
         end_of = struct.unpack(f"<{count}Q", ends.to_bytes(_LANE * count, "little"))
         slot_of = struct.unpack(f"<{count}H", _gather(raw, 8, 2, 2, count))
-        if not all(map(le, end_of, map(sizes.__getitem__, slot_of))):
+        if max(slot_of) >= len(sizes) or not all(map(le, end_of, map(sizes.__getitem__, slot_of))):
             raise ValueError("a location outside the covered segments")
     return sum(length_of)
 
