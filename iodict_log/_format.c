@@ -141,6 +141,19 @@ static PyObject *new_damage(Py_ssize_t offset, Py_ssize_t length) {
     return damage;
 }
 
+/* (a, b), taking both references, even when one is NULL (then NULL). */
+static PyObject *pair(PyObject *a, PyObject *b) {
+    PyObject *out = a == NULL || b == NULL ? NULL : PyTuple_New(2);
+    if (out == NULL) {
+        Py_XDECREF(a);
+        Py_XDECREF(b);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(out, 0, a);
+    PyTuple_SET_ITEM(out, 1, b);
+    return out;
+}
+
 static int ready(void) {
     if (Frame_type == NULL) PyErr_SetString(PyExc_RuntimeError, "iodict_log._native: setup() was not called");
     return Frame_type != NULL;
@@ -152,7 +165,7 @@ static int field(PyObject *obj, uint64_t max, uint64_t *out) {
         PyErr_SetString(StructError, "required argument is not an integer");
         return -1;
     }
-    PyObject *number = PyNumber_Index(obj);
+    PyObject *number = PyLong_Check(obj) ? Py_NewRef(obj) : PyNumber_Index(obj);
     if (number == NULL) return -1;
     unsigned long long value = PyLong_AsUnsignedLongLong(number);
     Py_DECREF(number);
@@ -262,7 +275,7 @@ static PyObject *frame_value(PyObject *self, PyObject *const *args, Py_ssize_t n
     PyObject *out;
     if (checked_header(buf, view.len, 0, salt, &h) && h.length == view.len && valid_frame(buf, view.len, &h, salt)) {
         Py_ssize_t at = HEADER_SIZE + h.key_len;
-        out = Py_BuildValue("(iy#)", (int)h.flags, (const char *)buf + at, view.len - at);
+        out = pair(PyLong_FromLong(h.flags), PyBytes_FromStringAndSize((const char *)buf + at, view.len - at));
     } else {
         out = Py_NewRef(Py_None);
     }
@@ -432,57 +445,70 @@ static PyObject *pack_location(uint64_t birthtime, unsigned slot, uint64_t offse
 
 /* The fields of one entry (op, flags, key, stored value, birthtime_ns) of encode_batch. */
 typedef struct {
+    PyObject *fields; /* the entry as a tuple */
     uint64_t op, flags, birthtime;
     Py_buffer key, value;
 } Entry;
 
 /* encode_batch(entries, seq, begin_birthtime, commit_birthtime, offset, slot, salt)
- *   -> (bytes, [(seq, location)], last seq) */
+ *   -> (bytes, [(seq, location)], last seq)
+ * Entries are checked in order, each as the Python one meets its fields; offset and
+ * slot must fit a location (Log._land refuses a segment past 4 GiB anyway). */
 static PyObject *encode_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     uint64_t seq, begin_birthtime, commit_birthtime, offset, slot;
     uint32_t salt;
     if (nargs != 7)
         return PyErr_Format(PyExc_TypeError,
                             "encode_batch(entries, seq, begin_birthtime, commit_birthtime, offset, slot, salt)");
-    if (field(args[1], UINT64_MAX, &seq) < 0 || field(args[2], UINT64_MAX, &begin_birthtime) < 0 ||
-        field(args[3], UINT64_MAX, &commit_birthtime) < 0 || field(args[4], MAX_FIELD, &offset) < 0 ||
-        field(args[5], 0xffff, &slot) < 0 || salt_of(args[6], &salt) < 0)
+    if (salt_of(args[6], &salt) < 0 || field(args[1], UINT64_MAX, &seq) < 0 ||
+        field(args[2], UINT64_MAX, &begin_birthtime) < 0 || field(args[4], MAX_FIELD, &offset) < 0 ||
+        field(args[5], 0xffff, &slot) < 0)
         return NULL;
-    PyObject *items = PySequence_Fast(args[0], "entries must be a sequence");
+    PyObject *items = PySequence_Tuple(args[0]); /* (a copy: no __index__ can change it under us) */
     if (items == NULL) return NULL;
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(items), taken = 0;
+    Py_ssize_t count = PyTuple_GET_SIZE(items), taken = 0;
     PyObject *out = NULL, *data = NULL, *locs = NULL;
     Entry *entries = PyMem_Calloc(count ? count : 1, sizeof(Entry));
     if (entries == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    if ((uint64_t)count > MAX_FIELD || seq > UINT64_MAX - 1 - (uint64_t)count) { /* (COUNT, the last seq) */
+    if ((uint64_t)count > MAX_FIELD) { /* (COUNT.pack) */
         PyErr_SetString(StructError, "argument out of range");
         goto done;
     }
     uint64_t size = 2 * HEADER_SIZE + 4;
-    for (; taken < count; taken++) {
-        PyObject *entry = PySequence_Fast_GET_ITEM(items, taken);
-        Entry *e = &entries[taken];
-        if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 5) {
-            PyErr_SetString(PyExc_TypeError, "an entry is a tuple (op, flags, key, value, birthtime_ns)");
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Entry *e = &entries[i];
+        PyObject *entry = e->fields = PySequence_Tuple(PyTuple_GET_ITEM(items, i)); /* (unpacked as Python does) */
+        if (entry == NULL) goto done;
+        if (PyTuple_GET_SIZE(entry) != 5) {
+            PyErr_SetString(PyExc_ValueError, "an entry is (op, flags, key, value, birthtime_ns)");
             goto done;
         }
         PyObject *const *f = &PyTuple_GET_ITEM(entry, 0);
+        if (!PyIndex_Check(f[1])) { /* (flags | FLAG_BATCH) */
+            PyErr_Format(PyExc_TypeError, "unsupported operand type(s) for |: '%.100s' and 'int'",
+                         Py_TYPE(f[1])->tp_name);
+            goto done;
+        }
         if (PyObject_GetBuffer(f[2], &e->key, PyBUF_SIMPLE) < 0) goto done;
         if (PyObject_GetBuffer(f[3], &e->value, PyBUF_SIMPLE) < 0) {
             PyBuffer_Release(&e->key);
             goto done;
         }
+        taken++; /* (entries[:taken] hold buffers, released below) */
         if (field(f[0], 255, &e->op) < 0 || field(f[1], 255, &e->flags) < 0 ||
-            field(f[4], UINT64_MAX, &e->birthtime) < 0 || (uint64_t)e->key.len > MAX_FIELD ||
-            (uint64_t)e->value.len > MAX_FIELD) {
+            seq > UINT64_MAX - (uint64_t)(i + 1) || field(f[4], UINT64_MAX, &e->birthtime) < 0 ||
+            (uint64_t)e->key.len > MAX_FIELD || (uint64_t)e->value.len > MAX_FIELD) {
             if (!PyErr_Occurred()) PyErr_SetString(StructError, "argument out of range");
-            taken++; /* (its buffers are released below) */
             goto done;
         }
         size += HEADER_SIZE + e->key.len + e->value.len;
+    }
+    if (field(args[3], UINT64_MAX, &commit_birthtime) < 0 || seq > UINT64_MAX - (uint64_t)count - 1) {
+        if (!PyErr_Occurred()) PyErr_SetString(StructError, "argument out of range");
+        goto done;
     }
     if (size > PY_SSIZE_T_MAX) {
         PyErr_NoMemory();
@@ -502,7 +528,7 @@ static PyObject *encode_batch(PyObject *self, PyObject *const *args, Py_ssize_t 
         uint64_t length = HEADER_SIZE + e->key.len + e->value.len;
         seq++;
         write_frame(p, e->op, e->flags | FLAG_BATCH, seq, e->birthtime, &e->key, &e->value, salt);
-        PyObject *loc = Py_BuildValue("(KN)", seq, pack_location(e->birthtime, slot, offset, length));
+        PyObject *loc = pair(PyLong_FromUnsignedLongLong(seq), pack_location(e->birthtime, slot, offset, length));
         if (loc == NULL) goto done;
         PyList_SET_ITEM(locs, i, loc);
         p += length;
@@ -516,6 +542,7 @@ done:
         PyBuffer_Release(&entries[i].key);
         PyBuffer_Release(&entries[i].value);
     }
+    for (Py_ssize_t i = 0; entries != NULL && i < count; i++) Py_XDECREF(entries[i].fields);
     PyMem_Free(entries);
     Py_XDECREF(data);
     Py_XDECREF(locs);
@@ -530,13 +557,13 @@ done:
 static PyObject *decode_locations(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     Py_buffer view;
     if (nargs != 2) return PyErr_Format(PyExc_TypeError, "decode_locations(raw, sizes)");
-    PyObject *sizes = PySequence_Fast(args[1], "sizes must be a sequence");
+    PyObject *sizes = PySequence_Tuple(args[1]); /* (a copy: no __index__ can change it under us) */
     if (sizes == NULL) return NULL;
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
         Py_DECREF(sizes);
         return NULL;
     }
-    Py_ssize_t slots = PySequence_Fast_GET_SIZE(sizes), count = view.len / LOCATION_SIZE;
+    Py_ssize_t slots = PyTuple_GET_SIZE(sizes), count = view.len / LOCATION_SIZE;
     PyObject *out = NULL, *locations = NULL;
     uint64_t *limit = PyMem_Malloc((slots ? slots : 1) * sizeof(uint64_t)), live = 0, birth = 0;
     if (limit == NULL) {
@@ -545,7 +572,7 @@ static PyObject *decode_locations(PyObject *self, PyObject *const *args, Py_ssiz
     }
     for (Py_ssize_t i = 0; i < slots; i++) {
         int overflow;
-        long long size = PyLong_AsLongLongAndOverflow(PySequence_Fast_GET_ITEM(sizes, i), &overflow);
+        long long size = PyLong_AsLongLongAndOverflow(PyTuple_GET_ITEM(sizes, i), &overflow);
         if (size == -1 && PyErr_Occurred()) goto done;
         limit[i] = overflow > 0 ? UINT64_MAX : size < 0 ? 0 : (uint64_t)size;
     }
@@ -599,7 +626,11 @@ static PyObject *index_dict(PyObject *self, PyObject *const *args, Py_ssize_t na
 #endif
     if (index == NULL) return NULL;
     for (Py_ssize_t i = 0; i < n && i < PyList_GET_SIZE(keys) && i < PyList_GET_SIZE(locations); i++) {
-        if (PyDict_SetItem(index, PyList_GET_ITEM(keys, i), PyList_GET_ITEM(locations, i)) < 0) {
+        PyObject *key = Py_NewRef(PyList_GET_ITEM(keys, i)), *location = Py_NewRef(PyList_GET_ITEM(locations, i));
+        int failed = PyDict_SetItem(index, key, location); /* (a key's __hash__ may change the lists) */
+        Py_DECREF(key);
+        Py_DECREF(location);
+        if (failed < 0) {
             Py_DECREF(index);
             return NULL;
         }

@@ -307,6 +307,10 @@ def test_encode_batch_locations_point_at_its_members():
         [(1, 0, b"k", b"v", 2**64)],
         [(1, 0, b"k", b"v", -1)],
         [(1, 0, b"k", b"v", 1), (1, 0, b"k", None, 1)],
+        [(1, 1.5, b"k", b"v", 1)],
+        [(1, 0, b"k", b"v")],
+        [[1, 0, b"k", b"v", 1]],
+        [1],
     ],
 )
 def test_encode_batch_refuses_what_the_python_one_refuses(entries):
