@@ -340,8 +340,10 @@ static int append_new(PyObject *list, PyObject *item) {
  *
  * Scan._frames from start, appending damage regions to the list `damage`. It stops
  * just after a SEAL, with resume the offset to go on from and end as Scan has it
- * while the SEAL is yielded (a consumer may stop there: Log._scan does); at the end
- * of the buffer resume is None. */
+ * while the SEAL is yielded (a consumer may stop there: Log._scan does), and after
+ * WALK_FRAMES frames, outside a batch (so a 64 MiB segment is never all Frames at
+ * once); at the end of the buffer resume is None. */
+#define WALK_FRAMES 1024
 static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     Py_ssize_t pos, end, resume = -1;
     uint32_t salt;
@@ -399,6 +401,10 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
             }
         }
         end = pos;
+        if (PyList_GET_SIZE(frames) >= WALK_FRAMES) {
+            resume = pos;
+            break;
+        }
     }
     if (resume < 0 && batch != NULL && PyList_GET_SIZE(batch) && complete) {
         /* A finished segment was sealed after this batch: its intact members stand. */

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import lz4.block
 
@@ -289,19 +289,20 @@ class Scan:
         return len(self.buf) - self.end
 
     def __iter__(self) -> Iterator[Frame]:
-        yield from self._frames() if self._walk is None else self._walked()
+        yield from self._frames() if self._walk is None else self._walked(self._walk)
         if self.complete and self.tail:
             self.damage.append(Damage(self.end, self.tail, "damaged end of a finished segment"))
 
     # The C core's walk (_format.c: _frames and _resync in one call); None: walk in Python.
-    _walk = None if core is None else core.scan
+    _walk: Callable[..., tuple] | None = None if core is None else core.scan
 
-    def _walked(self) -> Iterator[Frame]:
-        """_frames, walked in C: the frames up to the next SEAL at a time, so that a consumer
-        stopping at a SEAL (Log._scan) finds ``end`` and the rest as _frames leaves them."""
+    def _walked(self, walk: Callable[..., tuple]) -> Iterator[Frame]:
+        """_frames, walked in C a chunk at a time: up to the next SEAL, so that a consumer
+        stopping at a SEAL (Log._scan) finds ``end`` and the rest as _frames leaves them,
+        or up to about a thousand frames, so that a segment is never all Frames at once."""
         resume: int | None = self.start
         while resume is not None:
-            frames, self.end, self.last_seq, self.last_birthtime, resume = self._walk(
+            frames, self.end, self.last_seq, self.last_birthtime, resume = walk(
                 self.buf, self.salt, resume, self.complete, self.damage, self.last_seq, self.last_birthtime
             )
             yield from frames

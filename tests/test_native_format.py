@@ -254,6 +254,27 @@ def test_scan_agrees_on_segments_with_seals_in_the_middle(parts, data):
     same_scans(b"".join(out))
 
 
+def test_scan_agrees_across_the_chunks_the_c_walk_returns():
+    # The C walk hands back about a thousand frames at a time, never inside a batch:
+    # batches, damage and seals around the chunk boundaries read as in one walk.
+    parts, seq = [], 0
+    for n in range(5000):
+        seq += 1
+        if n % 997 in (0, 1, 2):  # batches around each boundary, some cut by damage
+            entries = [(OP_SET, 0, b"m%d" % n, b"x", seq)] * (n % 5)
+            raw = py_encode_batch(entries, seq, seq, seq, 0, 0, SALT)[0]
+            parts.append(flip(raw, 8 * (len(raw) // 2)) if n % 3 == 0 else raw)
+            seq += len(entries) + 1
+        elif n % 1500 == 7:
+            parts.append(py_encode_frame(OP_SEAL, 0, seq, seq, b"", b"", salt=SALT))
+        else:
+            parts.append(py_encode_frame(OP_SET, 0, seq, seq, b"k%d" % n, b"v", salt=SALT))
+    buf = b"".join(parts)
+    assert len(list(CScan(buf, SALT))) > 3000
+    same_scans(buf)
+    same_scans(buf[: len(buf) - 5])
+
+
 def test_scan_of_sync_heavy_and_lying_headers_agrees():
     lying = [py_encode_frame(OP_SET, 0, 1, 1, b"k", bytes(n), salt=SALT)[:HEADER_SIZE] for n in (0, 5, 2**20)]
     for buf in (b"\xd1\x0c" * 5000, b"\xd1" * 100 + b"".join(lying) * 50, b"\x00" + b"".join(lying)):
