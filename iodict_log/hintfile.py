@@ -73,8 +73,8 @@ def publish_hint(directory: str) -> None:
 # INDEX_HEAD, then count locations of LOCATION_SIZE bytes, then the keys as one
 # msgpack array whose elements are exactly the keys' encode_key bytes. Decoding
 # is a few C-speed passes over columns, not a loop per key: opening 1M keys from
-# a hint costs about 1.5 times what unpickling the index did, and runs no code.
-# With the C core, decode_locations is one C loop (iodict_log/_format.c).
+# a hint costs about 1.5 times what unpickling the index did, and runs no code;
+# with the C core (decode_locations and index_dict in iodict_log/_format.c), about 1.0.
 
 
 def encode_index(keys: list[Any], locations: list[int], other_frames: int) -> bytes:
@@ -128,6 +128,11 @@ def decode_locations(raw: bytes, sizes: Sequence[int]) -> tuple[list[int], int]:
     return locations, live_bytes
 
 
+def index_dict(keys: list[Any], locations: list[int]) -> dict[Any, int]:
+    """dict(zip(keys, locations)): the index of a snapshot (the C twin builds it presized)."""
+    return dict(zip(keys, locations))
+
+
 # The checks run on all locations at once, not in a loop per key: a field's bytes
 # are gathered by strided slices (C speed), then read by struct in one call; the
 # bound check of each location's end against its slot's covered size runs on
@@ -136,11 +141,6 @@ def decode_locations(raw: bytes, sizes: Sequence[int]) -> tuple[list[int], int]:
 
 _LANE = 8  # bytes per lane for ends and limits (all below 2**35)
 _GUARD = 40  # the guard bit of such a lane
-
-
-def index_dict(keys: list[Any], locations: list[int]) -> dict[Any, int]:
-    """dict(zip(keys, locations)): the index of a snapshot (the C twin builds it presized)."""
-    return dict(zip(keys, locations))
 
 
 def _check_locations(raw: bytes, count: int, sizes: Sequence[int]) -> int:

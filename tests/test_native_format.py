@@ -372,6 +372,15 @@ def test_decode_locations_of_random_bytes_agrees(raw, sizes):
     same_locations(raw, sizes)
 
 
+@pytest.mark.parametrize("decode", [py_decode_locations, _native.decode_locations])
+@pytest.mark.parametrize("segments", [3, 300])
+def test_a_slot_past_the_covered_segments_is_a_value_error(decode, segments):
+    # Guards the Python one's path for over 256 segments, which raised IndexError.
+    raw = pack_location(1, segments, 0, HEADER_SIZE).to_bytes(LOCATION_SIZE, "little")
+    with pytest.raises(ValueError, match="outside the covered segments"):
+        decode(raw, [4000] * segments)
+
+
 def test_index_dict_is_dict_of_zip():
     keys, locs = ["a", b"b", 3, "a"], [1, 2, 3, 4]
     assert _native.index_dict(keys, locs) == py_index_dict(keys, locs) == {"a": 4, b"b": 2, 3: 3}
