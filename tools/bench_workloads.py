@@ -219,13 +219,7 @@ class IODictLog(Store):
         return {"opened": "hint use unknown" if hinted is None else "from the hint" if hinted else "by a scan"}
 
     def index_sizes(self) -> tuple[float, float] | None:
-        """sys.getsizeof of the index's dict of key -> location and of its values (as tools/bench_core.py)."""
-        locations = getattr(getattr(self.d, "_index", None), "_locations", None)
-        if not isinstance(locations, dict) or not locations:
-            return None  # (an index kept in other structures: the RSS figure still holds)
-        n = len(locations)
-        index = sys.getsizeof(locations) + sum(sys.getsizeof(loc) for loc in locations.values())
-        return index / n, sum(sys.getsizeof(k) for k in locations) / n
+        return index_sizes(self.d)
 
     def compact(self) -> bool:
         self.d.compact()
@@ -268,6 +262,17 @@ class IODictLogBase(IODictLog):
     sync_label = "iodict_log-base sync=True"
     environ = {"IODICT_LOG_PURE": "1"}
     baseline = True
+
+
+def index_sizes(d: Any) -> tuple[float, float] | None:
+    """(index bytes per key without the keys, the keys' bytes per key) of an open IODict, by sys.getsizeof
+    of its index's dict of key -> location and of the locations; None for an index in other structures."""
+    locations = getattr(getattr(d, "_index", None), "_locations", None)
+    if not isinstance(locations, dict) or not locations:
+        return None  # (the peak RSS figure still holds)
+    n = len(locations)
+    index = sys.getsizeof(locations) + sum(sys.getsizeof(loc) for loc in locations.values())
+    return index / n, sum(sys.getsizeof(k) for k in locations) / n
 
 
 def iodict_log_build() -> str:
