@@ -198,7 +198,7 @@ def run_workload(workload: str, stores: list[type[bw.Store]], args: argparse.Nam
             "status": "n/a" if role[2] else "ok",
             "reason": role[2],
             "note": note,
-            "params": {"n": n, "budget": args.budget, "value": bw.small_value()},
+            "params": {"n": n, "budget": args.budget, "value": bw.small_value(), "clock": args.clock},
             "runs": [],
         }
     timeout = max(120.0, 6 * args.budget + 60)
@@ -503,6 +503,13 @@ def main() -> None:
     parser.add_argument("--sync-keys", type=int, help="writes in the sync workload (default 2,000; --quick 300)")
     parser.add_argument("--repeat", type=int, help="runs per figure, median reported (default 3; --quick 1)")
     parser.add_argument("--budget", type=float, help="seconds per timed loop before it stops (5; --quick 1)")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="time the loops by wall time (default) or by the child's CPU time, steadier on a busy machine "
+        f"(not {' and '.join(bw.WALL_ONLY)}: they wait on the disk or on other processes)",
+    )
     parser.add_argument("--only", help="comma-separated stores: " + ",".join(bw.STORES))
     parser.add_argument(
         "--baseline",
@@ -547,6 +554,11 @@ def main() -> None:
         f"memory/open at {args.memory_keys:,} keys{' (--quick: fewer keys than 1,000,000)' if quick else ''}, "
         f"sync writes {args.sync_keys:,}; 100-byte values; median of {args.repeat}; "
         f"time budget {args.budget:g} s per timed loop; {os.cpu_count()} CPUs; "
+        + (
+            f"timed by CPU time (user + system of the child, all its threads; {', '.join(bw.WALL_ONLY)} by wall time); "
+            if args.clock == "cpu"
+            else ""
+        )
         + ", ".join(f"{k} {v}" for k, v in found.items())
     )
     if found["iodict"] == "not installed":
