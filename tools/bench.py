@@ -87,7 +87,7 @@ TARGETS: tuple[tuple[str, str, str, str, tuple[tuple[str, str, float, str], ...]
     ("replay of every record", "replay", "", "", HALF),
     ("queue put", "queue", "put", "floor", (DEQUE_25,)),
     ("queue get", "queue", "get", "floor", (DEQUE_25,)),
-    ("open + first get, from the hint", "memory", "open + first get", "pickle", (PICKLE_1,)),
+    ("open + first get", "memory", "open + first get", "pickle", (PICKLE_1,)),
     ("sync=True sets", "sync", "", "floor", (("floor", ">=", 0.9, "the write + fdatasync floor"),)),
     ("index memory", "memory", "index bytes per key", "", ()),
     ("peak RSS growth per key", "memory", "peak RSS growth per key", "pickle", ()),
@@ -371,8 +371,11 @@ def targets(rows: list[dict], args: argparse.Namespace) -> str:
             value = "n/a (not measurable in this build)"
         else:
             value = fmt_value(mine)
-            if mine["status"] == "ok" and "key_bytes" in mine["result"].get("extra", {}):
-                value += f" + key ({mine['result']['extra']['key_bytes']:.0f} B)"
+            extra = mine["result"].get("extra", {}) if mine["status"] == "ok" else {}
+            if "key_bytes" in extra:
+                value += f" + key ({extra['key_bytes']:.0f} B)"
+            if "opened" in extra:
+                value += f", {extra['opened']}"
         cells = [figure, value]
         cells += [over(mine, find(rows, workload, row, store)) for store, _ in PEER_COLUMNS]
         cells.append(over(mine, find(rows, workload, row, reference)) if reference else "")
