@@ -20,9 +20,13 @@ IODICT_LOG_PURE=1, and with --baseline PATH "iodict_log-base", the checkout at
 PATH (pure too). Each child reports the build it ran; bench.md lists them.
 
     pip install -e '.[bench]'              # the peers, matplotlib
-    python tools/bench.py --quick          # ~1-2 min: small N, 1 run, for before/after a change
-    python tools/bench.py --baseline ../main   # full: N=100,000, memory at 1,000,000 keys, 3 runs
+    python tools/bench.py --quick          # ~2 min: small N, 1 run, for before/after a change
+    python tools/bench.py --targets --baseline ../main   # the targets table only: ~12 min
+    python tools/bench.py --baseline ../main   # full: N=100,000, memory at 1,000,000 keys, 3 runs: ~1 h
     python tools/bench.py --only iodict_log,iodict_log-pure,rocksdict,lmdb-nosync --workloads batch,replay
+
+(Times on the 2-core development machine shared with three other jobs. In the full run
+the 1,000,000-key memory workload of sqlitedict, shelve and diskcache takes the most.)
 
 Writes bench.md (the targets table of issue 19 first, then every figure),
 bench.json and bench.png (ops/s, log scale) into --out (default bench-results/
@@ -94,6 +98,8 @@ TARGETS: tuple[tuple[str, str, str, str, tuple[tuple[str, str, float, str], ...]
 )
 INDEX_TARGET = 75.0  # B/key + the key: today's index (issue 19)
 PEER_COLUMNS = (("rocksdict", "÷ rocksdict"), ("lmdb-nosync", "÷ lmdb (sync=False)"), ("diskcache", "÷ diskcache"))
+TARGET_PEERS = ("rocksdict", "lmdb-nosync", "diskcache", "floor", "pickle")  # (--targets)
+TARGET_WORKLOADS = tuple(dict.fromkeys(workload for _, workload, *_ in TARGETS))
 
 
 def titles(args: argparse.Namespace) -> dict[tuple[str, str], str]:
@@ -520,6 +526,14 @@ def main() -> None:
         help="another checkout (a directory holding iodict_log/), run pure as iodict_log-base beside this one",
     )
     parser.add_argument("--workloads", help="comma-separated workloads: " + ",".join(ALL_WORKLOADS))
+    parser.add_argument(
+        "--targets",
+        action="store_true",
+        help="only what the targets table needs (defaults of --only and --workloads): the builds, "
+        + ", ".join(TARGET_PEERS)
+        + "; "
+        + ", ".join(TARGET_WORKLOADS),
+    )
     parser.add_argument("--out", default=os.path.join(REPO, "bench-results"), help="results directory")
     parser.add_argument("--dir", help="where the stores' files go (default: a temporary directory)")
     args = parser.parse_args()
@@ -537,8 +551,10 @@ def main() -> None:
         args.baseline = os.path.abspath(args.baseline)
         if not os.path.isfile(os.path.join(args.baseline, "iodict_log", "__init__.py")):
             parser.error(f"--baseline {args.baseline}: no iodict_log/__init__.py there")
-    only = args.only.split(",") if args.only else [s for s in bw.STORES if args.baseline or s != "iodict_log-base"]
-    workloads = args.workloads.split(",") if args.workloads else list(ALL_WORKLOADS)
+    chosen = [s for s in bw.STORES if s in BUILDS or s in TARGET_PEERS or not args.targets]
+    only = args.only.split(",") if args.only else [s for s in chosen if args.baseline or s != "iodict_log-base"]
+    default_workloads = TARGET_WORKLOADS if args.targets else ALL_WORKLOADS
+    workloads = args.workloads.split(",") if args.workloads else list(default_workloads)
     for name in only:
         if name not in bw.STORES:
             parser.error(f"unknown store {name!r}; known: {', '.join(bw.STORES)}")
