@@ -14,17 +14,23 @@ A record frame is a 36-byte header followed by the key and the stored value::
 length is trusted only once ``hcrc`` has vouched for it. Both CRCs start from
 a random per-store ``salt`` (kept in every segment header), so the bytes of a
 frame from another store, stored inside a value, never pass for a frame here.
+
+The C core (iodict_log/_format.c, native.py) has twins of the frame codecs, of
+the walk of Scan and of encode_batch, with the same names, answers and bytes:
+when it is built they replace the Python functions below, which stay as the
+reference under ``py_`` names (``PyScan`` for the Scan that walks in Python).
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import lz4.block
 
 from .errors import CorruptionError, FormatVersionError
+from .native import core
 
 FORMAT_VERSION = 1
 
@@ -124,6 +130,34 @@ def encode_frame(op: int, flags: int, seq: int, birthtime_ns: int, key: bytes, v
     """A frame's bytes; both checksums start from the store's ``salt``."""
     fields = FIELDS.pack(zlib.crc32(value, zlib.crc32(key, salt)), op, flags, len(key), len(value), seq, birthtime_ns)
     return b"".join((PREFIX.pack(SYNC, zlib.crc32(fields, salt)), fields, key, value))
+
+
+def encode_batch(
+    entries: list[tuple[int, int, bytes, bytes, int]],
+    seq: int,
+    begin_birthtime: int,
+    commit_birthtime: int,
+    offset: int,
+    slot: int,
+    salt: int,
+) -> tuple[bytes, list[tuple[int, int]], int]:
+    """A batch's bytes, written at ``offset`` of segment ``slot``: BEGIN (seq ``seq``), the
+    entries (op, flags, key, stored value, birthtime_ns) flagged as members, COMMIT; with
+    each member's (seq, packed location) and the COMMIT's seq, the batch's last."""
+    from .index import pack_location  # (index imports this module)
+
+    parts = [py_encode_frame(OP_BATCH_BEGIN, 0, seq, begin_birthtime, b"", COUNT.pack(len(entries)), salt=salt)]
+    offset += len(parts[0])
+    locs = []
+    for op, flags, key, value, birthtime_ns in entries:
+        seq += 1
+        data = py_encode_frame(op, flags | FLAG_BATCH, seq, birthtime_ns, key, value, salt=salt)
+        locs.append((seq, pack_location(birthtime_ns, slot, offset, len(data))))
+        parts.append(data)
+        offset += len(data)
+    seq += 1
+    parts.append(py_encode_frame(OP_BATCH_COMMIT, 0, seq, commit_birthtime, b"", b"", salt=salt))
+    return b"".join(parts), locs, seq
 
 
 def compress_value(value: bytes) -> tuple[int, bytes]:
@@ -255,16 +289,32 @@ class Scan:
         return len(self.buf) - self.end
 
     def __iter__(self) -> Iterator[Frame]:
-        yield from self._frames()
+        yield from self._frames() if self._walk is None else self._walked(self._walk)
         if self.complete and self.tail:
             self.damage.append(Damage(self.end, self.tail, "damaged end of a finished segment"))
+
+    # The C core's walk (_format.c: _frames and _resync in one call); None: walk in Python.
+    _walk: Callable[..., tuple] | None = None if core is None else core.scan
+
+    def _walked(self, walk: Callable[..., tuple]) -> Iterator[Frame]:
+        """_frames, walked in C a chunk at a time: up to the next SEAL, so that a consumer
+        stopping at a SEAL (Log._scan) finds ``end`` and the rest as _frames leaves them,
+        or up to about a thousand frames, so that a segment is never all Frames at once."""
+        resume: int | None = self.start
+        while resume is not None:
+            frames, self.end, self.last_seq, self.last_birthtime, resume = walk(
+                self.buf, self.salt, resume, self.complete, self.damage, self.last_seq, self.last_birthtime
+            )
+            yield from frames
+            if resume is not None:
+                self.end = resume
 
     def _frames(self) -> Iterator[Frame]:
         buf, pos, salt = self.buf, self.start, self.salt
         batch: list[Frame] | None = None  # members of a batch not yet known to be whole
         batch_damage: list[Damage] = []  # damage met inside it: part of the tail if the batch is
         while pos < len(buf):
-            frame = decode_frame(buf, pos, salt)
+            frame = py_decode_frame(buf, pos, salt)
             if frame is None:
                 resume = self._resync(pos)
                 if resume is None:
@@ -324,7 +374,7 @@ class Scan:
         last = len(buf) - HEADER_SIZE  # the last offset a whole header can start at
         find, crc32, hcrc_at = buf.find, zlib.crc32, _HCRC.unpack_from
         if pos <= last and buf[pos : pos + 2] == SYNC:  # (buf may be an mmap: no startswith)
-            length = header_length(buf, pos, salt)
+            length = py_header_length(buf, pos, salt)
             if length is not None:
                 if pos + length > len(buf):
                     return None
@@ -338,12 +388,37 @@ class Scan:
             if header == failed or crc32(header[4:], salt) != hcrc_at(header)[0]:
                 failed = header
                 continue  # the common case in a damaged region: at most one CRC per sync pair
-            if decode_frame(buf, pos, salt) is not None:
+            if py_decode_frame(buf, pos, salt) is not None:
                 return pos
             length = HEADER_SIZE + sum(HEADER.unpack_from(buf, pos)[5:7])
             if pos + length > len(buf):
                 return None
             pos += length - 1
+
+
+class PyScan(Scan):
+    """The Scan that walks in Python: the reference for the C walk."""
+
+    _walk = None
+
+
+# The pure-Python codecs, the reference; the C core's twins replace them where it is built.
+py_encode_frame, py_decode_frame, py_frame_value, py_header_length, py_encode_batch = (
+    encode_frame,
+    decode_frame,
+    frame_value,
+    header_length,
+    encode_batch,
+)
+if core is not None:
+    core.setup(Frame, Damage)
+    encode_frame, decode_frame, frame_value, header_length, encode_batch = (
+        core.encode_frame,
+        core.decode_frame,
+        core.frame_value,
+        core.header_length,
+        core.encode_batch,
+    )
 
 
 # --- the manifest (file CURRENT) -------------------------------------------

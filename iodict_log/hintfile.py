@@ -29,6 +29,7 @@ from . import fileops
 from .errors import CorruptionError
 from .fileops import read_file, write_file
 from .format import COUNT, HEADER_SIZE, HINT_COVER, HINT_HEAD, Hint, decode_hint, encode_hint
+from .native import core
 from .serialize import canonical_key, encode_key, unpack
 
 HINT_NAME = "HINT"
@@ -72,7 +73,8 @@ def publish_hint(directory: str) -> None:
 # INDEX_HEAD, then count locations of LOCATION_SIZE bytes, then the keys as one
 # msgpack array whose elements are exactly the keys' encode_key bytes. Decoding
 # is a few C-speed passes over columns, not a loop per key: opening 1M keys from
-# a hint costs about 1.5 times what unpickling the index did, and runs no code.
+# a hint costs about 1.5 times what unpickling the index did, and runs no code;
+# with the C core (decode_locations and index_dict in iodict_log/_format.c), about 1.0.
 
 
 def encode_index(keys: list[Any], locations: list[int], other_frames: int) -> bytes:
@@ -96,8 +98,7 @@ def decode_index(payload: bytes, sizes: Sequence[int]) -> tuple[list[Any], list[
         keys_at = start + count * LOCATION_SIZE
         if keys_at > len(payload):
             raise ValueError("cut short")
-        raw = payload[start:keys_at]
-        live_bytes = _check_locations(raw, count, sizes)
+        locations, live_bytes = decode_locations(payload[start:keys_at], sizes)
         keys = unpack(payload[keys_at:])  # (tuples decoded with bounded depth; canonical_key bounds them more)
         if type(keys) is not list or len(keys) != count:
             raise ValueError("not one key per location")
@@ -106,14 +107,30 @@ def decode_index(payload: bytes, sizes: Sequence[int]) -> tuple[list[Any], list[
             raise ValueError("a key of a type no key has")
         if tuple in kinds:
             keys = [canonical_key(key) if type(key) is tuple else key for key in keys]
-        locations = list(map(int.from_bytes, map(itemgetter(0), struct.iter_unpack("18s", raw)), repeat(_LITTLE)))
-        # Births strictly increase: each location with all its bits below the birth set
-        # is below the next one exactly when its birth is.
-        if not all(map(lt, map(or_, locations, repeat(_BELOW_BIRTH)), islice(locations, 1, None))):
-            raise ValueError("births out of order")
     except Exception as exc:  # whatever a forged payload makes msgpack, struct or a check raise
         raise ValueError(f"not an index snapshot: {exc!r}") from None
     return keys, locations, live_bytes, other_frames, tuple in kinds
+
+
+def decode_locations(raw: bytes, sizes: Sequence[int]) -> tuple[list[int], int]:
+    """The packed locations in ``raw`` (LOCATION_SIZE bytes each) and their total length;
+    ValueError unless every one is at least a frame header long and lies in a covered
+    segment, within its covered size, and births strictly increase."""
+    count, rest = divmod(len(raw), LOCATION_SIZE)
+    if rest:
+        raise ValueError("not a whole number of locations")
+    live_bytes = _check_locations(raw, count, sizes)
+    locations = list(map(int.from_bytes, map(itemgetter(0), struct.iter_unpack("18s", raw)), repeat(_LITTLE)))
+    # Births strictly increase: each location with all its bits below the birth set
+    # is below the next one exactly when its birth is.
+    if not all(map(lt, map(or_, locations, repeat(_BELOW_BIRTH)), islice(locations, 1, None))):
+        raise ValueError("births out of order")
+    return locations, live_bytes
+
+
+def index_dict(keys: list[Any], locations: list[int]) -> dict[Any, int]:
+    """dict(zip(keys, locations)): the index of a snapshot (the C twin builds it presized)."""
+    return dict(zip(keys, locations))
 
 
 # The checks run on all locations at once, not in a loop per key: a field's bytes
@@ -149,10 +166,10 @@ def _check_locations(raw: bytes, count: int, sizes: Sequence[int]) -> int:
         guards = int.from_bytes((b"\x01" + bytes(_LANE - 1)) * count, "little") << _GUARD
         if (int.from_bytes(limits, "little") + guards - ends) & guards != guards:
             raise ValueError("a location outside the covered segments")
-    else:  # (over 256 segments: one limit per key, looked up by map; IndexError past the last)
+    else:  # (over 256 segments: one limit per key, looked up by map)
         end_of = struct.unpack(f"<{count}Q", ends.to_bytes(_LANE * count, "little"))
         slot_of = struct.unpack(f"<{count}H", _gather(raw, 8, 2, 2, count))
-        if not all(map(le, end_of, map(sizes.__getitem__, slot_of))):
+        if max(slot_of) >= len(sizes) or not all(map(le, end_of, map(sizes.__getitem__, slot_of))):
             raise ValueError("a location outside the covered segments")
     return sum(length_of)
 
@@ -163,3 +180,9 @@ def _gather(raw: bytes, at: int, width: int, lane: int, count: int) -> bytearray
     for byte in range(width):
         lanes[byte::lane] = raw[at + byte :: LOCATION_SIZE]
     return lanes
+
+
+# The C core's twins (iodict_log/_format.c) replace these where it is built.
+py_decode_locations, py_index_dict = decode_locations, index_dict
+if core is not None:
+    decode_locations, index_dict = core.decode_locations, core.index_dict

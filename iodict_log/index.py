@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .format import OP_DELETE, OP_SET, Frame
-from .hintfile import decode_index, encode_index
+from .hintfile import decode_index, encode_index, index_dict
 
 LENGTH_BITS = 32
 OFFSET_BITS = 32
@@ -242,7 +242,7 @@ def _load(snapshot: bytes, sizes: Sequence[int]) -> tuple[dict[Any, int], int, b
     keys, locations, live_bytes, other_frames, wrapped = decode_index(snapshot, sizes)  # (ValueError if unusable)
     if wrapped:
         keys = list(map(index_key, keys))
-    index = dict(zip(keys, locations))
+    index = index_dict(keys, locations)
     if len(index) != len(keys):
         raise ValueError("not an index snapshot: a key appears twice")
     return index, live_bytes, wrapped, other_frames

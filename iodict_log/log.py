@@ -56,12 +56,8 @@ from .errors import CorruptionError, CorruptionWarning, IODictLogError, StoreClo
 from .filelock import FileLock
 from .fileops import sync_directory
 from .format import (
-    COUNT,
-    FLAG_BATCH,
     KIND_COMPACTED,
     KIND_LOG,
-    OP_BATCH_BEGIN,
-    OP_BATCH_COMMIT,
     OP_DEAD,
     OP_DELETE,
     OP_PUT,
@@ -77,6 +73,7 @@ from .format import (
     Manifest,
     Scan,
     decode_frame,
+    encode_batch,
     encode_frame,
     frame_value,
 )
@@ -710,19 +707,8 @@ class Log:
 
     def _encode_batch(self, entries: list[Entry], slot: int, salt: int) -> tuple[bytes, list[tuple[int, int]], int]:
         """BEGIN, the entries flagged as batch members, COMMIT: (bytes, (seq, location)s, last seq)."""
-        seq = self.last_seq + 1
-        parts = [encode_frame(OP_BATCH_BEGIN, 0, seq, self.birthtime(), b"", COUNT.pack(len(entries)), salt=salt)]
-        offset = self._end + len(parts[0])
-        locs = []
-        for op, flags, key, value, birthtime_ns in entries:
-            seq += 1
-            data = encode_frame(op, flags | FLAG_BATCH, seq, birthtime_ns, key, value, salt=salt)
-            locs.append((seq, pack_location(birthtime_ns, slot, offset, len(data))))
-            parts.append(data)
-            offset += len(data)
-        seq += 1
-        parts.append(encode_frame(OP_BATCH_COMMIT, 0, seq, self.birthtime(), b"", b"", salt=salt))
-        return b"".join(parts), locs, seq
+        begin = self.birthtime()
+        return encode_batch(entries, self.last_seq + 1, begin, self.birthtime(), self._end, slot, salt)
 
     def _schedule_group_commit(self, active: Segment) -> None:
         """Make sure an fsync of the active segment is due within the sync interval."""

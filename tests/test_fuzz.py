@@ -15,6 +15,10 @@ bytes instead, and checks what must hold for *any* input:
   the end cut off): every intact frame is still yielded, except the members of a
   batch with nothing valid after them (docs/FORMAT.md, "Batches").
 
+The decoders' fuzzers run twice, against format.py's pure-Python decoders and against the
+C core's (iodict_log/_format.c), whatever the build (the ``decoders`` fixture);
+tests/test_native_format.py compares the two directly.
+
 "Adversarial" bytes are built from pieces that look like frames: frames of this store
 with unknown ops or flags (both checksums hold), headers whose checksum holds but whose
 lengths lie, frames cut short or with a damaged payload, frames of other stores (other
@@ -29,16 +33,19 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 import tempfile
 import zlib
 
 import lz4.block
 import msgpack
+import pytest
 from helpers import SALT, flip, same
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iodict_log import IODict
+from iodict_log import IODict, hintfile, index
+from iodict_log import format as fmt
 from iodict_log.errors import CorruptionError, FormatVersionError, IODictLogError
 from iodict_log.format import (
     COUNT,
@@ -88,6 +95,11 @@ from iodict_log.hintfile import HINT_NAME, encode_index
 from iodict_log.index import KeyIndex, location_birthtime, pack_location, unpack_location
 from iodict_log.serialize import CONTAINER_BYTES, MAX_DEPTH, MAX_TUPLE_DEPTH, Serializer, decode_key, encode_key
 
+try:
+    from iodict_log import _native  # type: ignore[attr-defined]
+except ImportError:  # (not built: the pure decoders only)
+    _native = None
+
 MANY = settings(max_examples=300, deadline=None)
 SOME = settings(max_examples=150, deadline=None)
 
@@ -96,6 +108,47 @@ U64 = st.integers(0, 2**64 - 1)
 FOREIGN_SALTS = (0, SALT ^ 1, SALT ^ 0x80000000, 0xFFFFFFFF)  # other stores
 assert SALT not in FOREIGN_SALTS
 DOCUMENTED_ERRORS = (CorruptionError, FormatVersionError)
+
+# The decoders each fuzzer runs against: the names this module and the hint's loading use.
+DECODERS = {
+    "python": {
+        (sys.modules[__name__], "decode_frame"): fmt.py_decode_frame,
+        (sys.modules[__name__], "header_length"): fmt.py_header_length,
+        (sys.modules[__name__], "frame_value"): fmt.py_frame_value,
+        (sys.modules[__name__], "Scan"): fmt.PyScan,
+        (hintfile, "decode_locations"): hintfile.py_decode_locations,
+        (index, "index_dict"): hintfile.py_index_dict,
+    }
+}
+if _native is not None:
+    _native.setup(Frame, Damage)  # (format.py does this only when the build is native)
+
+    class CScan(fmt.PyScan):
+        _walk = _native.scan
+
+    DECODERS["c"] = {
+        (sys.modules[__name__], "decode_frame"): _native.decode_frame,
+        (sys.modules[__name__], "header_length"): _native.header_length,
+        (sys.modules[__name__], "frame_value"): _native.frame_value,
+        (sys.modules[__name__], "Scan"): CScan,
+        (hintfile, "decode_locations"): _native.decode_locations,
+        (index, "index_dict"): _native.index_dict,
+    }
+
+
+@pytest.fixture(scope="module", params=sorted(DECODERS))
+def decoders(request):
+    """Run a fuzzer against the Python decoders, then against the C ones (if built)."""
+    chosen = DECODERS[request.param]
+    saved = {(module, name): getattr(module, name) for module, name in chosen}
+    for (module, name), decoder in chosen.items():
+        setattr(module, name, decoder)
+    yield request.param
+    for (module, name), decoder in saved.items():
+        setattr(module, name, decoder)
+
+
+against_both = pytest.mark.usefixtures("decoders")
 
 
 # --- adversarial bytes ----------------------------------------------------------------
@@ -208,6 +261,7 @@ def shifted(frames: list[Frame], by: int) -> list[Frame]:
 # --- decode_frame -------------------------------------------------------------------------
 
 
+@against_both
 @MANY
 @given(buf=garbage_or_adversarial, salt=st.one_of(st.just(SALT), U32))
 def test_decode_frame_at_every_offset_of_adversarial_bytes_gives_none_or_its_exact_bytes(buf, salt):
@@ -222,6 +276,7 @@ def test_decode_frame_at_every_offset_of_adversarial_bytes_gives_none_or_its_exa
         assert raw == buf[pos : pos + frame.length]
 
 
+@against_both
 @given(buf=garbage_or_adversarial, salt=st.one_of(st.just(SALT), U32))
 def test_frame_value_the_get_path_agrees_with_decode_frame_on_any_bytes(buf, salt):
     # frame_value checks a record read alone (every get); it must accept exactly the
@@ -238,6 +293,7 @@ def test_frame_value_the_get_path_agrees_with_decode_frame_on_any_bytes(buf, sal
     assert len(hits) > 0
 
 
+@against_both
 @SOME
 @given(
     op=st.sampled_from(sorted(KNOWN_OPS)),
@@ -307,12 +363,14 @@ def check_both_scans(buf: bytes, start: int) -> tuple[list[Frame], Scan]:
     return frames, s
 
 
+@against_both
 @MANY
 @given(buf=garbage_or_adversarial, data=st.data())
 def test_scan_of_adversarial_bytes_yields_exact_frames_in_order_and_accounts_for_every_byte(buf, data):
     check_both_scans(buf, data.draw(st.integers(0, len(buf)), label="start"))
 
 
+@against_both
 @MANY
 @given(kind=st.sampled_from([KIND_LOG, KIND_COMPACTED]), body=adversarial, complete=st.booleans())
 def test_segment_of_adversarial_frames_after_a_valid_header(kind, body, complete):
@@ -322,6 +380,7 @@ def test_segment_of_adversarial_frames_after_a_valid_header(kind, body, complete
     check_scan(buf, frames, s, SEGMENT_HEADER_SIZE)
 
 
+@against_both
 @SOME
 @given(junk=garbage_or_adversarial, buf=garbage_or_adversarial, complete=st.booleans())
 def test_scan_does_not_depend_on_the_bytes_before_its_start(junk, buf, complete):
@@ -352,6 +411,7 @@ def clean_units(draw) -> bytes:
     return b"".join(parts)
 
 
+@against_both
 @SOME
 @given(clean=clean_units(), rest=garbage_or_adversarial, complete=st.booleans())
 def test_a_cleanly_read_prefix_does_not_change_how_the_rest_is_read(clean, rest, complete):
@@ -364,6 +424,7 @@ def test_a_cleanly_read_prefix_does_not_change_how_the_rest_is_read(clean, rest,
     assert s.damage == [d._replace(offset=d.offset + len(clean)) for d in t.damage]
 
 
+@against_both
 @SOME
 @given(buf=adversarial, data=st.data())
 def test_a_growing_buffer_never_takes_back_a_frame_or_a_damage_report(buf, data):
@@ -553,6 +614,7 @@ def check_against_model(frames: list[tuple[bytes, bool]], mutations: list[tuple]
     return exact
 
 
+@against_both
 @settings(max_examples=400, deadline=None)
 @given(
     frames=written_units(),
@@ -563,12 +625,14 @@ def test_scan_model_every_intact_frame_survives_inserted_overwritten_flipped_and
     assert check_against_model(frames, mutations, cut)
 
 
+@against_both
 @SOME
 @given(frames=written_units(), mutations=st.lists(mutation, min_size=1, max_size=12))
 def test_scan_model_many_damaged_regions_in_one_buffer(frames, mutations):
     assert check_against_model(frames, mutations, None)
 
 
+@against_both
 @SOME
 @given(
     frames=written_units(holders=True),
@@ -582,6 +646,7 @@ def test_same_store_frames_inside_intact_or_torn_values_never_surface(frames, mu
     check_against_model(frames, mutations, cut)
 
 
+@against_both
 def test_the_model_test_sees_the_damage_it_is_about():
     # Guard against a model that agrees with the Scan because nothing was damaged.
     frames = [(encode_frame(OP_SET, 0, i, i, b"k%d" % i, b"v", salt=SALT), False) for i in range(4)]
@@ -700,7 +765,6 @@ def test_a_resync_reads_each_byte_a_bounded_number_of_times(monkeypatch):
     # Crafted headers whose checksums hold and whose lengths all run to the end, after
     # one bad byte: a search that looked past each of them would checksum the rest of
     # the buffer once per header (quadratic); stopping at the first is linear.
-    import iodict_log.format as fmt
 
     n, pad = 1000, 64
     size = 1 + n * fmt.HEADER_SIZE + pad
@@ -720,7 +784,7 @@ def test_a_resync_reads_each_byte_a_bounded_number_of_times(monkeypatch):
             return zlib.crc32(data, value)
 
     monkeypatch.setattr(fmt, "zlib", CountingZlib)
-    scan = Scan(buf, SALT)
+    scan = fmt.PyScan(buf, SALT)  # (the Python walk: the C one's CRCs are not counted here)
     assert list(scan) == [] and scan.end == 0 and scan.damage == []  # all of it is a torn tail
     assert sum(checked) <= 4 * len(buf)
 
@@ -985,6 +1049,7 @@ def hint_payload_like(keys: list, lengths: list[int], sizes: list[int], flips: l
     return payload
 
 
+@against_both
 @SOME
 @given(
     keys=st.lists(HINT_KEYS, max_size=6, unique_by=encode_key),

@@ -1,24 +1,36 @@
 #!/usr/bin/env python3
 """iodict_log side by side with other Python stores, in one run, on one disk.
 
-Stores (tools/bench_workloads.py, STORES): iodict_log, iodict 0.0.8, diskcache
-(Cache, Index, Deque), sqlitedict, persist-queue (Queue, SQLiteQueue), lmdb
-(default and sync=False), shelve (dbm.dumb here) and a raw-append floor
-(pre-framed records, one os.write each, a dict index). Each store runs every
-workload in a fresh child process (multiprocessing, spawn) and a fresh
-directory, --repeat times; the median is reported, with the durability of
-each store beside it: stores that fsync every write ("fsync/op") are not
-comparable with those that don't ("no fsync"), and the table says which is
-which. A store that is not installed or fails shows "n/a (why)". Timed loops
-stop at --budget seconds (the row then says how many of N ops it did).
+Stores (tools/bench_workloads.py, STORES): iodict_log in up to three builds,
+rocksdict (RocksDB), iodict 0.0.8, diskcache (Cache, Index, Deque), sqlitedict,
+persist-queue (Queue, SQLiteQueue), lmdb (default and sync=False), shelve
+(dbm.dumb here), a raw-append floor (pre-framed records, one os.write each, a
+dict index) and, for the open, pickle.loads of a plain dict of the same keys.
+Each store runs every workload in a fresh child process (multiprocessing,
+spawn) and a fresh directory, --repeat times, the stores interleaved; the
+median is reported, with the durability of each store beside it: stores that
+fsync every write ("fsync/op") are not comparable with those that don't ("no
+fsync"), and the table says which is which. A store that is not installed or
+fails shows "n/a (why)". Timed loops stop at --budget seconds (the row then
+says how many of N ops it did).
+
+The builds of iodict_log, side by side: "iodict_log" is what is installed (the
+C core where it was compiled), "iodict_log-pure" the same code with
+IODICT_LOG_PURE=1, and with --baseline PATH "iodict_log-base", the checkout at
+PATH (pure too). Each child reports the build it ran; bench.md lists them.
 
     pip install -e '.[bench]'              # the peers, matplotlib
-    python tools/bench.py --quick          # < 60 s: small N, 1 run, for before/after a change
-    python tools/bench.py                  # full: N=100,000, memory at 1,000,000 keys, 3 runs
-    python tools/bench.py --only iodict_log,lmdb-nosync --workloads insert,get --keys 200000
+    python tools/bench.py --quick          # ~2 min: small N, 1 run, for before/after a change
+    python tools/bench.py --targets --baseline ../main   # the targets table only: ~12 min
+    python tools/bench.py --baseline ../main   # full: N=100,000, memory at 1,000,000 keys, 3 runs: ~1 h
+    python tools/bench.py --only iodict_log,iodict_log-pure,rocksdict,lmdb-nosync --workloads batch,replay
 
-Writes bench.md, bench.json and bench.png (ops/s, log scale) into --out
-(default bench-results/ in the repository, git-ignored) and prints the table.
+(Times on the 2-core development machine shared with three other jobs. In the full run
+the 1,000,000-key memory workload of sqlitedict, shelve and diskcache takes the most.)
+
+Writes bench.md (the targets table of issue 19 first, then every figure),
+bench.json and bench.png (ops/s, log scale) into --out (default bench-results/
+in the repository, git-ignored) and prints them.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ import platform
 import shutil
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,29 +54,72 @@ import time
 import bench_workloads as bw
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DICT_WORKLOADS = ("insert", "insert_4k", "get", "overwrite", "reopen", "iterate", "memory")
+DICT_WORKLOADS = ("insert", "batch", "insert_4k", "get", "overwrite", "reopen", "iterate", "replay", "memory")
 QUEUE_WORKLOADS = ("queue", "queue_2x2")
 ALL_WORKLOADS = (*DICT_WORKLOADS[:-1], *QUEUE_WORKLOADS, "sync", "memory")
 PREPARED = ("reopen", "memory")  # set up once in a child of their own, then measured --repeat times
-HEADLINE = (("insert", ""), ("get", ""), ("queue", "put"), ("queue", "get"), ("sync", ""))
-DISTRIBUTIONS = ("iodict_log", "iodict", "diskcache", "sqlitedict", "persist-queue", "lmdb", "matplotlib")
+HEADLINE = (
+    ("insert", ""),
+    ("get", ""),
+    ("batch", ""),
+    ("replay", ""),
+    ("queue", "put"),
+    ("queue", "get"),
+    ("sync", ""),
+)
+DISTRIBUTIONS = (
+    "iodict_log",
+    "rocksdict",
+    "iodict",
+    "diskcache",
+    "sqlitedict",
+    "persist-queue",
+    "lmdb",
+    "matplotlib",
+)
+BUILDS = ("iodict_log", "iodict_log-pure", "iodict_log-base")
+# The targets table of issue 19: (figure, workload, row, the floor or reference store, targets as
+# (store, ">=" | "<=", bound, its name) on iodict_log ÷ that store). A figure in s or B/key: lower is better.
+ROCKS_1, LMDB = ("rocksdict", ">=", 1.0, "rocksdict"), "lmdb(sync=False)"
+DEQUE_25 = ("diskcache", ">=", 25.0, "diskcache Deque")
+HALF = (("rocksdict", ">=", 0.5, "rocksdict"), ("lmdb-nosync", ">=", 0.5, LMDB))
+PICKLE_1 = ("pickle", "<=", 1.0, "pickle.loads")
+TARGETS: tuple[tuple[str, str, str, str, tuple[tuple[str, str, float, str], ...]], ...] = (
+    ("single sets", "insert", "", "floor", (ROCKS_1, ("lmdb-nosync", ">=", 1.5, LMDB))),
+    ("random gets", "get", "", "floor", (ROCKS_1, ("lmdb-nosync", ">=", 0.8, LMDB))),
+    ("sets in batches of 1,000", "batch", "", "floor", (ROCKS_1, ("lmdb-nosync", ">=", 1.5, LMDB))),
+    ("replay of every record", "replay", "", "", HALF),
+    ("queue put", "queue", "put", "floor", (DEQUE_25,)),
+    ("queue get", "queue", "get", "floor", (DEQUE_25,)),
+    ("open + first get", "memory", "open + first get", "pickle", (PICKLE_1,)),
+    ("sync=True sets", "sync", "", "floor", (("floor", ">=", 0.9, "the write + fdatasync floor"),)),
+    ("index memory", "memory", "index bytes per key", "", ()),
+    ("peak RSS growth per key", "memory", "peak RSS growth per key", "pickle", ()),
+)
+INDEX_TARGET = 75.0  # B/key + the key: today's index (issue 19)
+PEER_COLUMNS = (("rocksdict", "÷ rocksdict"), ("lmdb-nosync", "÷ lmdb (sync=False)"), ("diskcache", "÷ diskcache"))
+TARGET_PEERS = ("rocksdict", "lmdb-nosync", "diskcache", "floor", "pickle")  # (--targets)
+TARGET_WORKLOADS = tuple(dict.fromkeys(workload for _, workload, *_ in TARGETS))
 
 
 def titles(args: argparse.Namespace) -> dict[tuple[str, str], str]:
     n, m = args.keys, args.memory_keys
     return {
         ("insert", ""): f"insert, {n:,} keys",
+        ("batch", ""): f"sets in batches of {bw.BATCH:,}, {n:,} keys",
         ("insert_4k", ""): f"insert 4 KiB compressible values, {n // 4:,} keys",
         ("get", ""): f"random get, {n:,} keys",
         ("overwrite", ""): f"overwrite: 10 rounds over {n // 10:,} keys",
         ("reopen", ""): f"reopen (open + first get), {n:,} keys",
         ("iterate", ""): f"iteration in the store's order, {n:,} keys",
+        ("replay", ""): f"replay of every record, {n:,} sets",
         ("queue", "put"): f"queue put, {n:,} items",
         ("queue", "get"): f"queue get, {n:,} items",
         ("queue_2x2", ""): f"queue, 2 producer + 2 consumer processes, {n:,} items",
         ("sync", ""): f"fsync-per-write class: sync writes, {args.sync_keys:,} keys",
         ("memory", "open + first get"): f"open + first get, {m:,} keys",
         ("memory", "peak RSS growth per key"): f"peak RSS growth per key (open + {bw.PROBES:,} gets), {m:,} keys",
+        ("memory", "index bytes per key"): f"index bytes per key (sys.getsizeof, without the keys), {m:,} keys",
     }
 
 
@@ -71,20 +127,37 @@ def sizes(args: argparse.Namespace, workload: str) -> int:
     return {"insert_4k": args.keys // 4, "sync": args.sync_keys, "memory": args.memory_keys}.get(workload, args.keys)
 
 
-def run_child(store: str, workload: str, path: str, params: dict, timeout: float) -> tuple[str, object]:
-    """Run one workload once in a fresh spawned process: ("ok", rows) | ("n/a" | "error", reason)."""
+def set_environ(changes: dict[str, str | None]) -> dict[str, str | None]:
+    """Set (str) or remove (None) environment variables; returns what they were, to restore."""
+    before = {name: os.environ.get(name) for name in changes}
+    for name, value in changes.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    return before
+
+
+def run_child(
+    store: type[bw.Store], workload: str, path: str, params: dict, timeout: float, baseline: str
+) -> tuple[str, object, str]:
+    """Run one workload once in a fresh spawned process: (status, rows or reason, iodict_log build)."""
     ctx = multiprocessing.get_context("spawn")
     receiver, sender = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=bw.child, args=(store, workload, path, params, sender))
-    proc.start()
+    proc = ctx.Process(target=bw.child, args=(store.name, workload, path, params, sender, baseline))
+    before = set_environ(store.environ)  # (the spawned interpreter inherits the environment at start())
+    try:
+        proc.start()
+    finally:
+        set_environ(before)
     sender.close()
     try:
         if receiver.poll(timeout):
             return receiver.recv()
-        return "error", f"timed out after {timeout:.0f} s"
+        return "error", f"timed out after {timeout:.0f} s", ""
     except EOFError:
         proc.join()
-        return "error", f"child died, exit code {proc.exitcode}"
+        return "error", f"child died, exit code {proc.exitcode}", ""
     finally:
         if proc.is_alive():
             proc.kill()
@@ -93,6 +166,12 @@ def run_child(store: str, workload: str, path: str, params: dict, timeout: float
 
 def roles(store: type[bw.Store], workload: str) -> tuple[str, str, str] | None:
     """(label, durability, n/a reason or "") of a store in a workload, or None if it takes no part."""
+    if workload in PREPARED and store.open_reference:
+        return store.label, store.durability, ""
+    if workload == "batch":
+        return (store.label, store.durability, "") if store.batch else None
+    if workload == "replay":
+        return (store.label, store.durability, "") if store.replay_how else None
     if workload in DICT_WORKLOADS:
         return (store.label, store.durability, "") if store.dict_ops else None
     if workload in QUEUE_WORKLOADS:
@@ -107,7 +186,8 @@ def roles(store: type[bw.Store], workload: str) -> tuple[str, str, str] | None:
 
 def run_workload(workload: str, stores: list[type[bw.Store]], args: argparse.Namespace, base: str) -> list[dict]:
     """Every store through one workload, --repeat rounds (stores interleaved within a round)."""
-    entries = {}
+    baseline = args.baseline or ""
+    entries: dict[str, dict] = {}
     for store in stores:
         role = roles(store, workload)
         if role is None:
@@ -124,14 +204,14 @@ def run_workload(workload: str, stores: list[type[bw.Store]], args: argparse.Nam
             "status": "n/a" if role[2] else "ok",
             "reason": role[2],
             "note": note,
-            "params": {"n": n, "budget": args.budget, "value": bw.small_value()},
+            "params": {"n": n, "budget": args.budget, "value": bw.small_value(), "clock": args.clock},
             "runs": [],
         }
     timeout = max(120.0, 6 * args.budget + 60)
     for e in entries.values():  # reopen and memory: one setup each, in a child of its own
         if workload in PREPARED and e["status"] == "ok":
             e["path"] = bw.fresh_dir(base, workload, e["store"])
-            status, payload = run_child(e["store"], "prep_keys", e["path"], e["params"], 1800)
+            status, payload, _ = run_child(bw.STORES[e["store"]], "prep_keys", e["path"], e["params"], 1800, baseline)
             if status != "ok":
                 e["status"], e["reason"] = status, payload
     for rep in range(args.repeat):
@@ -139,7 +219,8 @@ def run_workload(workload: str, stores: list[type[bw.Store]], args: argparse.Nam
             if e["status"] != "ok":
                 continue
             path = e.get("path") or bw.fresh_dir(base, workload, f"{e['store']}-{rep}")
-            status, payload = run_child(e["store"], workload, path, e["params"], timeout)
+            status, payload, build = run_child(bw.STORES[e["store"]], workload, path, e["params"], timeout, baseline)
+            e["build"] = build or e.get("build", "")
             if workload not in PREPARED:
                 shutil.rmtree(path, ignore_errors=True)
             if status == "ok":
@@ -198,19 +279,34 @@ def notes(r: dict) -> str:
         )
     if "order" in extra:
         out.append(f"order: {extra['order']}")
+    if "how" in extra:
+        out.append(extra["how"])
+    if "opened" in extra:
+        out.append(f"opened {extra['opened']}")
+    if "key_bytes" in extra:
+        out.append(f"+ the key: {extra['key_bytes']:.1f} B (sys.getsizeof)")
     if "peak_bytes" in extra:
         out.append(f"peak {fmt_bytes(extra['peak_bytes'])}")
     return "; ".join(out)
 
 
-def ratio(r: dict, reference: dict | None) -> str:
-    if reference is None or r is reference or r["status"] != "ok" or reference["status"] != "ok":
+def over(a: dict | None, b: dict | None) -> str:
+    """a's median ÷ b's, "" when either is missing or has no figure."""
+    if a is None or b is None or a["status"] != "ok" or b["status"] != "ok":
         return ""
-    return f"{reference['median'] / r['median']:.2f}"
+    return f"{a['median'] / b['median']:.2f}"
+
+
+def ratio(r: dict, reference: dict | None) -> str:
+    return "" if r is reference else over(reference, r)
+
+
+def find(rows: list[dict], workload: str, row: str, store: str) -> dict | None:
+    return next((r for r in rows if r["workload"] == workload and r["row"] == row and r["store"] == store), None)
 
 
 def reference_of(rows: list[dict], workload: str, row: str) -> dict | None:
-    return next((r for r in rows if r["workload"] == workload and r["row"] == row and r["store"] == "iodict_log"), None)
+    return find(rows, workload, row, "iodict_log")
 
 
 def markdown(rows: list[dict], args: argparse.Namespace) -> str:
@@ -257,20 +353,63 @@ def headline(rows: list[dict], args: argparse.Namespace) -> str:
             if store.dict_ops and store.queue_label and store.queue_label != store.label:
                 label += f" / {store.queue_label}"
             peers.setdefault(label, {})[(r["workload"], r["row"])] = r
-    head = ["peer"] + [names[c].split(",")[0] for c in cols]
+    head = ["peer"] + [names[c].split(", ")[0] for c in cols]
     out = ["| " + " | ".join(head) + " |", "|---" + "|---:" * len(cols) + "|"]
     for label, by_col in peers.items():
         cells = [label]
         for c in cols:
-            r = by_col.get(c)
-            cells.append(ratio(r, reference_of(rows, *c)) or "n/a" if r else "")
+            peer = by_col.get(c)
+            cells.append(ratio(peer, reference_of(rows, *c)) or "n/a" if peer else "")
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
+def targets(rows: list[dict], args: argparse.Namespace) -> str:
+    """The targets table of issue 19: iodict_log's figure, its ratios to the peers, the builds' ratios."""
+    cols = ["figure", "iodict_log", *(title for _, title in PEER_COLUMNS)]
+    cols += ["÷ floor / reference", "native ÷ pure", "pure ÷ base", "target", "met"]
+    out = ["| " + " | ".join(cols) + " |", "|---" + "|---:" * (len(cols) - 3) + "|---|---|"]
+    for figure, workload, row, reference, goals in TARGETS:
+        mine = reference_of(rows, workload, row)
+        if mine is None and not any(find(rows, workload, row, name) for name in BUILDS):
+            continue
+        if mine is None:  # (another build has it: the index bytes of an index that is not a dict)
+            value = "n/a (not measurable in this build)"
+        else:
+            value = fmt_value(mine)
+            extra = mine["result"].get("extra", {}) if mine["status"] == "ok" else {}
+            if "key_bytes" in extra:
+                value += f" + key ({extra['key_bytes']:.0f} B)"
+            if "opened" in extra:
+                value += f", {extra['opened']}"
+        cells = [figure, value]
+        cells += [over(mine, find(rows, workload, row, store)) for store, _ in PEER_COLUMNS]
+        cells.append(over(mine, find(rows, workload, row, reference)) if reference else "")
+        pure, base = (find(rows, workload, row, name) for name in BUILDS[1:])
+        cells += [over(mine, pure), over(pure, base)]
+        wanted, missed = [], []
+        for store, op, bound, peer in goals:
+            wanted.append(f"{'≥' if op == '>=' else '≤'} {bound:.1f}× {peer}")
+            got = over(mine, find(rows, workload, row, store))
+            if got and not (float(got) >= bound if op == ">=" else float(got) <= bound):
+                missed.append(f"{got}× {peer}")
+            elif not got:
+                missed.append(f"no figure for {peer}")
+        if row == "index bytes per key":
+            wanted.append(f"≤ {INDEX_TARGET:g} B/key + the key")
+            if mine is None or mine["status"] != "ok" or mine["median"] > INDEX_TARGET:
+                missed.append(value)
+        cells += ["; ".join(wanted), ("no: " + ", ".join(missed) if missed else "yes") if wanted else ""]
+        out.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(out)
+
+
+BUILD_COLORS = {"iodict_log": "tab:red", "iodict_log-pure": "tab:orange", "iodict_log-base": "tab:pink"}
+
+
 def bar_color(r: dict) -> str:
-    if r["store"] == "iodict_log":
-        return "tab:red"
+    if r["store"] in BUILD_COLORS:
+        return BUILD_COLORS[r["store"]]
     return "tab:gray" if r["durability"].startswith("fsync") else "tab:blue"
 
 
@@ -305,11 +444,54 @@ def chart(rows: list[dict], args: argparse.Namespace, path: str) -> str:
         ax.set_xlabel("ops/s (log)", fontsize=8)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    fig.suptitle("iodict_log and peers: red iodict_log, blue no fsync per op, gray fsync per op", fontsize=11)
+    fig.suptitle(
+        "iodict_log and peers: red iodict_log, orange iodict_log-pure, pink iodict_log-base; "
+        "blue no fsync per op, gray fsync per op",
+        fontsize=11,
+    )
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+TARGETS_LEGEND = """\
+Ratios are iodict_log's figure ÷ the other's (native ÷ pure: iodict_log ÷ iodict_log-pure; pure ÷ base:
+iodict_log-pure ÷ iodict_log-base). In ops/s above 1 is faster; in s and B/key (open, memory) below 1 is
+better. ÷ floor / reference: the raw-append floor (pre-framed records, bare os.write / os.pread, a dict
+index); in the sync row the os.write + os.fdatasync floor; in the open and memory rows a plain dict of the
+same keys to ints rebuilt by pickle.loads. In the sync row each store runs its fsync-per-write
+configuration (iodict_log sync=True, rocksdict WriteOptions.sync=True, diskcache synchronous=FULL).
+"""
+
+
+def builds(rows: list[dict], args: argparse.Namespace) -> str:
+    """Which iodict_log each build's children imported (reported by the children themselves)."""
+    seen: dict[str, str] = {}
+    for r in rows:
+        if r["store"] in BUILDS and r.get("build"):
+            seen.setdefault(r["store"], r["build"])
+    if not seen:
+        return "Builds: no iodict_log build ran."
+    lines = ["Builds (as each child reported it: iodict_log.native.build(), the package directory):", ""]
+    for name in BUILDS:
+        if name in seen:
+            where = f" (git {commit_of(args.baseline)})" if name == "iodict_log-base" else ""
+            lines.append(f"- {name}: {seen[name]}{where}")
+    if seen.get("iodict_log", "").startswith("pure"):
+        lines += ["", "The C core is not built here: iodict_log ran pure Python, the same code as iodict_log-pure."]
+    return "\n".join(lines)
+
+
+def commit_of(path: str) -> str:
+    """The checked-out commit of a checkout (short), or "unknown" outside git."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", path, "log", "-1", "--format=%h %s"], capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return done.stdout.strip()[:80]
 
 
 def versions() -> dict[str, str]:
@@ -326,30 +508,58 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small and fast (< 60 s): defaults 5,000 keys, 1 run")
     parser.add_argument("--keys", type=int, help="N for most workloads (default 100,000; --quick 5,000)")
-    parser.add_argument("--memory-keys", type=int, help="keys of the memory/open workload (1,000,000; --quick 50,000)")
+    parser.add_argument("--memory-keys", type=int, help="keys of the memory/open workload (1,000,000; --quick 20,000)")
     parser.add_argument("--sync-keys", type=int, help="writes in the sync workload (default 2,000; --quick 300)")
     parser.add_argument("--repeat", type=int, help="runs per figure, median reported (default 3; --quick 1)")
     parser.add_argument("--budget", type=float, help="seconds per timed loop before it stops (5; --quick 1)")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="time the loops by wall time (default) or by the child's CPU time, steadier on a busy machine "
+        f"(not {' and '.join(bw.WALL_ONLY)}: they wait on the disk or on other processes)",
+    )
     parser.add_argument("--only", help="comma-separated stores: " + ",".join(bw.STORES))
+    parser.add_argument(
+        "--baseline",
+        metavar="PATH",
+        help="another checkout (a directory holding iodict_log/), run pure as iodict_log-base beside this one",
+    )
     parser.add_argument("--workloads", help="comma-separated workloads: " + ",".join(ALL_WORKLOADS))
+    parser.add_argument(
+        "--targets",
+        action="store_true",
+        help="only what the targets table needs (defaults of --only and --workloads): the builds, "
+        + ", ".join(TARGET_PEERS)
+        + "; "
+        + ", ".join(TARGET_WORKLOADS),
+    )
     parser.add_argument("--out", default=os.path.join(REPO, "bench-results"), help="results directory")
     parser.add_argument("--dir", help="where the stores' files go (default: a temporary directory)")
     args = parser.parse_args()
     quick = args.quick
     for name, full, small in (
         ("keys", 100_000, 5_000),
-        ("memory_keys", 1_000_000, 50_000),
+        ("memory_keys", 1_000_000, 20_000),
         ("sync_keys", 2_000, 300),
         ("repeat", 3, 1),
         ("budget", 5.0, 1.0),
     ):
         if getattr(args, name) is None:
             setattr(args, name, small if quick else full)
-    only = args.only.split(",") if args.only else list(bw.STORES)
-    workloads = args.workloads.split(",") if args.workloads else list(ALL_WORKLOADS)
+    if args.baseline:
+        args.baseline = os.path.abspath(args.baseline)
+        if not os.path.isfile(os.path.join(args.baseline, "iodict_log", "__init__.py")):
+            parser.error(f"--baseline {args.baseline}: no iodict_log/__init__.py there")
+    chosen = [s for s in bw.STORES if s in BUILDS or s in TARGET_PEERS or not args.targets]
+    only = args.only.split(",") if args.only else [s for s in chosen if args.baseline or s != "iodict_log-base"]
+    default_workloads = TARGET_WORKLOADS if args.targets else ALL_WORKLOADS
+    workloads = args.workloads.split(",") if args.workloads else list(default_workloads)
     for name in only:
         if name not in bw.STORES:
             parser.error(f"unknown store {name!r}; known: {', '.join(bw.STORES)}")
+    if "iodict_log-base" in only and not args.baseline:
+        parser.error("iodict_log-base runs the checkout given by --baseline PATH")
     for name in workloads:
         if name not in ALL_WORKLOADS:
             parser.error(f"unknown workload {name!r}; known: {', '.join(ALL_WORKLOADS)}")
@@ -363,6 +573,11 @@ def main() -> None:
         f"memory/open at {args.memory_keys:,} keys{' (--quick: fewer keys than 1,000,000)' if quick else ''}, "
         f"sync writes {args.sync_keys:,}; 100-byte values; median of {args.repeat}; "
         f"time budget {args.budget:g} s per timed loop; {os.cpu_count()} CPUs; "
+        + (
+            f"timed by CPU time (user + system of the child, all its threads; {', '.join(bw.WALL_ONLY)} by wall time); "
+            if args.clock == "cpu"
+            else ""
+        )
         + ", ".join(f"{k} {v}" for k, v in found.items())
     )
     if found["iodict"] == "not installed":
@@ -378,8 +593,15 @@ def main() -> None:
     wall = time.perf_counter() - started
     table = markdown(rows, args)
     ratios = headline(rows, args)
+    goals = targets(rows, args)
     os.makedirs(args.out, exist_ok=True)
-    text = f"{header}\n\n{table}\n"
+    text = f"{header}\n\n{builds(rows, args)}\n"
+    if goals:
+        caveat = " (--quick: small N, one run; the targets are for a full run)" if quick else ""
+        text += f"\nTargets (issue 19): N={args.keys:,}, open and memory at {args.memory_keys:,} keys{caveat}\n\n"
+        text += f"{goals}\n\n"
+        text += TARGETS_LEGEND
+    text += f"\n{table}\n"
     if ratios:
         text += f"\nHeadline: iodict_log ÷ peer, ops/s (> 1: iodict_log faster)\n\n{ratios}\n"
     text += f"\nwall time {wall:.1f} s\n"

@@ -9,6 +9,9 @@ layers cost.
 
     python tools/bench_core.py                 # 100,000 keys, index at 1,000,000
     python tools/bench_core.py --keys 20000 --index-keys 100000   # quick
+    IODICT_LOG_PURE=1 python tools/bench_core.py   # the pure-Python build (the first line says which ran)
+
+tools/bench.py runs the builds side by side (iodict_log, iodict_log-pure, --baseline).
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ import os
 import random
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 
-from iodict_log import IODict
+from bench_workloads import index_sizes
+
+from iodict_log import IODict, native
 from iodict_log.format import encode_frame
 
 
@@ -90,11 +94,11 @@ def index_bytes_per_key(directory: str, n: int) -> tuple[float, float, float]:
     started = time.perf_counter()
     d = IODict(path)
     seconds = time.perf_counter() - started
-    locations = d._index._locations  # the structure being measured
-    index = sys.getsizeof(locations) + sum(sys.getsizeof(loc) for loc in locations.values())
-    key_bytes = sum(sys.getsizeof(k) for k in locations)
+    sizes = index_sizes(d)
     d.close()
-    return index / n, key_bytes / n, seconds
+    if sizes is None:
+        raise SystemExit("this build keeps its index in other structures: see tools/bench.py's peak RSS per key")
+    return sizes[0], sizes[1], seconds
 
 
 def main() -> None:
@@ -112,7 +116,10 @@ def main() -> None:
         per_key, key_size, open_big = index_bytes_per_key(tmp, args.index_keys)
     f_set, f_get = (statistics.median(x) for x in zip(*floors))
     s_set, s_get, s_open = (statistics.median(x) for x in zip(*runs))
-    print(f"iodict_log core figures: {args.keys:,} keys, 100-byte values, median of {args.repeat} runs")
+    print(
+        f"iodict_log core figures ({native.build()} build): {args.keys:,} keys, 100-byte values, "
+        f"median of {args.repeat} runs"
+    )
     print("| figure | iodict_log | raw floor | ratio |")
     print("|---|---:|---:|---:|")
     print(f"| sets/s (sync=False) | {s_set:,.0f} | {f_set:,.0f} (os.write) | {s_set / f_set:.2f} |")

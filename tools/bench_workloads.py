@@ -3,6 +3,8 @@
 A store adapter wraps one library behind a tiny common interface:
 
     open(path, sync=False) / put(key, value) / get(key) / items() / flush() / close()
+    open_batches(path) / put_batch(pairs) one write batch (transaction) per call
+    replay()                              every record, decoded as the store gives them
     load(path, pairs)                     untimed bulk setup, the store's fastest idiomatic way
     compact() -> bool                     the store's own compaction (False: it has none)
     qopen(path, sync=False) / qput(item) / qget() / qget_wait() / qclose()   the queue side
@@ -11,6 +13,12 @@ Class attributes say what a store is and what one write guarantees (``durability
 and which workloads it takes part in. A workload is a function
 ``(store, path, params) -> list of (row, result)`` run inside a fresh child process
 (see ``child``); ``tools/bench.py`` schedules them and writes the tables.
+
+Builds of iodict_log: "iodict_log" runs whatever is installed (the C core if it was
+compiled), "iodict_log-pure" the same code with IODICT_LOG_PURE=1 in the child's
+environment (``Store.environ``), "iodict_log-base" another checkout (bench.py
+--baseline), first on the child's sys.path, pure too. Each child reports the build
+it ran (``iodict_log_build``), so a table never passes one build off as another.
 """
 
 from __future__ import annotations
@@ -18,13 +26,16 @@ from __future__ import annotations
 import collections
 import importlib
 import os
+import pickle
 import random
 import shutil
+import sys
 import time
 from typing import Any, Callable, Iterable, Iterator
 
 KEY_FORMAT = "key-{:012d}"  # 16-character str keys, as in tools/bench_core.py
 PROBES = 1000  # random gets after the open in the memory workload
+BATCH = 1000  # items per batch in the batch workload
 
 
 def make_keys(n: int) -> list[str]:
@@ -89,6 +100,11 @@ class Store:
     sync_label = ""  # the store's fsync-per-write configuration, "" none
     sync_durability = ""
     sync_na = ""  # shown as n/a in the sync workload when there is no such configuration
+    batch = ""  # how put_batch writes a batch ("" means: no batch workload)
+    replay_how = ""  # what replay() yields ("" means: no replay workload)
+    open_reference = False  # the reference of the reopen and memory workloads (not a store)
+    environ: dict[str, str | None] = {}  # the child's environment: set (str) or removed (None)
+    baseline = False  # the child imports iodict_log from bench.py --baseline
 
     def __init__(self) -> None:
         for module in self.requires.split():
@@ -118,6 +134,24 @@ class Store:
 
     def close(self) -> None:
         raise NotImplementedError
+
+    def open_batches(self, path: str) -> None:
+        """Open for the batch workload (where batching needs other options than single writes)."""
+        self.open(path)
+
+    def put_batch(self, pairs: list[tuple[str, bytes]]) -> None:
+        raise NotImplementedError
+
+    def replay(self) -> Iterator[Any]:
+        return self.items()
+
+    def open_extra(self) -> dict:
+        """Facts about the open just done, for the notes (iodict_log: whether its hint was used)."""
+        return {}
+
+    def index_sizes(self) -> tuple[float, float] | None:
+        """(index bytes per key without the keys, the keys' own bytes per key), where the store can tell."""
+        return None
 
     def load(self, path: str, pairs: list[tuple[str, bytes]]) -> None:
         """Untimed bulk setup; overridden where the store has a faster idiomatic way."""
@@ -156,6 +190,9 @@ class IODictLog(Store):
     queue_durability = "no fsync (sync=False); one write() per put and per get (its TAKE record)"
     sync_label = "iodict_log sync=True"
     sync_durability = "fsync/op (sync=True); write() + fdatasync() per op"
+    batch = "update() of the batch: one atomic batch, one write()"
+    replay_how = "records(): a Record(seq, birthtime, op, key, value) per set, in sequence order (a segment scan)"
+    environ = {"IODICT_LOG_PURE": None}
 
     def open(self, path: str, sync: bool = False) -> None:
         from iodict_log import IODict
@@ -170,6 +207,19 @@ class IODictLog(Store):
 
     def items(self) -> Iterator[tuple[Any, Any]]:
         return iter(self.d.items())
+
+    def put_batch(self, pairs: list[tuple[str, bytes]]) -> None:
+        self.d.update(pairs)
+
+    def replay(self) -> Iterator[Any]:
+        return self.d.records()
+
+    def open_extra(self) -> dict:
+        hinted = self.d.stats().get("index_from_hint")  # (None: a checkout from before the field)
+        return {"opened": "hint use unknown" if hinted is None else "from the hint" if hinted else "by a scan"}
+
+    def index_sizes(self) -> tuple[float, float] | None:
+        return index_sizes(self.d)
 
     def compact(self) -> bool:
         self.d.compact()
@@ -197,6 +247,46 @@ class IODictLog(Store):
 
     def qclose(self) -> None:
         self.q.close()
+
+
+class IODictLogPure(IODictLog):
+    name, label = "iodict_log-pure", "iodict_log-pure"
+    queue_label = "iodict_log-pure DurableQueue"
+    sync_label = "iodict_log-pure sync=True"
+    environ = {"IODICT_LOG_PURE": "1"}
+
+
+class IODictLogBase(IODictLog):
+    name, label = "iodict_log-base", "iodict_log-base"
+    queue_label = "iodict_log-base DurableQueue"
+    sync_label = "iodict_log-base sync=True"
+    environ = {"IODICT_LOG_PURE": "1"}
+    baseline = True
+
+
+def index_sizes(d: Any) -> tuple[float, float] | None:
+    """(index bytes per key without the keys, the keys' bytes per key) of an open IODict, by sys.getsizeof
+    of its index's dict of key -> location and of the locations; None for an index in other structures."""
+    locations = getattr(getattr(d, "_index", None), "_locations", None)
+    if not isinstance(locations, dict) or not locations:
+        return None  # (the peak RSS figure still holds)
+    n = len(locations)
+    index = sys.getsizeof(locations) + sum(sys.getsizeof(loc) for loc in locations.values())
+    return index / n, sum(sys.getsizeof(k) for k in locations) / n
+
+
+def iodict_log_build() -> str:
+    """Which iodict_log this process imported: "native" | "pure" | "pure (no native.py)", and from where."""
+    import iodict_log
+
+    package = os.path.dirname(os.path.abspath(iodict_log.__file__))
+    if not os.path.isfile(os.path.join(package, "native.py")):
+        # a checkout from before the C core (and no import: an editable install's finder would
+        # find the installed tree's native.py for a package that has none)
+        return f"pure (no native.py), {package}"
+    from iodict_log import native
+
+    return f"{native.build()}, {package}"
 
 
 class IODictOld(Store):
@@ -251,6 +341,8 @@ class DiskCache(Store):
     )
     sync_label = "diskcache.Cache sqlite_synchronous=2"
     sync_durability = "fsync/op (WAL, synchronous=FULL); sqlite_synchronous=2: the WAL fsynced at each commit"
+    batch = "cache.transact(): the batch's sets in one SQLite transaction"
+    replay_how = "iteration: the keys (rowid order), then cache[key] per key"
 
     def open(self, path: str, sync: bool = False) -> None:
         import diskcache
@@ -269,6 +361,12 @@ class DiskCache(Store):
 
     def close(self) -> None:
         self.d.close()
+
+    def put_batch(self, pairs: list[tuple[str, bytes]]) -> None:
+        d = self.d
+        with d.transact():
+            for k, v in pairs:
+                d[k] = v
 
     def load(self, path: str, pairs: list[tuple[str, bytes]]) -> None:
         self.open(path)
@@ -308,6 +406,7 @@ class DiskCacheIndex(DiskCache):
     )
     queue_label = ""
     sync_label = ""
+    batch = replay_how = ""  # (the same SQLite underneath as diskcache.Cache: one of them is enough)
 
     def open(self, path: str, sync: bool = False) -> None:
         import diskcache
@@ -330,12 +429,23 @@ class SqliteDictStore(Store):
     order = "insertion (rowid)"
     compaction = "none (no API)"
     sync_na = "sqlitedict always sets synchronous=OFF"
+    batch = "autocommit=False: the batch's sets, then one commit()"
+    replay_how = "items(): one SELECT, values unpickled"
 
-    def open(self, path: str, sync: bool = False) -> None:
+    def open(self, path: str, sync: bool = False, autocommit: bool = True) -> None:
         from sqlitedict import SqliteDict
 
         os.makedirs(path, exist_ok=True)
-        self.d = SqliteDict(os.path.join(path, "db.sqlite"), autocommit=True)
+        self.d = SqliteDict(os.path.join(path, "db.sqlite"), autocommit=autocommit)
+
+    def open_batches(self, path: str) -> None:
+        self.open(path, autocommit=False)
+
+    def put_batch(self, pairs: list[tuple[str, bytes]]) -> None:
+        d = self.d
+        for k, v in pairs:
+            d[k] = v
+        d.commit()
 
     def put(self, key: str, value: bytes) -> None:
         self.d[key] = value
@@ -372,6 +482,8 @@ class Lmdb(Store):
     sync = True
     sync_label = "lmdb (default)"
     sync_durability = durability
+    batch = "one write txn of the batch's txn.put()s, fsynced at its commit"
+    replay_how = "a cursor in one read txn: (key bytes, value bytes), key order"
 
     def open(self, path: str, sync: bool = False) -> None:
         import lmdb
@@ -391,6 +503,16 @@ class Lmdb(Store):
         with self.env.begin() as txn:
             for k, v in txn.cursor():
                 yield k.decode(), v
+
+    def put_batch(self, pairs: list[tuple[str, bytes]]) -> None:
+        with self.env.begin(write=True) as txn:
+            put = txn.put
+            for k, v in pairs:
+                put(k.encode(), v)
+
+    def replay(self) -> Iterator[Any]:
+        with self.env.begin() as txn:
+            yield from txn.cursor()
 
     def compact(self) -> bool:
         copy = self.path + ".compact"
@@ -418,6 +540,82 @@ class LmdbNoSync(Lmdb):
     durability = "no fsync (sync=False); a commit is write()s only; a write txn per put, a read txn per get"
     sync = False
     sync_label = ""
+    batch = "one write txn of the batch's txn.put()s, no fsync"
+
+
+class RocksDict(Store):
+    name, label, requires = "rocksdict", "rocksdict (RocksDB)", "rocksdict"
+    durability = "no fsync (RocksDB default, WriteOptions.sync=False); each write appended to the WAL with write()"
+    order = "key bytes (= insertion here)"
+    compaction = "Rdict.compact_range() (an LSM also compacts in the background)"
+    sync_label = "rocksdict sync=True"
+    sync_durability = "fsync/op (WriteOptions.sync=True); the WAL fsynced at each write"
+    batch = "a WriteBatch of the batch's puts, one Rdict.write()"
+    replay_how = "items(): (key, value) decoded by rocksdict (default, not raw mode), key order"
+
+    def open(self, path: str, sync: bool = False) -> None:
+        from rocksdict import Rdict, WriteOptions
+
+        self.d = Rdict(path)  # default options (create_if_missing)
+        if sync:
+            options = WriteOptions()
+            options.sync = True
+            self.d.set_write_options(options)
+
+    def put(self, key: str, value: bytes) -> None:
+        self.d[key] = value
+
+    def get(self, key: str) -> Any:
+        return self.d[key]
+
+    def items(self) -> Iterator[tuple[Any, Any]]:
+        return iter(self.d.items())
+
+    def put_batch(self, pairs: list[tuple[str, bytes]]) -> None:
+        from rocksdict import WriteBatch
+
+        batch = WriteBatch()
+        put = batch.put
+        for k, v in pairs:
+            put(k, v)
+        self.d.write(batch)
+
+    def compact(self) -> bool:
+        self.d.compact_range(None, None)
+        return True
+
+    def close(self) -> None:
+        self.d.close()
+
+    def load(self, path: str, pairs: list[tuple[str, bytes]]) -> None:
+        self.open(path)
+        for start in range(0, len(pairs), 10_000):
+            self.put_batch(pairs[start : start + 10_000])
+        self.close()
+
+
+class PickleReference(Store):
+    """The open target's yardstick: a plain dict of the same keys to ints, rebuilt by pickle.loads."""
+
+    name, label, requires = "pickle", "pickle.loads of a dict {key: int} (reference)", "pickle"
+    durability = "not a store: a pickled dict of the keys, read and unpickled at open"
+    dict_ops = False
+    open_reference = True
+
+    def open(self, path: str, sync: bool = False) -> None:
+        with open(os.path.join(path, "dict.pickle"), "rb") as f:
+            self.d = pickle.loads(f.read())
+
+    def get(self, key: str) -> Any:
+        return self.d[key]
+
+    def close(self) -> None:
+        del self.d
+
+    def load(self, path: str, pairs: list[tuple[str, bytes]]) -> None:
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "dict.pickle"), "wb") as f:
+            f.write(pickle.dumps({k: i for i, (k, _) in enumerate(pairs)}, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 class Shelve(Store):
@@ -434,7 +632,8 @@ class Shelve(Store):
         import shelve
 
         os.makedirs(path, exist_ok=True)
-        self.d = shelve.Shelf(dbm.dumb.open(os.path.join(path, "shelf"), "c"))  # noqa: SIM115 (closed in close())
+        db = dbm.dumb.open(os.path.join(path, "shelf"), "c")  # noqa: SIM115 (closed in close())
+        self.d: shelve.Shelf[Any] = shelve.Shelf(db)  # type: ignore[arg-type]  # (dbm.dumb: a mapping of bytes)
 
     def put(self, key: str, value: bytes) -> None:
         self.d[key] = value
@@ -460,6 +659,7 @@ class RawFloor(Store):
     multiprocess = "no coordination between processes"
     sync_label = "floor: os.write + os.fdatasync"
     sync_durability = "fsync/op; one os.write + os.fdatasync per record"
+    batch = "the batch's pre-framed records joined, one os.write"
 
     def open(self, path: str, sync: bool = False) -> None:
         from iodict_log.format import HEADER, HEADER_SIZE
@@ -495,6 +695,15 @@ class RawFloor(Store):
         self.index[key] = (self.pos, len(frame))
         self.pos += len(frame)
 
+    def put_batch(self, pairs: list[tuple[str, bytes]]) -> None:
+        frames, index, pos = self.frames, self.index, self.pos
+        os.write(self.fd, b"".join([frames[k] for k, _ in pairs]))
+        for k, _ in pairs:
+            size = len(frames[k])
+            index[k] = (pos, size)
+            pos += size
+        self.pos = pos
+
     def get(self, key: str) -> Any:
         offset, size = self.index[key]
         return os.pread(self.fd, size, offset)
@@ -511,7 +720,7 @@ class RawFloor(Store):
         self.open(path)
         self.prewrite(pairs)
         for start in range(0, len(pairs), 10_000):
-            os.write(self.fd, b"".join(self.frames[k] for k, _ in pairs[start : start + 10_000]))
+            self.put_batch(pairs[start : start + 10_000])
         self.close()
 
     def qopen(self, path: str, sync: bool = False) -> None:
@@ -551,7 +760,7 @@ class PersistQueue(Store):
     def qopen(self, path: str, sync: bool = False) -> None:
         import persistqueue
 
-        self.q = persistqueue.Queue(path)
+        self.q: Any = persistqueue.Queue(path)
 
     def qput(self, item: Any) -> None:
         self.q.put(item)
@@ -588,6 +797,9 @@ STORES: dict[str, type[Store]] = {
     cls.name: cls
     for cls in (
         IODictLog,
+        IODictLogPure,
+        IODictLogBase,
+        RocksDict,
         IODictOld,
         DiskCache,
         DiskCacheIndex,
@@ -598,6 +810,7 @@ STORES: dict[str, type[Store]] = {
         PersistQueue,
         PersistSQLiteQueue,
         RawFloor,
+        PickleReference,
     )
 }
 
@@ -605,32 +818,53 @@ STORES: dict[str, type[Store]] = {
 # --- workloads ------------------------------------------------------------------------
 # Each takes (store, path, params) and returns [(row, result)]; a result holds "value",
 # "unit" and optional "done"/"n" (when the time budget cut a loop short) and "extra".
+# Timed spans are read on `clock`: wall time, or with bench.py --clock cpu the CPU time of
+# the child (user + system, all its threads), which time spent descheduled on a busy
+# machine does not inflate. Budgets are always wall time.
+
+WALL_ONLY = ("sync", "queue_2x2")  # waiting on the disk or on other processes: CPU time would hide it
+clock: Callable[[], float] = time.perf_counter
 
 
 def _rate(done: int, seconds: float, n: int, **extra: Any) -> dict:
     return {"value": done / seconds, "unit": "ops/s", "done": done, "n": n, "extra": extra}
 
 
-def _loop(fn: Callable[..., Any], args: list, budget: float, star: bool = False) -> tuple[int, float]:
-    """Call fn on each of args until done or over budget (checked every 64 calls): (calls, seconds)."""
-    started = time.perf_counter()
-    deadline = started + budget
+def _loop(fn: Callable[..., Any], args: list, budget: float, star: bool = False, mask: int = 63) -> tuple[int, float]:
+    """Call fn on each of args until done or over budget (checked every mask + 1 calls): (calls, seconds)."""
+    started, deadline = clock(), time.perf_counter() + budget
     done = 0
     for i, a in enumerate(args):
         fn(*a) if star else fn(a)
-        if i & 63 == 63 and time.perf_counter() > deadline:
+        if i & mask == mask and time.perf_counter() > deadline:
             done = i + 1
             break
     else:
         done = len(args)
-    return done, time.perf_counter() - started
+    return done, clock() - started
 
 
-def _writes(store: Store, pairs: list[tuple[str, bytes]], budget: float) -> tuple[int, float]:
-    started = time.perf_counter()
-    done, _ = _loop(store.put, pairs, budget, star=True)
+def _writes(store: Store, pairs: list[tuple[str, bytes]], budget: float, batch: int = 0) -> tuple[int, float]:
+    """Time the writes of pairs, one put() each or put_batch() of `batch` pairs, and the flush(): (pairs, seconds)."""
+    groups = [pairs[i : i + batch] for i in range(0, len(pairs), batch)] if batch else []
+    started = clock()
+    if batch:
+        calls, _ = _loop(store.put_batch, groups, budget, mask=0)
+        done = min(calls * batch, len(pairs))
+    else:
+        done, _ = _loop(store.put, pairs, budget, star=True)
     store.flush()
-    return done, time.perf_counter() - started
+    return done, clock() - started
+
+
+def _drain(items: Callable[[], Iterable[Any]], budget: float) -> tuple[int, float, bool]:
+    """Consume items() until it ends or the budget is over: (items, seconds, whether it ended)."""
+    started, deadline = clock(), time.perf_counter() + budget
+    done = 0
+    for done, _ in enumerate(items(), 1):  # noqa: B007
+        if done & 63 == 0 and time.perf_counter() > deadline:
+            return done, clock() - started, False
+    return done, clock() - started, True
 
 
 def w_insert(store: Store, path: str, p: dict) -> list:
@@ -651,6 +885,16 @@ def w_insert_4k(store: Store, path: str, p: dict) -> list:
     store.close()
     on_disk = disk_bytes(path)
     return [("", _rate(done, seconds, p["n"], disk_bytes=on_disk, disk_per_value=on_disk / done))]
+
+
+def w_batch(store: Store, path: str, p: dict) -> list:
+    """Sets in batches of BATCH: the store's batch (transaction) API, one call per batch."""
+    pairs = [(k, p["value"]) for k in make_keys(p["n"])]
+    store.open_batches(path)
+    store.prewrite(pairs)
+    done, seconds = _writes(store, pairs, p["budget"], batch=BATCH)
+    store.close()
+    return [("", _rate(done, seconds, p["n"], how=store.batch))]
 
 
 def w_get(store: Store, path: str, p: dict) -> list:
@@ -693,10 +937,10 @@ def prep_keys(store: Store, path: str, p: dict) -> list:
 
 def w_reopen(store: Store, path: str, p: dict) -> list:
     first = make_keys(1)[0]
-    started = time.perf_counter()
+    started = clock()
     store.open(path)
     store.get(first)
-    seconds = time.perf_counter() - started
+    seconds = clock() - started
     store.close()
     return [("", {"value": seconds, "unit": "s", "n": p["n"]})]
 
@@ -704,15 +948,21 @@ def w_reopen(store: Store, path: str, p: dict) -> list:
 def w_iterate(store: Store, path: str, p: dict) -> list:
     store.load(path, [(k, p["value"]) for k in make_keys(p["n"])])
     store.open(path)
-    started = time.perf_counter()
-    deadline = started + p["budget"]
-    done = 0
-    for done, _ in enumerate(store.items(), 1):  # noqa: B007
-        if done & 63 == 0 and time.perf_counter() > deadline:
-            break
-    seconds = time.perf_counter() - started
+    done, seconds, _ = _drain(store.items, p["budget"])
     store.close()
     return [("", _rate(done, seconds, p["n"], order=store.order))]
+
+
+def w_replay(store: Store, path: str, p: dict) -> list:
+    """Every record of n sets, as replay() yields them (iodict_log: records(), a scan of the log)."""
+    n = p["n"]
+    store.load(path, [(k, p["value"]) for k in make_keys(n)])
+    store.open(path)
+    done, seconds, ended = _drain(store.replay, p["budget"])
+    store.close()
+    if ended and done != n:
+        raise RuntimeError(f"replay yielded {done:,} records of {n:,}")
+    return [("", _rate(done, seconds, n, how=store.replay_how))]
 
 
 def w_memory(store: Store, path: str, p: dict) -> list:
@@ -721,32 +971,36 @@ def w_memory(store: Store, path: str, p: dict) -> list:
     probes = [KEY_FORMAT.format(i) for i in random.Random(2).sample(range(n), min(PROBES, n))]
     first = make_keys(1)[0]
     rss_before = proc_status("VmRSS")
-    started = time.perf_counter()
+    started = clock()
     store.open(path)
     store.get(first)
-    seconds = time.perf_counter() - started
+    seconds = clock() - started
     for k in probes:
         store.get(k)
     peak = proc_status("VmHWM") - rss_before
-    store.close()
-    return [
-        ("open + first get", {"value": seconds, "unit": "s", "n": n}),
+    rows = [
+        ("open + first get", {"value": seconds, "unit": "s", "n": n, "extra": store.open_extra()}),
         ("peak RSS growth per key", {"value": peak / n, "unit": "B/key", "n": n, "extra": {"peak_bytes": peak}}),
     ]
+    sizes = store.index_sizes()
+    if sizes is not None:
+        extra = {"key_bytes": sizes[1]}
+        rows.append(("index bytes per key", {"value": sizes[0], "unit": "B/key", "n": n, "extra": extra}))
+    store.close()
+    return rows
 
 
 def w_queue(store: Store, path: str, p: dict) -> list:
     n, value = p["n"], p["value"]
     store.qopen(path)
     done_put, put_s = _loop(store.qput, [value] * n, p["budget"])
-    started = time.perf_counter()
-    deadline = started + p["budget"]
+    started, deadline = clock(), time.perf_counter() + p["budget"]
     done_get = 0
     for done_get in range(1, done_put + 1):  # noqa: B007
         store.qget()
         if done_get & 63 == 0 and time.perf_counter() > deadline:
             break
-    get_s = time.perf_counter() - started
+    get_s = clock() - started
     store.qclose()
     return [("put", _rate(done_put, put_s, n)), ("get", _rate(done_get, get_s, n))]
 
@@ -801,7 +1055,7 @@ def w_queue_2x2(store: Store, path: str, p: dict) -> list:
         proc.join()
     seconds = time.perf_counter() - started
     store.qclose()
-    counts = collections.Counter()
+    counts: collections.Counter[str] = collections.Counter()
     for _ in range(4):
         kind, count = results.get(timeout=10)
         counts[kind] += count
@@ -826,11 +1080,13 @@ def w_sync(store: Store, path: str, p: dict) -> list:
 
 WORKLOADS: dict[str, Callable[[Store, str, dict], list]] = {
     "insert": w_insert,
+    "batch": w_batch,
     "insert_4k": w_insert_4k,
     "get": w_get,
     "overwrite": w_overwrite,
     "reopen": w_reopen,
     "iterate": w_iterate,
+    "replay": w_replay,
     "queue": w_queue,
     "queue_2x2": w_queue_2x2,
     "sync": w_sync,
@@ -839,18 +1095,36 @@ WORKLOADS: dict[str, Callable[[Store, str, dict], list]] = {
 }
 
 
-def child(store_name: str, workload: str, path: str, params: dict, conn: Any) -> None:
-    """Entry point of a child process: run one workload once, send back ("ok", rows) or ("error", text)."""
+def child(store_name: str, workload: str, path: str, params: dict, conn: Any, baseline: str = "") -> None:
+    """Entry point of a child process: run one workload once.
+
+    Sends back (status, rows or reason, build): ("ok", rows, build) or ("n/a" | "error", text, build),
+    build saying which iodict_log ran (iodict_log_build) for the iodict_log stores, "" for the others.
+    The environment (Store.environ) is set by the parent before the spawn; the baseline's directory
+    goes first on sys.path here, before anything imports iodict_log.
+    """
+    global clock
+    cls = STORES[store_name]
+    build = ""
+    if params.get("clock") == "cpu" and workload not in WALL_ONLY:
+        clock = time.process_time
     try:
-        store = STORES[store_name]()
-    except ImportError as e:
-        conn.send(("n/a", f"not installed: {e}"))
-        return
-    try:
-        rows = WORKLOADS[workload](store, path, params)
-        conn.send(("ok", rows))
-    except Exception as e:  # a failing store is reported, the run goes on
-        conn.send(("error", f"{type(e).__name__}: {e}"[:200]))
+        if cls.baseline:
+            sys.path.insert(0, baseline)
+        try:
+            store = cls()
+        except ImportError as e:
+            conn.send(("n/a", f"not installed: {e}", build))
+            return
+        try:
+            if isinstance(store, IODictLog):
+                build = iodict_log_build()
+                if cls.baseline and not build.endswith(os.path.join(os.path.abspath(baseline), "iodict_log")):
+                    raise RuntimeError(f"the baseline was not imported: {build}")
+            rows = WORKLOADS[workload](store, path, params)
+            conn.send(("ok", rows, build))
+        except Exception as e:  # a failing store is reported, the run goes on
+            conn.send(("error", f"{type(e).__name__}: {e}"[:200], build))
     finally:
         conn.close()
 

@@ -33,7 +33,12 @@ The first byte of an input picks how the rest is read:
    restored against covered segment sizes from the input: locations inside them, or
    ValueError (a scan);
 7. such a payload as the HINT of a real store, under valid checksums and coverage,
-   which is then opened and read.
+   which is then opened and read;
+8. differential: the C core's decoders (iodict_log/_format.c: decode_frame,
+   header_length, frame_value, the Scan walk, decode_locations) against the Python
+   ones, on a buffer of mode 1's pieces (or raw bytes) and on hint locations read
+   from the input, with tests/test_native_format.py's comparisons. Needs the
+   extension built; tools/fuzz_asan.py runs this mode under AddressSanitizer.
 
 The process runs under an address-space cap (RLIMIT_AS, 1 GiB above its size at
 start), so a decode bomb is a MemoryError, which is a crash like any other.
@@ -445,8 +450,37 @@ def check_hint_store(inp: Input) -> None:
     check_forged_hint_store(path, hint_payload(inp, [2000]))
 
 
-# Modes 1 to 7 (the docstring's list), each read from the input as a recipe; mode 0 takes raw bytes.
-RECIPES = (check_pieces, check_model, check_headers, check_payloads, check_store, check_hint, check_hint_store)
+# --- mode 8: the C decoders against the Python ones ----------------------------------------------
+
+
+def check_native(inp: Input) -> None:
+    from test_native_format import same_decoders, same_locations, same_scans  # (imports the C module)
+
+    if inp.below(4):
+        parts = []
+        while inp.left() and len(parts) < 24 and inp.below(8):
+            parts.append(piece(inp))
+        buf = b"".join(parts)
+    else:
+        buf = inp.blob(255)
+    same_decoders(buf, SALT if inp.below(4) else inp.int(4))
+    same_scans(buf, inp.int(2) % (len(buf) + 1))
+    same_scans(buf)
+    sizes = [inp.int(2) for _ in range(inp.below(4))] if inp.below(8) else [4000] * 300
+    same_locations(inp.bytes(18 * inp.below(12)), sizes)
+
+
+# Modes 1 to 8 (the docstring's list), each read from the input as a recipe; mode 0 takes raw bytes.
+RECIPES = (
+    check_pieces,
+    check_model,
+    check_headers,
+    check_payloads,
+    check_store,
+    check_hint,
+    check_hint_store,
+    check_native,
+)
 ONLY_MODE = int(os.environ["FUZZ_MODE"]) if os.environ.get("FUZZ_MODE") else None
 
 
@@ -454,7 +488,7 @@ def test_one_input(data: bytes) -> None:
     if not data:
         return
     inp = Input(data[1:MAX_INPUT])
-    mode = ONLY_MODE if ONLY_MODE is not None else data[0] % 8
+    mode = ONLY_MODE if ONLY_MODE is not None else data[0] % (len(RECIPES) + 1)
     if mode == 0:
         check_any_bytes(inp.data, data[0] // 4)
     else:
