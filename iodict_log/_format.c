@@ -18,26 +18,6 @@
 #include <string.h>
 #include <zlib.h>
 
-#if PY_VERSION_HEX < 0x030A0000
-static PyObject *Py_NewRef(PyObject *obj) {
-    Py_INCREF(obj);
-    return obj;
-}
-#endif
-
-/* format.py's constants. tests/test_native_format.py checks every op and flag byte. */
-#define HEADER_SIZE 36
-#define SYNC0 0xd1
-#define SYNC1 0x0c
-#define OP_BATCH_BEGIN 3
-#define OP_BATCH_COMMIT 4
-#define OP_SEAL 5
-#define FLAG_BATCH 0x04
-#define KNOWN_FLAGS 0x07
-#define MAX_SEQ 0x7fffffffffffffffULL
-#define MAX_FIELD 0xffffffffULL
-#define LOCATION_SIZE 18 /* hintfile.LOCATION_SIZE */
-
 static int known_op(unsigned op) { return (op >= 1 && op <= 5) || (op >= 16 && op <= 18); }
 static int data_op(unsigned op) { return op == 1 || op == 2 || (op >= 16 && op <= 18); }
 
@@ -283,6 +263,25 @@ static PyObject *frame_value(PyObject *self, PyObject *const *args, Py_ssize_t n
     return out;
 }
 
+/* For the fast paths (native.h): encode_frame from raw bytes, and frame_value's checks. */
+PyObject *frame_bytes(unsigned op, unsigned flags, uint64_t seq, uint64_t birthtime, const char *key, size_t klen,
+                      const char *value, size_t vlen, uint32_t salt) {
+    Py_buffer k = {.buf = (void *)key, .len = (Py_ssize_t)klen}, v = {.buf = (void *)value, .len = (Py_ssize_t)vlen};
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(HEADER_SIZE + klen + vlen));
+    if (out != NULL) write_frame((uint8_t *)PyBytes_AS_STRING(out), op, flags, seq, birthtime, &k, &v, salt);
+    return out;
+}
+
+int frame_checks(const unsigned char *b, size_t len, uint32_t salt, size_t *value_at, unsigned *flags) {
+    Header h;
+    if (!checked_header(b, (Py_ssize_t)len, 0, salt, &h) || h.length != (Py_ssize_t)len ||
+        !valid_frame(b, (Py_ssize_t)len, &h, salt))
+        return 0;
+    *value_at = HEADER_SIZE + (size_t)h.key_len;
+    *flags = h.flags;
+    return 1;
+}
+
 /* header_length(buf, pos, salt) -> int | None */
 static PyObject *header_length(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     Py_ssize_t pos;
@@ -439,7 +438,7 @@ static PyObject *location_from_bytes(const uint8_t *p) {
 #endif
 }
 
-static PyObject *pack_location(uint64_t birthtime, unsigned slot, uint64_t offset, uint64_t length) {
+PyObject *pack_location(uint64_t birthtime, unsigned slot, uint64_t offset, uint64_t length) {
     uint8_t raw[LOCATION_SIZE];
     put32(raw, (uint32_t)length);
     put32(raw + 4, (uint32_t)offset);

@@ -82,28 +82,10 @@ int attr_int(PyObject *obj, PyObject *name, long long *out) {
     return ok;
 }
 
-/* --- index.pack_location / unpack_location ------------------------------------ */
+/* --- index.unpack_location (pack_location is _format.c's) ----------------------- */
 
-static void put_u32(unsigned char *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
 static uint32_t get_u32(const unsigned char *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-PyObject *pack_location(uint64_t birthtime, unsigned slot, uint64_t offset, uint64_t length) {
-    unsigned char b[18];
-    put_u32(b, (uint32_t)length);
-    put_u32(b + 4, (uint32_t)offset);
-    b[8] = (unsigned char)slot;
-    b[9] = (unsigned char)(slot >> 8);
-    put_u32(b + 10, (uint32_t)birthtime);
-    put_u32(b + 14, (uint32_t)(birthtime >> 32));
-#if PY_VERSION_HEX >= 0x030D0000
-    return PyLong_FromUnsignedNativeBytes(b, sizeof b, Py_ASNATIVEBYTES_LITTLE_ENDIAN);
-#else
-    return _PyLong_FromByteArray(b, sizeof b, 1, 0);
-#endif
 }
 
 int unpack_location(PyObject *loc, unsigned *slot, uint64_t *offset, uint64_t *length, uint64_t *birth) {
@@ -125,51 +107,6 @@ int unpack_location(PyObject *loc, unsigned *slot, uint64_t *offset, uint64_t *l
     *offset = get_u32(b + 4);
     *slot = (unsigned)b[8] | (unsigned)b[9] << 8;
     *birth = (uint64_t)get_u32(b + 10) | (uint64_t)get_u32(b + 14) << 32;
-    return 1;
-}
-
-static void put_u64(unsigned char *p, uint64_t v) {
-    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-static uint64_t get_u64(const unsigned char *p) { return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32; }
-static const unsigned char SYNC[2] = {0xd1, 0x0c};
-static int known_op(unsigned op) { return (op >= 1 && op <= 5) || (op >= 16 && op <= 18); }
-
-/* --- format.encode_frame / frame_value (TODO: share with _format.c) --------- */
-
-/* format.encode_frame into a new bytes object. */
-PyObject *frame_bytes(unsigned op, unsigned flags, uint64_t seq, uint64_t birthtime, const char *key,
-                             size_t klen, const char *value, size_t vlen, uint32_t salt) {
-    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(HEADER_SIZE + klen + vlen));
-    if (out == NULL) return NULL;
-    unsigned char *b = (unsigned char *)PyBytes_AS_STRING(out);
-    memcpy(b + HEADER_SIZE, key, klen);
-    memcpy(b + HEADER_SIZE + klen, value, vlen);
-    uLong dcrc = crc32(crc32(salt, (const Bytef *)key, (uInt)klen), (const Bytef *)value, (uInt)vlen);
-    b[0] = SYNC[0];
-    b[1] = SYNC[1];
-    put_u32(b + 6, (uint32_t)dcrc);
-    b[10] = (unsigned char)op;
-    b[11] = (unsigned char)flags;
-    put_u32(b + 12, (uint32_t)klen);
-    put_u32(b + 16, (uint32_t)vlen);
-    put_u64(b + 20, seq);
-    put_u64(b + 28, birthtime);
-    put_u32(b + 2, (uint32_t)crc32(salt, b + 6, HEADER_SIZE - 6));
-    return out;
-}
-
-/* format.frame_value's checks on the frame that is all of b[0:len]; the value's
- * offset and flags, or 0 if they fail. */
-int frame_checks(const unsigned char *b, size_t len, uint32_t salt, size_t *value_at, unsigned *flags) {
-    if (len < HEADER_SIZE || b[0] != SYNC[0] || b[1] != SYNC[1]) return 0;
-    if (crc32(salt, b + 6, HEADER_SIZE - 6) != get_u32(b + 2)) return 0;
-    uint64_t klen = get_u32(b + 12), vlen = get_u32(b + 16);
-    if (HEADER_SIZE + klen + vlen != len || !known_op(b[10]) || (b[11] & ~KNOWN_FLAGS)) return 0;
-    if ((get_u64(b + 20) | get_u64(b + 28)) > MAX_SEQ) return 0;
-    if (crc32(salt, b + HEADER_SIZE, (uInt)(len - HEADER_SIZE)) != get_u32(b + 6)) return 0;
-    *value_at = HEADER_SIZE + (size_t)klen;
-    *flags = b[11];
     return 1;
 }
 

@@ -8,9 +8,16 @@
 #include <Python.h>
 #include <stdint.h>
 
-/* _format.c: format.py (frames, checksums, the scan, batches) and the hint's index. */
+/* _format.c: format.py (frames, checksums, the scan, batches) and the hint's index;
+ * for the fast paths, encode_frame from raw bytes, frame_value's checks (1 if the
+ * frame that is all of b[0:len] passes them, with where its value starts and its
+ * flags) and index.pack_location. */
 extern PyMethodDef format_methods[];
 int format_init(PyObject *module);
+PyObject *frame_bytes(unsigned op, unsigned flags, uint64_t seq, uint64_t birthtime, const char *key, size_t klen,
+                      const char *value, size_t vlen, uint32_t salt);
+int frame_checks(const unsigned char *b, size_t len, uint32_t salt, size_t *value_at, unsigned *flags);
+PyObject *pack_location(uint64_t birthtime, unsigned slot, uint64_t offset, uint64_t length);
 
 /* _lock.c: filelock.py's mapped LOCK file (the robust write mutex, the change counter). */
 extern PyMethodDef lock_methods[];
@@ -27,17 +34,36 @@ int lock_give(void *mutex);
 uint64_t lock_changes(const void *counter);
 uint64_t lock_bump(void *counter);
 
-/* format.py constants the fast paths need (the two must agree). */
+#if PY_VERSION_HEX < 0x030A0000
+static inline PyObject *Py_NewRef(PyObject *obj) {
+    Py_INCREF(obj);
+    return obj;
+}
+static inline PyObject *Py_XNewRef(PyObject *obj) {
+    Py_XINCREF(obj);
+    return obj;
+}
+#endif
+
+/* format.py's constants (tests/test_native_format.py checks every op and flag byte). */
 #define HEADER_SIZE 36
+#define SYNC0 0xd1
+#define SYNC1 0x0c
 #define OP_SET 1
 #define OP_DELETE 2
+#define OP_BATCH_BEGIN 3
+#define OP_BATCH_COMMIT 4
+#define OP_SEAL 5
 #define OP_PUT 16
 #define OP_TAKE 17
 #define FLAG_LZ4 0x01
 #define FLAG_PICKLE 0x02
+#define FLAG_BATCH 0x04
 #define KNOWN_FLAGS 0x07
 #define MAX_SEQ 0x7fffffffffffffffULL
-#define MAX_OFFSET 0xffffffffULL
+#define MAX_FIELD 0xffffffffULL
+#define MAX_OFFSET 0xffffffffULL /* index.MAX_OFFSET */
+#define LOCATION_SIZE 18         /* hintfile.LOCATION_SIZE */
 #define COMPRESS_MIN 256
 
 /* _serialize.c: serialize.py's msgpack for str, bytes, int, float, bool and None.
@@ -55,11 +81,7 @@ PyObject *dict_get(PyObject *dict, PyObject *name);                 /* borrowed,
 int dict_int(PyObject *dict, PyObject *name, long long *out); /* 0 unless an int that fits */
 int dict_set_int(PyObject *dict, PyObject *name, long long value);
 int attr_int(PyObject *obj, PyObject *name, long long *out);
-PyObject *pack_location(uint64_t birthtime, unsigned slot, uint64_t offset, uint64_t length);
 int unpack_location(PyObject *loc, unsigned *slot, uint64_t *offset, uint64_t *length, uint64_t *birth);
-PyObject *frame_bytes(unsigned op, unsigned flags, uint64_t seq, uint64_t birthtime, const char *key, size_t klen,
-                      const char *value, size_t vlen, uint32_t salt);
-int frame_checks(const unsigned char *b, size_t len, uint32_t salt, size_t *value_at, unsigned *flags);
 int object_lock(PyObject *lock); /* the object's RLock: 1 taken, 0 another kind of lock, -1 error */
 void object_unlock(PyObject *lock);
 int log_is_fresh(PyObject *log); /* Log.refresh() has nothing to do */
