@@ -87,6 +87,7 @@ static int wait_until(pthread_mutex_t *m, const struct timespec *deadline) {
         Py_END_ALLOW_THREADS
         if (rc == 0) return 0;
         if (rc == EOWNERDEAD) return recovered(m);
+        if (rc == EDEADLK && deadline != NULL) return 2; /* (this thread holds it: not by any deadline) */
         if (rc != ETIMEDOUT) return set_error(rc, "pthread_mutex_clocklock");
         if (PyErr_CheckSignals() < 0) return -1;
     }
@@ -96,7 +97,7 @@ static int wait_until(pthread_mutex_t *m, const struct timespec *deadline) {
 static int try_take(pthread_mutex_t *m) {
     int rc = pthread_mutex_trylock(m);
     if (rc == 0) return 0;
-    if (rc == EBUSY) return 2;
+    if (rc == EBUSY || rc == EDEADLK) return 2; /* (EDEADLK: this thread holds it, through another object) */
     if (rc == EOWNERDEAD) return recovered(m);
     return set_error(rc, "pthread_mutex_trylock");
 }

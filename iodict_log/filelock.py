@@ -158,8 +158,8 @@ if (
             _libc.pthread_mutexattr_destroy,
         )
         try:  # (glibc 2.30+: a wait on CLOCK_MONOTONIC, the clock of time.monotonic())
-            _clocklock = _libc.pthread_mutex_clocklock
-            _timedlock = None
+            _clocklock: Any = _libc.pthread_mutex_clocklock
+            _timedlock: Any = None
         except AttributeError:  # pragma: no cover - glibc before 2.30
             _clocklock, _timedlock = None, _libc.pthread_mutex_timedlock
         for _fn in (_trylock, _unlock, _consistent, _mutex_init, _settype, *_init_attr, _attr_destroy):
@@ -258,6 +258,8 @@ def give_mutex(address: int) -> None:
         raise OSError(rc, os.strerror(rc), "pthread_mutex_unlock")
 
 
+# The pure-Python versions stay reachable (tests take one mutex through both builds).
+PURE_MUTEX = {f.__name__: f for f in (mutex_size, init_mutex, try_mutex, take_mutex, give_mutex)}
 if core is not None:
     mutex_size, init_mutex, try_mutex, take_mutex, give_mutex = (  # noqa: F811 (the C versions of the above)
         core.mutex_size,
