@@ -229,6 +229,21 @@ def test_one_thread_taking_the_lock_through_two_objects_is_told_instead_of_waiti
     b.close()
 
 
+def test_the_counter_counts_each_outermost_release_and_nothing_else(tmp_path, protocol):
+    lock = fl.FileLock(str(tmp_path / "LOCK"), mapped=True)
+    start = lock.changes()
+    with lock:
+        with lock:
+            assert lock.changes() == start  # (nothing counted while held)
+        assert lock.changes() == start
+    assert lock.changes() == lock._released == start + 1
+    assert lock.try_acquire() and lock.acquire(timeout=1)
+    lock.release()
+    lock.release()
+    assert lock.changes() == start + 2
+    lock.close()
+
+
 # --- holders that die ---------------------------------------------------------------
 
 HOLDER = """
