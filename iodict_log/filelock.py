@@ -100,6 +100,7 @@ MUTEX_ROOM = 256  # bytes reserved for the mutex
 LOCK_FILE_SIZE = 4096
 LOCK_ENV = "IODICT_LOG_LOCK"  # "flock" forces the flock protocol on a LOCK being initialised
 
+_NAN = float("nan")
 _WAIT_SLICE = 0.1  # a blocked wait for the mutex looks at signals this often (seconds)
 
 
@@ -164,6 +165,8 @@ if (
             _clocklock, _timedlock = None, _libc.pthread_mutex_timedlock
         for _fn in (_trylock, _unlock, _consistent, _mutex_init, _settype, *_init_attr, _attr_destroy):
             _fn.restype = ctypes.c_int
+        for _fn in (_trylock, _unlock, _consistent):
+            _fn.argtypes = [ctypes.c_void_p]  # (addresses passed as ints, converted in C)
         _pthread = _libc
     except AttributeError:  # pragma: no cover - a libc without robust mutexes
         _no_mutex = "this libc has no robust mutexes"
@@ -203,7 +206,7 @@ def init_mutex(address: int) -> None:
 
 def _recovered(address: int) -> int:
     """Taken from a holder that died: make the mutex consistent again."""
-    rc = _consistent(ctypes.c_void_p(address))
+    rc = _consistent(address)
     if rc != 0:
         raise OSError(rc, os.strerror(rc), "pthread_mutex_consistent")
     return 1
@@ -211,9 +214,12 @@ def _recovered(address: int) -> int:
 
 def try_mutex(address: int) -> int:
     """0 taken, 1 taken from a holder that died, 2 busy (or held by this thread elsewhere)."""
-    rc = _trylock(ctypes.c_void_p(address))
-    if rc == 0:
-        return 0
+    rc = _trylock(address)
+    return 0 if rc == 0 else _tried(address, rc)
+
+
+def _tried(address: int, rc: int) -> int:
+    """What a trylock that did not return 0 means (as try_mutex)."""
     if rc == errno.EBUSY or rc == errno.EDEADLK:
         return 2
     if rc == errno.EOWNERDEAD:
@@ -224,7 +230,10 @@ def try_mutex(address: int) -> int:
 def take_mutex(address: int, deadline: float | None) -> int:
     """Take the mutex, waiting until ``deadline`` (time.monotonic(); None: as long as it
     takes) with the GIL released: 0 taken, 1 from a holder that died, 2 not by the deadline."""
-    taken = try_mutex(address)
+    rc = _trylock(address)
+    if rc == 0:
+        return 0
+    taken = _tried(address, rc)
     if taken != 2:
         return taken
     mutex = ctypes.c_void_p(address)
@@ -253,7 +262,7 @@ def take_mutex(address: int, deadline: float | None) -> int:
 
 
 def give_mutex(address: int) -> None:
-    rc = _unlock(ctypes.c_void_p(address))
+    rc = _unlock(address)
     if rc != 0:
         raise OSError(rc, os.strerror(rc), "pthread_mutex_unlock")
 
@@ -450,11 +459,18 @@ class FileLock:
         """How many times this object holds the lock (0 if not, or in a forked child)."""
         return self._depth if self._generation == _fork_generation else 0
 
-    def changes(self) -> float:
-        """The change counter (an int); NaN, equal to nothing, without one."""
-        if self._count is None:
-            return float("nan")
-        return self._count.value if _changes is None else _changes(self._counter)
+    if _changes is None:
+
+        def changes(self) -> float:
+            """The change counter (an int); NaN, equal to nothing, without one."""
+            count = self._count
+            return _NAN if count is None else count.value
+
+    else:
+
+        def changes(self) -> float:
+            """The change counter (an int); NaN, equal to nothing, without one."""
+            return _changes(self._counter) if self._counter else _NAN
 
     # Every write takes the lock: __enter__/__exit__ do the work without further calls.
 
@@ -463,7 +479,12 @@ class FileLock:
             self._check_fork()
         if self._depth == 0:
             if self._mutex:
-                self._take_mutex(self.deadline)
+                try:
+                    taken = take_mutex(self._mutex, self.deadline)
+                except OSError as exc:
+                    raise self._mutex_error(exc) from exc
+                if taken:
+                    self._taken(taken)
             elif self.deadline is None:
                 _flock(self._fd, _EX)
             elif not self._lock_by(self.deadline):
@@ -471,15 +492,11 @@ class FileLock:
         self._depth += 1
         return self
 
-    def _take_mutex(self, deadline: float | None) -> None:
-        try:
-            taken = take_mutex(self._mutex, deadline)
-        except OSError as exc:
-            raise self._mutex_error(exc) from exc
+    def _taken(self, taken: int) -> None:
+        """take_mutex said 1 (from a holder that died) or 2 (not by the deadline)."""
         if taken == 2:
             raise LockTimeoutError(f"{self.path}: another process holds the lock")
-        if taken:
-            self.owner_died = True
+        self.owner_died = True
 
     def _mutex_error(self, exc: OSError) -> IODictLogError:
         if exc.errno == errno.EDEADLK:
@@ -523,9 +540,12 @@ class FileLock:
         if self._depth == 0:
             if self._mutex:
                 try:
-                    self._take_mutex(time.monotonic() + timeout)
-                except LockTimeoutError:
+                    taken = take_mutex(self._mutex, time.monotonic() + timeout)
+                except OSError as exc:
+                    raise self._mutex_error(exc) from exc
+                if taken == 2:
                     return False
+                self.owner_died = self.owner_died or taken == 1
             elif not self._lock_by(time.monotonic() + timeout):
                 return False
         self._depth += 1
