@@ -8,8 +8,13 @@ segments), ``NNNNNNNNNN.seg`` (segments) and ``LOCK`` (the write lock).
 Every process keeps its own index and remembers how far it has applied the
 last segment (``_end``). Before each operation it compares that with the
 segment's size; if another process appended, it scans just the new tail.
-Writers hold the file lock from that catch-up until their append has landed,
-so appends never interleave and every writer appends at the true end.
+Writers hold the write lock (filelock.py: a robust mutex in the mapped LOCK
+file, or flock) from that catch-up until their append has landed, so appends
+never interleave and every writer appends at the true end. Every release of
+the write lock counts one in LOCK's change counter: a catch-up that finds the
+counter where its last one left it (``_changes``) skips the size check, for a
+reader always, for a holder only when a holder that died would have been
+reported (the mutex protocol; see refresh()).
 
 Only the last segment is ever appended to. Rolling to a new segment happens
 under the lock in this order: (1) append a SEAL frame to the last segment,
