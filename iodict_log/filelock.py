@@ -579,8 +579,12 @@ class FileLock:
             self._fd = -1
 
     def close(self) -> None:
-        """Close the descriptor and unmap the LOCK file (a mutex still held stays held
-        until this thread ends, then its next taker is told: EOWNERDEAD)."""
+        """Close the descriptor and unmap the LOCK file, letting go of a hold first."""
+        if self._mutex and self.held:
+            # (glibc links the robust mutexes a thread holds into a list through the
+            # mutexes themselves: one held in an unmapped page would crash the next unlock)
+            self._depth = 1
+            self.__exit__()
         self._close_descriptor()
         if self._map:
             self._count = None

@@ -478,3 +478,16 @@ def test_mixed_build_queue_producers_and_consumers_under_sigkills_deliver_exactl
     test_queue_processes.test_sigkilled_producers_and_consumers_lose_and_duplicate_nothing_acknowledged(tmp_path)
     ran = collections.Counter((mixer / "builds.log").read_text().split())
     assert ran["pure"] > 0 and (ran["native"] > 0 or native.core is None), ran
+
+
+def test_closing_a_held_lock_lets_go_of_it_and_counts_it(tmp_path, mutex):
+    # Guards against unmapping a mutex this thread holds: glibc's robust list runs through it.
+    a = fl.FileLock(str(tmp_path / "LOCK"), mapped=True)
+    b = fl.FileLock(a.path, mapped=True)
+    start = b.changes()
+    a.acquire()
+    a.close()
+    assert b.try_acquire() and not b.owner_died
+    assert b.changes() == start + 1
+    b.release()
+    b.close()
