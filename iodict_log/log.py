@@ -8,8 +8,13 @@ segments), ``NNNNNNNNNN.seg`` (segments) and ``LOCK`` (the write lock).
 Every process keeps its own index and remembers how far it has applied the
 last segment (``_end``). Before each operation it compares that with the
 segment's size; if another process appended, it scans just the new tail.
-Writers hold the file lock from that catch-up until their append has landed,
-so appends never interleave and every writer appends at the true end.
+Writers hold the write lock (filelock.py: a robust mutex in the mapped LOCK
+file, or flock) from that catch-up until their append has landed, so appends
+never interleave and every writer appends at the true end. Every release of
+the write lock counts one in LOCK's change counter: a catch-up that finds the
+counter where its last one left it (``_changes``) skips the size check, for a
+reader always, for a holder only when a holder that died would have been
+reported (the mutex protocol; see refresh()).
 
 Only the last segment is ever appended to. Rolling to a new segment happens
 under the lock in this order: (1) append a SEAL frame to the last segment,
@@ -215,7 +220,10 @@ class Log:
         self._forked = False  # a forked child whose descriptors the fork hook closed
         _open_logs.add(self)
         self._check_directory()
-        self.file_lock = FileLock(os.path.join(directory, LOCK_NAME))  # around refresh() + append_*(); reentrant
+        self.file_lock = FileLock(os.path.join(directory, LOCK_NAME), mapped=True)  # around refresh() + append_*()
+        # The LOCK file's change counter as of our last complete catch-up (refresh): while
+        # it still reads the same, nobody changed anything since. -1: never caught up.
+        self._changes: float = -1
         try:
             with self.file_lock:
                 # Create the store, or delete what interrupted steps left; then read it
@@ -414,16 +422,33 @@ class Log:
         ``defer_reload``, a caller holding the lock once raises ReloadNeeded
         instead, so that it can let go of the lock and call refresh() again,
         and other writers need not wait for the rebuild (see LogHandle._write).
+
+        Every release of the write lock counts one in the LOCK file, so a counter
+        equal to ``_changes`` means nothing changed: one memory read, no syscall.
+        That holds for a reader always (a holder that dies mid-append counted
+        nothing, but its bytes are uncommitted or, whole, become visible at the
+        next release by anyone); for a holder of the lock only under the mutex
+        protocol, where a holder that died is reported (``owner_died``): then,
+        and under flock (where it is not), a holder checks the file's end, and
+        cuts what a dead holder tore. The counter is read before the catch-up,
+        so a release during it makes the next call look again. (A torn read of
+        the counter, possible only on a 32-bit pure build, gives a value it had
+        during the read, or one far from any value it will have before this
+        process's next call: at worst one more look at the file.)
         """
-        try:
-            end = os.lseek(self._segments[-1].fd, 0, os.SEEK_END)  # (Segment.size(), inlined: every call)
-        except OSError:
-            if not self._forked:
-                raise
+        lock = self.file_lock
+        changes = lock.changes()
+        if self._forked:  # (its descriptors went at the fork: open its own first)
             self._reopen()
-            end = -1
-        if end != self._end:
             self._catch_up(defer_reload)
+        elif changes != self._changes or (lock._depth > 0 and (not lock._mutex or lock.owner_died)):
+            if os.lseek(self._segments[-1].fd, 0, os.SEEK_END) != self._end:  # (Segment.size(), inlined)
+                self._catch_up(defer_reload)
+            if lock._depth > 0:
+                lock.owner_died = False
+        else:
+            return
+        self._changes = changes
 
     def _drop_descriptors(self) -> None:
         """In a forked child, at fork time: close the descriptors shared with the parent."""
@@ -1094,11 +1119,21 @@ class LogHandle:
                 deadline = time.monotonic() + self.lock_timeout
             log.file_lock.deadline = deadline
             try:
+                lock = log.file_lock
                 while True:
                     try:
-                        with log.file_lock:
+                        with lock:
                             log.refresh(defer_reload=True)
-                            return fn(log, *args)
+                            end = log._end
+                            result = fn(log, *args)
+                            wrote = log._end != end
+                        if wrote and lock._depth == 0:
+                            # Our release counted our own append, and nothing else changed
+                            # while we held the lock: the next call need not look again.
+                            # (Only after an append, which moves _end: a compaction's commit
+                            # leaves _end before its own SEAL, for the next refresh to meet.)
+                            log._changes = lock._released
+                        return result
                     except ReloadNeeded:
                         log.refresh()  # rebuild the index without holding up other writers
             finally:

@@ -84,7 +84,7 @@ def repair(path: str, backup: str | None = None, progress: Progress | None = Non
     CURRENT, recover damaged headers, carry on past missing segments."""
     require_store(path, rebuildable=True)
     rewriting = compaction_lock(path)  # (no compaction may be writing new segments meanwhile)
-    lock = FileLock(os.path.join(path, LOCK_NAME))
+    lock = FileLock(os.path.join(path, LOCK_NAME), mapped=True)
     try:
         with rewriting:
             remove_leftovers(path)

@@ -16,11 +16,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
-from helpers import Lines, wait_pid
+from helpers import Lines, joined, wait_pid
 
 from iodict_log import IODict
+from iodict_log.filelock import LOCK_ENV
 
 PARENT = textwrap.dedent(
     """
@@ -83,8 +85,12 @@ def store_descriptors(pid: int, store: str) -> list[str]:
     return found
 
 
+@pytest.mark.parametrize("protocol", ["mutex", "flock"])
 @pytest.mark.parametrize("mode", ["pool", "bare", "pool-locked", "bare-locked"])
-def test_a_parent_killed_holding_the_lock_never_leaves_it_held_by_its_forked_children(tmp_path, mode):
+def test_a_parent_killed_holding_the_lock_never_leaves_it_held_by_its_forked_children(
+    tmp_path, monkeypatch, mode, protocol
+):
+    monkeypatch.setenv(LOCK_ENV, protocol)  # (the parent creates the store: its LOCK's protocol)
     store = str(tmp_path / "store")
     parent = subprocess.Popen(
         [sys.executable, "-c", PARENT, store, mode],
@@ -178,4 +184,48 @@ def test_a_child_forked_inside_the_write_lock_never_releases_the_parents_lock(tm
         assert wait_pid(pid, 60) == 0
         assert lock.held
     d["after"] = 1
+    d.close()
+
+
+@pytest.mark.parametrize("protocol", ["mutex", "flock"])
+def test_a_child_forked_while_another_thread_holds_the_lock_waits_for_it_and_never_releases_it(
+    tmp_path, monkeypatch, protocol
+):
+    # Guards the mutex protocol's fork rule: the child neither owns nor unlocks the parent
+    # thread's hold (a robust mutex's owner is a thread), and it still gets the lock after it.
+    monkeypatch.setenv(LOCK_ENV, protocol)
+    store = str(tmp_path / "store")
+    d = IODict(store)
+    d["before"] = 1
+    lock = d._log.file_lock
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(60)
+    tried_r, tried_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(tried_r)
+            busy = not lock.held and not lock.try_acquire()  # the parent's thread holds it
+            os.write(tried_w, b"x")
+            d["child"] = 2  # waits for the parent's release, then writes
+            code = 0 if busy and d["before"] == 1 else 2
+        finally:
+            os._exit(code)
+    os.close(tried_w)
+    assert os.read(tried_r, 1) == b"x"
+    os.close(tried_r)
+    release.set()
+    joined(holder, 60)
+    assert wait_pid(pid, 60) == 0
+    d["parent"] = 3  # (the child released only its own hold)
+    assert dict(d) == {"before": 1, "child": 2, "parent": 3}
     d.close()

@@ -16,6 +16,7 @@ import time
 import pytest
 
 from iodict_log import IODict, LockTimeoutError
+from iodict_log.filelock import LOCK_ENV
 
 # A writer that takes the lock, leaves what its mode says, reports, and stops itself.
 HOLDER = textwrap.dedent(
@@ -38,6 +39,13 @@ HOLDER = textwrap.dedent(
     os.kill(os.getpid(), signal.SIGSTOP)
     """
 )
+
+
+@pytest.fixture(autouse=True, params=["mutex", "flock"])
+def protocol(request, monkeypatch):
+    """Every test under both lock protocols (the store's creator picks it)."""
+    monkeypatch.setenv(LOCK_ENV, request.param)
+    return request.param
 
 
 def stopped(pid: int) -> bool:
