@@ -19,7 +19,8 @@
 
 static PyObject *compress_value, *encode_batch; /* format's, handed over by iodict.py */
 static PyObject *s_log, *s_lock, *s_lock_timeout, *s_index, *s_serializer, *s_compress, *s_compact_check_at,
-    *s_locations, *s_live_bytes, *s_flag, *s_encode, *s_decode, *s_consider_compacting, *s_op_set;
+    *s_locations, *s_live_bytes, *s_flag, *s_encode, *s_decode, *s_consider_compacting, *s_op_set, *s_py_getitem,
+    *s_py_setitem;
 
 /* --- d[key] = value --------------------------------------------------------- */
 
@@ -357,6 +358,36 @@ done:
     return decoded;
 }
 
+/* --- IODict.__getitem__ / __setitem__ ------------------------------------------ */
+/* iodict.py makes these the class's methods (through method()): d[key] and
+ * d[key] = value without a Python frame, and the Python methods, kept as
+ * _py_getitem and _py_setitem, for every key and case the C path declines. */
+
+static PyObject *getitem(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "__getitem__(self, key)");
+        return NULL;
+    }
+    PyObject *value = get_str(NULL, args, 2);
+    if (value != Py_NotImplemented) return value;
+    Py_DECREF(value);
+    return PyObject_CallMethodOneArg(args[0], s_py_getitem, args[1]);
+}
+
+static PyObject *setitem(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "__setitem__(self, key, value)");
+        return NULL;
+    }
+    PyObject *done = set_str(NULL, args, 3);
+    if (done != Py_NotImplemented) return done;
+    Py_DECREF(done);
+    return PyObject_CallMethodObjArgs(args[0], s_py_setitem, args[1], args[2], NULL);
+}
+
+/* method(function): the function as a method of a class (it then receives self). */
+static PyObject *method(PyObject *self, PyObject *function) { return PyInstanceMethod_New(function); }
+
 /* --- d.records() ------------------------------------------------------------ */
 
 /* The key whose stored bytes are data, as serialize.decode_key: a str, bytes or int
@@ -464,6 +495,9 @@ PyMethodDef iodict_methods[] = {
     {"update_str", (PyCFunction)(void (*)(void))update_str, METH_FASTCALL, "d.update(pairs) for str keys, or NotImplemented."},
     {"set_str", (PyCFunction)(void (*)(void))set_str, METH_FASTCALL, "d[key] = value for a str key, or NotImplemented."},
     {"get_str", (PyCFunction)(void (*)(void))get_str, METH_FASTCALL, "d[key] for a str key, or NotImplemented."},
+    {"getitem", (PyCFunction)(void (*)(void))getitem, METH_FASTCALL, "IODict.__getitem__: C for str keys, else _py_getitem."},
+    {"setitem", (PyCFunction)(void (*)(void))setitem, METH_FASTCALL, "IODict.__setitem__: C for str keys, else _py_setitem."},
+    {"method", method, METH_O, "A function as a method of a class."},
     {"records", records, METH_VARARGS, "IODict._record of each SET and DELETE frame of a list of Frames."},
     {NULL, NULL, 0, NULL},
 };
@@ -475,6 +509,7 @@ int iodict_init(PyObject *module) {
     INTERN(s_serializer, "_serializer") INTERN(s_compress, "_compress") INTERN(s_compact_check_at, "_compact_check_at")
     INTERN(s_locations, "_locations") INTERN(s_live_bytes, "live_bytes") INTERN(s_flag, "flag")
     INTERN(s_encode, "encode") INTERN(s_decode, "decode") INTERN(s_consider_compacting, "_consider_compacting")
+    INTERN(s_py_getitem, "_py_getitem") INTERN(s_py_setitem, "_py_setitem")
 #undef INTERN
     return (s_op_set = PyLong_FromLong(OP_SET)) == NULL ? -1 : 0;
 }

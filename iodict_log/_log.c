@@ -30,8 +30,8 @@
 #include <zlib.h>
 
 /* Handed over by log.py at import (setup_log). */
-static PyObject *RLockType, *fileops_dict, *os_write, *os_ftruncate, *crashpoints_dict, *filelock_dict;
-static PyObject *s_forked, *s_sync_interval, *s_sync_always, *s_sync_error, *s_end, *s_segment_bytes, *s_last_seq,
+static PyObject *RLockType, *rlock_acquire, *rlock_release, *fileops_dict, *os_write, *os_ftruncate, *crashpoints_dict, *filelock_dict;
+static PyObject *s_forked, *s_sync_interval, *s_sync_always, *s_end, *s_segment_bytes, *s_last_seq,
     *s_last_birthtime, *s_segments, *s_file_lock, *s_changes, *s_fd, *s_lock_fd, *s_salt, *s_depth, *s_generation,
     *s_deadline, *s_mutex, *s_counter, *s_owner_died, *s_acquire, *s_release, *s_write, *s_ftruncate, *s_ARMED,
     *s_fork_generation, *s_view, *s_zero, *s_one;
@@ -114,7 +114,7 @@ int unpack_location(PyObject *loc, unsigned *slot, uint64_t *offset, uint64_t *l
 
 int object_lock(PyObject *lock) {
     if (lock == NULL || Py_TYPE(lock) != (PyTypeObject *)RLockType) return 0; /* (another kind: Python's) */
-    PyObject *r = PyObject_CallMethodNoArgs(lock, s_acquire);
+    PyObject *r = PyObject_Vectorcall(rlock_acquire, &lock, 1, NULL); /* (RLock.acquire(lock): no method lookup) */
     if (r == NULL) return -1;
     Py_DECREF(r);
     return 1;
@@ -123,7 +123,7 @@ int object_lock(PyObject *lock) {
 void object_unlock(PyObject *lock) {
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
-    PyObject *r = PyObject_CallMethodNoArgs(lock, s_release);
+    PyObject *r = PyObject_Vectorcall(rlock_release, &lock, 1, NULL);
     Py_XDECREF(r);
     if (type != NULL) PyErr_Restore(type, value, tb);
 }
@@ -369,8 +369,9 @@ int append_begin(Appender *a, PyObject *log) {
     if (ldict == NULL) return -1;
     a->ldict = ldict;
     long long generation, fork_generation, depth, mutex = 0, counter = 0, lock_fd = -1, fd, salt;
+    /* (_sync_error is set only by a group commit: sync_interval None means none) */
     if (dict_get(ldict, s_forked) != Py_False || dict_get(ldict, s_sync_interval) != Py_None ||
-        dict_get(ldict, s_sync_always) != Py_False || dict_get(ldict, s_sync_error) != Py_None ||
+        dict_get(ldict, s_sync_always) != Py_False ||
         !dict_int(ldict, s_end, &a->end) || !dict_int(ldict, s_segment_bytes, &a->segment_bytes) ||
         !dict_int(ldict, s_last_seq, &a->last_seq) || !dict_int(ldict, s_last_birthtime, &a->last_birthtime) ||
         a->end >= a->segment_bytes) /* (a roll, Log._make_room: Python's) */
@@ -519,6 +520,9 @@ static PyObject *setup_log(PyObject *self, PyObject *args) {
     PyObject *rlock, *fileops, *crashpoints, *filelock;
     if (!PyArg_ParseTuple(args, "OOOO", &rlock, &fileops, &crashpoints, &filelock)) return NULL;
     Py_XSETREF(RLockType, Py_NewRef(rlock));
+    Py_XSETREF(rlock_acquire, PyObject_GetAttr(rlock, s_acquire)); /* (the method descriptors) */
+    Py_XSETREF(rlock_release, PyObject_GetAttr(rlock, s_release));
+    if (rlock_acquire == NULL || rlock_release == NULL) return NULL;
     Py_XSETREF(fileops_dict, module_dict(fileops));
     Py_XSETREF(crashpoints_dict, module_dict(crashpoints));
     Py_XSETREF(filelock_dict, module_dict(filelock));
@@ -539,7 +543,7 @@ int log_init(PyObject *module) {
 #define INTERN(var, text) \
     if ((var = PyUnicode_InternFromString(text)) == NULL) return -1;
     INTERN(s_forked, "_forked") INTERN(s_sync_interval, "sync_interval") INTERN(s_sync_always, "sync_always")
-    INTERN(s_sync_error, "_sync_error") INTERN(s_end, "_end") INTERN(s_segment_bytes, "segment_bytes")
+    INTERN(s_end, "_end") INTERN(s_segment_bytes, "segment_bytes")
     INTERN(s_last_seq, "last_seq") INTERN(s_last_birthtime, "last_birthtime") INTERN(s_segments, "_segments")
     INTERN(s_file_lock, "file_lock") INTERN(s_changes, "_changes") INTERN(s_fd, "fd") INTERN(s_lock_fd, "_fd")
     INTERN(s_salt, "salt") INTERN(s_depth, "_depth") INTERN(s_generation, "_generation")

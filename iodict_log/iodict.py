@@ -25,14 +25,14 @@ _ABSENT = object()  # looked up in place of a key no store can hold: never found
 _CHUNK = 1024  # keys read per lock hold while iterating values
 T = TypeVar("T")
 
-# The C core's fast paths for str keys (_iodict.c): the common case of __setitem__
-# and __getitem__ in one call each; they answer NotImplemented, having changed
-# nothing, whenever the Python path below must run.
+# The C core's fast paths (_iodict.c): the common case of update() and records(),
+# and of __getitem__ / __setitem__ (set on the class below) for str keys. They do
+# nothing whenever the Python path must run (NotImplemented, or calling it).
 if core is not None:
     core.setup_iodict(compress_value, encode_batch)
-    _set_str, _get_str, _update_str, _records = core.set_str, core.get_str, core.update_str, core.records
+    _update_str, _records = core.update_str, core.records
 else:
-    _set_str = _get_str = _update_str = _records = None
+    _update_str = _records = None
 _REPLAY_CHUNK = 1024  # frames turned into Records per C call
 
 
@@ -164,10 +164,6 @@ class IODict(LogHandle, MutableMapping):
     # --- the mapping ----------------------------------------------------------
 
     def __getitem__(self, key: Any) -> Any:
-        if type(key) is str and _get_str is not None:
-            value = _get_str(self, key)
-            if value is not NotImplemented:
-                return value
         found = self._read(self._stored_at, key if type(key) is str else _lookup_key(key))
         if found is None:
             raise KeyError(key)
@@ -175,8 +171,6 @@ class IODict(LogHandle, MutableMapping):
 
     def __setitem__(self, key: Any, value: Any) -> None:
         if type(key) is str:  # (the hot path: _encoded() without its calls)
-            if _set_str is not None and _set_str(self, key, value) is not NotImplemented:
-                return
             self._write(self._set, key, encode_canonical_key(key), *self._serializer.encode(value, self._compress))
         else:
             self._write(self._set, *self._encoded(key, value))
@@ -584,3 +578,11 @@ class _ItemsView(ItemsView):
 
     def __reversed__(self) -> Iterator[tuple[Any, Any]]:
         return self._mapping._iter_items(reverse=True)
+
+
+if core is not None:
+    # d[key] and d[key] = value in C without a Python frame; the methods above run
+    # for every key and case the C path declines.
+    IODict._py_getitem, IODict._py_setitem = IODict.__getitem__, IODict.__setitem__  # type: ignore[attr-defined]
+    IODict.__getitem__ = core.method(core.getitem)  # type: ignore[method-assign]
+    IODict.__setitem__ = core.method(core.setitem)  # type: ignore[method-assign]
