@@ -18,7 +18,11 @@
    (sys.getallocatedblocks) and RSS must not grow, and a bytearray handed to it
    must still resize afterwards (no buffer export left behind).
 
-Exits non-zero on any ASan report, failed comparison, leak or build failure.
+4. Tests (the ASan build, as in 2): the test files that drive the fast paths
+   (``--tests``; test_native_iodict, test_native_queue, test_native_lock and
+   test_iodict by default), whose C code works on the objects of a live store.
+
+Exits non-zero on any ASan report, failed comparison, leak, failed test or build failure.
 """
 
 from __future__ import annotations
@@ -117,6 +121,11 @@ locations = b"".join(pack_location(1000 + i, 0, 36 * i, 36).to_bytes(LOCATION_SI
 bad_locations = locations[:LOCATION_SIZE * 3] + pack_location(1, 0, 0, 36).to_bytes(LOCATION_SIZE, "little")
 entries = [(1, 0, b"k%d" % i, b"v" * i, 10**18 + i) for i in range(20)]
 keys = [f"k{i}" for i in range(100)]
+import itertools, tempfile, iodict_log
+store = iodict_log.IODict(tempfile.mkdtemp() + "/s", auto_compact=False)
+queue = iodict_log.DurableQueue(tempfile.mkdtemp() + "/q")
+store["seed"] = queue.put(0)  # (the first call of each catches up in Python)
+pairs = [(f"u{i}", "v" * i) for i in range(10)]
 
 def swallow(fn, *args, **kwargs):
     try:
@@ -154,6 +163,15 @@ CALLS = {
     "decode_locations, bad sizes": lambda: swallow(_native.decode_locations, locations, [1, "x"]),
     "index_dict": lambda: _native.index_dict(keys, list(range(100))),
     "index_dict, unhashable": lambda: swallow(_native.index_dict, [[1]], [1]),
+    # the fast paths, on a live store and queue
+    "d[key] = value": lambda: store.__setitem__("k", "v" * 50),
+    "d[key] = value, a dict": lambda: store.__setitem__("k", {"a": [1, (2, 3)]}),
+    "d[key] = value, refused": lambda: swallow(store.__setitem__, "k", object()),
+    "d[key]": lambda: store["k"],
+    "d[key], missing": lambda: swallow(store.__getitem__, "missing"),
+    "d.update(pairs)": lambda: store.update(pairs),
+    "d.records()": lambda: list(itertools.islice(store.records(), 20)),
+    "q.put(item), q.get()": lambda: (queue.put("x" * 30), queue.get()),
 }
 failed = []
 for name, call in CALLS.items():
@@ -179,11 +197,20 @@ sys.exit(f"leaks in: {failed}" if failed else 0)
 """
 
 
+FAST_PATH_TESTS = ("test_native_iodict.py", "test_native_queue.py", "test_native_lock.py", "test_iodict.py")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--iterations", type=int, default=10**9)
     parser.add_argument("--seed", type=int, default=int(time.time()))
+    parser.add_argument(
+        "--tests",
+        nargs="*",
+        default=list(FAST_PATH_TESTS),
+        help="test files run on the ASan build afterwards, for the fast paths (default: %(default)s; none: skip)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fuzz_asan-") as tmp:
         asan, plain = os.path.join(tmp, "asan"), os.path.join(tmp, "plain")
@@ -209,6 +236,23 @@ def main() -> None:
         leaks = subprocess.run([sys.executable, "-c", LEAKS, plain], env=child_env(plain), cwd=tmp, timeout=1800)
         if leaks.returncode:
             sys.exit("leak check failed")
+        if args.tests:
+            # The fast paths (_log.c, _iodict.c, _durablequeue.c, _lock.c) run on the objects
+            # of a live store: the tests that drive them, on the ASan build, children included.
+            print(f"tests under ASan: {' '.join(args.tests)}", flush=True)
+            tests = [os.path.join(ROOT, "tests", name) for name in args.tests]
+            run = subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *tests],
+                env=env,
+                cwd=tmp,
+                capture_output=True,
+                text=True,
+                timeout=3600,
+            )
+            print(run.stdout.strip().splitlines()[-1] if run.stdout.strip() else "(no output)")
+            if run.returncode or "AddressSanitizer" in run.stdout + run.stderr:
+                print((run.stdout + run.stderr)[-20000:], file=sys.stderr)
+                sys.exit(f"tests under ASan: exit status {run.returncode}")
     print("no ASan report, no leak")
 
 
