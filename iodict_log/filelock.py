@@ -281,7 +281,7 @@ if core is not None:
     _bump: Any = core.bump
 else:
     _changes = _bump = None
-_SIZE_OF_MUTEX = mutex_size()
+_SIZE_OF_MUTEX = mutex_size() if mutex_size() <= MUTEX_ROOM else 0  # (0: the flock protocol only)
 
 
 # --- fork ----------------------------------------------------------------------
