@@ -144,7 +144,10 @@ static int file_lock_take(Appender *a) {
     return 0;
 }
 
+/* FileLock.__exit__: every release is counted, before unlocking, whatever the holder
+ * did (after a dead holder above all: the others trust the counter to tell them). */
 static int file_lock_give(Appender *a) {
+    if (a->counter != NULL) a->released = lock_bump(a->counter);
     int r = a->mutex != NULL ? lock_give(a->mutex) : flock(a->lock_fd, LOCK_UN);
     if (r < 0 && a->mutex == NULL) PyErr_SetFromErrno(PyExc_OSError);
     return r < 0 ? -1 : 0;
@@ -488,17 +491,14 @@ int append_one(Appender *a, unsigned op, unsigned flags, const char *key, size_t
 
 int append_end(Appender *a) {
     int bad = PyDict_SetItem(a->fldict, s_depth, s_zero) < 0;
-    /* FileLock.__exit__: count the change, then let go. The count is ours: nobody else
-     * changed anything while we held the lock, so this process is up to date at it. */
-    if (a->counter != NULL) {
-        uint64_t now = lock_bump(a->counter);
-        if (!bad) {
-            PyObject *v = PyLong_FromUnsignedLongLong(now);
-            bad = v == NULL || PyDict_SetItem(a->ldict, s_changes, v) < 0;
-            Py_XDECREF(v);
-        }
-    }
     if (file_lock_give(a) < 0) bad = 1;
+    /* After an append the count is ours: nobody else changed anything while we held the
+     * lock, so this process is up to date at it (as LogHandle._write records it). */
+    if (a->counter != NULL && a->written && !bad) {
+        PyObject *v = PyLong_FromUnsignedLongLong(a->released);
+        bad = v == NULL || PyDict_SetItem(a->ldict, s_changes, v) < 0;
+        Py_XDECREF(v);
+    }
     Py_CLEAR(a->fldict);
     Py_CLEAR(a->ldict);
     return bad ? -1 : 0;

@@ -92,6 +92,7 @@ typedef struct {
     void *mutex, *counter;
     int lock_fd, fd, birth_taken, written;
     size_t last_length; /* of the frame append_one wrote last */
+    uint64_t released;  /* the change counter as this release left it */
     uint32_t salt;
     Py_ssize_t slot;
 } Appender;

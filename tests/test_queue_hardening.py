@@ -65,9 +65,9 @@ def end(proc: subprocess.Popen) -> None:
 
 
 HOLD_LOCK = """
-import fcntl, os, sys
-fd = os.open(os.path.join(sys.argv[1], "LOCK"), os.O_RDWR)
-fcntl.flock(fd, fcntl.LOCK_EX)
+import os, sys
+from iodict_log.filelock import FileLock
+FileLock(os.path.join(sys.argv[1], "LOCK"), mapped=True).acquire()
 print("locked", flush=True)
 sys.stdin.readline()
 """

@@ -280,9 +280,9 @@ def test_repair_copies_damaged_segments_without_holding_the_write_lock(tmp_path,
     copy = repairing._Repair._copy
 
     def watched(self, seen):
-        probe = FileLock(str(path / "LOCK"))
+        probe = FileLock(str(path / "LOCK"), mapped=True)
         try:
-            free_while_copying.append(probe.try_acquire())  # (a second descriptor: flock conflicts)
+            free_while_copying.append(probe.try_acquire())  # (a second object: the write lock, either protocol)
             if free_while_copying[-1]:
                 probe.release()
         finally:

@@ -45,7 +45,7 @@ print(f"{longest:.4f}", flush=True)
 LOCKER = r"""
 import os, select, sys, time
 from iodict_log.filelock import FileLock
-lock = FileLock(os.path.join(sys.argv[1], "LOCK"))
+lock = FileLock(os.path.join(sys.argv[1], "LOCK"), mapped=True)
 print("ready", flush=True)
 longest = 0.0
 while not select.select([sys.stdin], [], [], 0)[0]:
