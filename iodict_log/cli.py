@@ -17,7 +17,7 @@ import time
 import warnings
 from typing import Any, Callable, Iterable, NoReturn, Sequence, TypeVar
 
-from . import __version__
+from . import __version__, native
 from .errors import CorruptionWarning, IODictLogError
 from .inspection import Census, dump_line, open_log, require_store, verify
 from .iodict import IODict
@@ -239,7 +239,7 @@ def _command(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="iodict-log", description="Inspect, maintain and try out iodict_log stores.")
-    parser.add_argument("--version", action="version", version=f"iodict-log {__version__}")
+    parser.add_argument("--version", action="version", version=f"iodict-log {__version__} ({native.build()} build)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = _command(
         sub,
