@@ -286,12 +286,13 @@ def test_repair_of_a_segment_with_nothing_readable_left_keeps_a_working_store(tm
         assert d["again"] == b"works"
 
 
-def test_version_prints_the_package_version():
-    # Guards 17.9: there was no --version.
+def test_version_prints_the_package_version_and_build():
+    # Guards 17.9: there was no --version; and it says which build runs (native or pure).
     import iodict_log
 
     result = run("--version")
-    assert result.returncode == 0 and result.stdout.strip() == f"iodict-log {iodict_log.__version__}"
+    expected = f"iodict-log {iodict_log.__version__} ({iodict_log.native.build()} build)"
+    assert result.returncode == 0 and result.stdout.strip() == expected
 
 
 def test_every_subcommand_help_has_a_description_and_its_exit_statuses():
