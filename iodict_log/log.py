@@ -1091,9 +1091,7 @@ class LogHandle:
         """Run fn(log, *args) on up-to-date state. With a ``deadline`` (time.monotonic()),
         waiting for the write lock past it raises LockTimeoutError."""
         with self._lock:
-            log = self._log
-            if log is None:
-                self._open_log()  # raises StoreClosedError
+            log = self._log or self._open_log()  # (StoreClosedError once closed)
             if deadline is None and self.lock_timeout is not None:
                 deadline = time.monotonic() + self.lock_timeout
             log.file_lock.deadline = deadline
@@ -1112,9 +1110,7 @@ class LogHandle:
         """Run fn(log, *args) holding the file lock, on up-to-date state. With a
         ``deadline`` (time.monotonic()), waiting for the lock past it raises LockTimeoutError."""
         with self._lock:
-            log = self._log
-            if log is None:
-                self._open_log()  # raises StoreClosedError
+            log = self._log or self._open_log()  # (StoreClosedError once closed)
             if deadline is None and self.lock_timeout is not None:
                 deadline = time.monotonic() + self.lock_timeout
             log.file_lock.deadline = deadline
