@@ -286,11 +286,13 @@ def test_repair_of_a_segment_with_nothing_readable_left_keeps_a_working_store(tm
         assert d["again"] == b"works"
 
 
-def test_version_prints_the_package_version_and_build():
+def test_version_prints_the_package_version_and_build(tmp_path):
     # Guards 17.9: there was no --version; and it says which build runs (native or pure).
     import iodict_log
 
-    result = run("--version")
+    # (From outside the source tree, so the child imports the package this process tests.)
+    command = [sys.executable, "-m", "iodict_log", "--version"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     expected = f"iodict-log {iodict_log.__version__} ({iodict_log.native.build()} build)"
     assert result.returncode == 0 and result.stdout.strip() == expected
 
