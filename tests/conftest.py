@@ -13,6 +13,7 @@ or load cannot pass for tested).
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 
@@ -40,6 +41,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.name in PURE_TOO:
             item.add_marker(pytest.mark.pure)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def outside_the_source_tree(tmp_path_factory):
+    """Run from a directory with no copy of the package in it, so that child processes
+    (``python -c``, ``-m``: the working directory comes first on their sys.path) import
+    the package under test, as this process does, and not the source tree: CI installs
+    the package, and a checkout has no C core built in place."""
+    here = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(here)
 
 
 @pytest.fixture
