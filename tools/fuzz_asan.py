@@ -14,9 +14,12 @@
    the scan, decode_locations), plus encode_frame, encode_batch and index_dict on
    good and bad arguments, for the given seconds or iterations.
 3. Leaks (child process, the plain build): each C function, on its success and
-   its error paths, called many times; the process's allocated blocks
-   (sys.getallocatedblocks) and RSS must not grow, and a bytearray handed to it
-   must still resize afterwards (no buffer export left behind).
+   its error paths, called many times, the fast paths on a live store and queue
+   too; the process's allocated blocks (sys.getallocatedblocks) and RSS must not
+   grow, and a bytearray handed to it must still resize afterwards (no buffer
+   export left behind). Then 2,000 opens and closes of a store and a queue (with
+   a set, a get, a batch, a replay, a put and a get each): no growth of blocks,
+   RSS, mappings (LOCK, the segments' views) or descriptors.
 
 4. Tests (the ASan build, as in 2): the test files that drive the fast paths
    (``--tests``; test_native_iodict, test_native_queue, test_native_lock and
@@ -197,6 +200,40 @@ sys.exit(f"leaks in: {failed}" if failed else 0)
 """
 
 
+OPEN_CLOSE = r"""
+import gc, os, sys, tempfile, iodict_log
+from iodict_log import _native
+assert _native.__file__.startswith(sys.argv[1]), _native.__file__
+d_path, q_path = tempfile.mkdtemp() + "/s", tempfile.mkdtemp() + "/q"
+
+def counts():
+    gc.collect()
+    with open("/proc/self/statm") as f:
+        rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    with open("/proc/self/maps") as f:
+        maps = sum(1 for _ in f)
+    return sys.getallocatedblocks(), rss, maps, len(os.listdir("/proc/self/fd"))
+
+def once():
+    with iodict_log.IODict(d_path) as d:
+        d["k"] = "v" * 50
+        d["k"]
+        d.update([("a", 1), ("b", 2)])
+        next(d.records())
+    with iodict_log.DurableQueue(q_path) as q:
+        q.put("x")
+        q.get()
+
+for _ in range(200):
+    once()
+before = counts()
+for _ in range(2000):
+    once()
+blocks, rss, maps, fds = (now - then for now, then in zip(counts(), before))
+print(f"2,000 opens and closes: blocks {blocks:+d}, rss {rss / 2**10:+.0f} KiB, mappings {maps:+d}, fds {fds:+d}")
+sys.exit(0 if blocks < 200 and rss < 8 * 2**20 and maps <= 2 and fds == 0 else 1)
+"""
+
 FAST_PATH_TESTS = ("test_native_iodict.py", "test_native_queue.py", "test_native_lock.py", "test_iodict.py")
 
 
@@ -236,6 +273,9 @@ def main() -> None:
         leaks = subprocess.run([sys.executable, "-c", LEAKS, plain], env=child_env(plain), cwd=tmp, timeout=1800)
         if leaks.returncode:
             sys.exit("leak check failed")
+        opened = subprocess.run([sys.executable, "-c", OPEN_CLOSE, plain], env=child_env(plain), cwd=tmp, timeout=1800)
+        if opened.returncode:
+            sys.exit("open/close leak check failed")
         if args.tests:
             # The fast paths (_log.c, _iodict.c, _durablequeue.c, _lock.c) run on the objects
             # of a live store: the tests that drive them, on the ASan build, children included.
