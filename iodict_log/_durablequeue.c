@@ -79,12 +79,8 @@ done:
     Py_XDECREF(loc);
     Py_XDECREF(pair);
     Py_DECREF(qdict);
-    if (r < 0) return NULL;
-    if (r == 0) {
-        PyErr_Clear();
-        Py_RETURN_NOTIMPLEMENTED;
-    }
-    Py_RETURN_NONE;
+    if (r == 0) PyErr_Clear();
+    return fast_answer(r);
 }
 
 /* _take holding both locks, the queue not empty: 1 with *item, 0 Python's, -1 error. */

@@ -122,7 +122,7 @@ static PyObject *new_damage(Py_ssize_t offset, Py_ssize_t length) {
 }
 
 /* (a, b), taking both references, even when one is NULL (then NULL). */
-static PyObject *pair(PyObject *a, PyObject *b) {
+PyObject *new_pair(PyObject *a, PyObject *b) {
     PyObject *out = a == NULL || b == NULL ? NULL : PyTuple_New(2);
     if (out == NULL) {
         Py_XDECREF(a);
@@ -255,7 +255,7 @@ static PyObject *frame_value(PyObject *self, PyObject *const *args, Py_ssize_t n
     PyObject *out;
     if (checked_header(buf, view.len, 0, salt, &h) && h.length == view.len && valid_frame(buf, view.len, &h, salt)) {
         Py_ssize_t at = HEADER_SIZE + h.key_len;
-        out = pair(PyLong_FromLong(h.flags), PyBytes_FromStringAndSize((const char *)buf + at, view.len - at));
+        out = new_pair(PyLong_FromLong(h.flags), PyBytes_FromStringAndSize((const char *)buf + at, view.len - at));
     } else {
         out = Py_NewRef(Py_None);
     }
@@ -533,7 +533,7 @@ static PyObject *encode_batch(PyObject *self, PyObject *const *args, Py_ssize_t 
         uint64_t length = HEADER_SIZE + e->key.len + e->value.len;
         seq++;
         write_frame(p, e->op, e->flags | FLAG_BATCH, seq, e->birthtime, &e->key, &e->value, salt);
-        PyObject *loc = pair(PyLong_FromUnsignedLongLong(seq), pack_location(e->birthtime, slot, offset, length));
+        PyObject *loc = new_pair(PyLong_FromUnsignedLongLong(seq), pack_location(e->birthtime, slot, offset, length));
         if (loc == NULL) goto done;
         PyList_SET_ITEM(locs, i, loc);
         p += length;

@@ -53,6 +53,17 @@ static PyObject *encode_value(PyObject *serializer, PyObject *value, int compres
     return data;
 }
 
+/* The common case's preconditions of a write, as IODict's Python path would meet them:
+ * the default lock, the msgpack Serializer, no lock_timeout, an open store. */
+static int writable(PyObject *ddict, PyObject **lock, PyObject **serializer) {
+    long long flag;
+    PyObject *log = dict_get(ddict, s_log);
+    *lock = dict_get(ddict, s_lock);
+    *serializer = dict_get(ddict, s_serializer);
+    return *lock != NULL && *serializer != NULL && dict_get(ddict, s_lock_timeout) == Py_None && log != NULL &&
+           log != Py_None && attr_int(*serializer, s_flag, &flag) && flag == 0;
+}
+
 /* IODict._set holding the object's lock: 1 written, 0 Python's, -1 error. */
 static int set_holding(PyObject *ddict, PyObject *log, PyObject *key, PyObject *kbytes, long long flags,
                        PyObject *stored) {
@@ -102,12 +113,9 @@ static PyObject *set_str(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     PyObject *ddict = PyObject_GenericGetDict(d, NULL);
     if (ddict == NULL) return NULL;
     int r = 0;
-    PyObject *kbytes = NULL, *stored = NULL, *lock = dict_get(ddict, s_lock), *serializer = dict_get(ddict, s_serializer);
-    PyObject *log = dict_get(ddict, s_log);
-    long long flag, flags;
-    if (lock == NULL || serializer == NULL || dict_get(ddict, s_lock_timeout) != Py_None || log == NULL || log == Py_None ||
-        !attr_int(serializer, s_flag, &flag) || flag != 0)
-        goto done;
+    PyObject *kbytes = NULL, *stored = NULL, *lock, *serializer, *log;
+    long long flags;
+    if (!writable(ddict, &lock, &serializer)) goto done;
     kbytes = pack_scalar(key); /* encode_canonical_key(key) */
     if (kbytes == NULL) {
         r = PyErr_Occurred() ? -1 : 0;
@@ -133,9 +141,7 @@ done:
     Py_XDECREF(kbytes);
     Py_XDECREF(stored);
     Py_DECREF(ddict);
-    if (r < 0) return NULL;
-    if (r == 0) Py_RETURN_NOTIMPLEMENTED;
-    Py_RETURN_NONE;
+    return fast_answer(r);
 }
 
 /* --- d.update(pairs) -------------------------------------------------------- */
@@ -249,15 +255,12 @@ static PyObject *update_str(PyObject *self, PyObject *const *args, Py_ssize_t na
     if (ddict == NULL) return NULL;
     int r = 0;
     PyObject *keys = PyList_New(n), *kbytes = PyList_New(n), *flags = PyList_New(n), *stored = PyList_New(n);
-    PyObject *lock = dict_get(ddict, s_lock), *serializer = dict_get(ddict, s_serializer), *log = dict_get(ddict, s_log);
-    long long flag;
+    PyObject *lock, *serializer, *log;
     if (keys == NULL || kbytes == NULL || flags == NULL || stored == NULL) {
         r = -1;
         goto done;
     }
-    if (lock == NULL || serializer == NULL || dict_get(ddict, s_lock_timeout) != Py_None || log == NULL ||
-        log == Py_None || !attr_int(serializer, s_flag, &flag) || flag != 0)
-        goto done;
+    if (!writable(ddict, &lock, &serializer)) goto done;
     int compress = dict_get(ddict, s_compress) == Py_True;
     for (Py_ssize_t i = 0; i < n; i++) { /* IODict._encoded of each, before anything is written */
         PyObject *pair = PyList_GET_ITEM(pairs, i), *key = PyTuple_GET_ITEM(pair, 0);
@@ -297,9 +300,7 @@ done:
     Py_XDECREF(flags);
     Py_XDECREF(stored);
     Py_DECREF(ddict);
-    if (r < 0) return NULL;
-    if (r == 0) Py_RETURN_NOTIMPLEMENTED;
-    Py_RETURN_NONE;
+    return fast_answer(r);
 }
 
 /* --- d[key] ---------------------------------------------------------------- */

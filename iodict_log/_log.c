@@ -346,17 +346,13 @@ static PyObject *read_value(PyObject *self, PyObject *const *args, Py_ssize_t na
     if (r == 0) Py_RETURN_NONE;
     PyObject *value = PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + value_at, PyBytes_GET_SIZE(data) - (Py_ssize_t)value_at);
     Py_DECREF(data);
-    if (value == NULL) return NULL;
-    PyObject *pair = PyTuple_New(2), *f = PyLong_FromLong((long)flags);
-    if (pair == NULL || f == NULL) {
-        Py_XDECREF(pair);
-        Py_XDECREF(f);
-        Py_DECREF(value);
-        return NULL;
-    }
-    PyTuple_SET_ITEM(pair, 0, f);
-    PyTuple_SET_ITEM(pair, 1, value);
-    return pair;
+    return new_pair(PyLong_FromLong((long)flags), value);
+}
+
+PyObject *fast_answer(int r) {
+    if (r < 0) return NULL;
+    if (r == 0) Py_RETURN_NOTIMPLEMENTED;
+    Py_RETURN_NONE;
 }
 
 /* --- appending ------------------------------------------------------------------ */

@@ -18,6 +18,7 @@ PyObject *frame_bytes(unsigned op, unsigned flags, uint64_t seq, uint64_t birtht
                       const char *value, size_t vlen, uint32_t salt);
 int frame_checks(const unsigned char *b, size_t len, uint32_t salt, size_t *value_at, unsigned *flags);
 PyObject *pack_location(uint64_t birthtime, unsigned slot, uint64_t offset, uint64_t length);
+PyObject *new_pair(PyObject *a, PyObject *b); /* (a, b), taking both references; NULL if either is NULL */
 
 /* _lock.c: filelock.py's mapped LOCK file (the robust write mutex, the change counter). */
 extern PyMethodDef lock_methods[];
@@ -85,6 +86,7 @@ int unpack_location(PyObject *loc, unsigned *slot, uint64_t *offset, uint64_t *l
 int object_lock(PyObject *lock); /* the object's RLock: 1 taken, 0 another kind of lock, -1 error */
 void object_unlock(PyObject *lock);
 int log_is_fresh(PyObject *log); /* Log.refresh() has nothing to do */
+PyObject *fast_answer(int r);    /* a fast path's answer: -1 NULL (the error), 0 NotImplemented, 1 None */
 int log_read_value(PyObject *log, PyObject *loc, PyObject **data, size_t *value_at, unsigned *flags);
 typedef struct {
     PyObject *ldict, *fldict; /* __dict__ of the Log and of its FileLock */
