@@ -30,11 +30,11 @@
 #include <zlib.h>
 
 /* Handed over by log.py at import (setup_log). */
-static PyObject *RLockType, *rlock_acquire, *rlock_release, *fileops_dict, *os_write, *os_ftruncate, *crashpoints_dict, *filelock_dict;
+static PyObject *RLockType, *ReloadNeeded, *rlock_acquire, *rlock_release, *fileops_dict, *os_write, *os_ftruncate, *crashpoints_dict, *filelock_dict;
 static PyObject *s_forked, *s_sync_interval, *s_sync_always, *s_end, *s_segment_bytes, *s_last_seq,
     *s_last_birthtime, *s_segments, *s_file_lock, *s_changes, *s_fd, *s_lock_fd, *s_salt, *s_depth, *s_generation,
     *s_deadline, *s_mutex, *s_counter, *s_owner_died, *s_acquire, *s_release, *s_write, *s_ftruncate, *s_ARMED,
-    *s_fork_generation, *s_view, *s_zero, *s_one;
+    *s_fork_generation, *s_view, *s_refresh, *s_zero, *s_one;
 #define VIEW_MIN (1 << 20) /* the smallest mapping made: a segment grows into it */
 
 /* --- attributes ------------------------------------------------------------- */
@@ -357,6 +357,23 @@ PyObject *fast_answer(int r) {
 
 /* --- appending ------------------------------------------------------------------ */
 
+/* The active segment and the Log's state as the append needs them (after any catch-up):
+ * 1, or 0 when they are not what the common case needs (a roll is due: Python's). */
+static int read_state(Appender *a) {
+    long long fd, salt;
+    PyObject *segments = dict_get(a->ldict, s_segments);
+    if (!dict_int(a->ldict, s_end, &a->end) || !dict_int(a->ldict, s_segment_bytes, &a->segment_bytes) ||
+        !dict_int(a->ldict, s_last_seq, &a->last_seq) || !dict_int(a->ldict, s_last_birthtime, &a->last_birthtime) ||
+        a->end >= a->segment_bytes || segments == NULL || !PyList_CheckExact(segments) || PyList_GET_SIZE(segments) == 0)
+        return 0;
+    a->slot = PyList_GET_SIZE(segments) - 1;
+    PyObject *active = PyList_GET_ITEM(segments, a->slot);
+    if (active == Py_None || !attr_int(active, s_fd, &fd) || fd < 0 || !attr_int(active, s_salt, &salt)) return 0;
+    a->fd = (int)fd;
+    a->salt = (uint32_t)salt;
+    return 1;
+}
+
 int append_begin(Appender *a, PyObject *log) {
     memset(a, 0, sizeof *a);
     if (PyDict_GetItemWithError(crashpoints_dict, s_ARMED) != Py_False ||
@@ -367,13 +384,10 @@ int append_begin(Appender *a, PyObject *log) {
     PyObject *ldict = PyObject_GenericGetDict(log, NULL);
     if (ldict == NULL) return -1;
     a->ldict = ldict;
-    long long generation, fork_generation, depth, mutex = 0, counter = 0, lock_fd = -1, fd, salt;
+    long long generation, fork_generation, depth, mutex = 0, counter = 0, lock_fd = -1;
     /* (_sync_error is set only by a group commit: sync_interval None means none) */
     if (dict_get(ldict, s_forked) != Py_False || dict_get(ldict, s_sync_interval) != Py_None ||
-        dict_get(ldict, s_sync_always) != Py_False ||
-        !dict_int(ldict, s_end, &a->end) || !dict_int(ldict, s_segment_bytes, &a->segment_bytes) ||
-        !dict_int(ldict, s_last_seq, &a->last_seq) || !dict_int(ldict, s_last_birthtime, &a->last_birthtime) ||
-        a->end >= a->segment_bytes) /* (a roll, Log._make_room: Python's) */
+        dict_get(ldict, s_sync_always) != Py_False)
         goto python;
     PyObject *filelock = dict_get(ldict, s_file_lock), *segments = dict_get(ldict, s_segments);
     if (filelock == NULL || segments == NULL || !PyList_CheckExact(segments) || PyList_GET_SIZE(segments) == 0)
@@ -387,14 +401,9 @@ int append_begin(Appender *a, PyObject *log) {
     dict_int(a->fldict, s_mutex, &mutex);
     dict_int(a->fldict, s_counter, &counter);
     if (mutex == 0 && !dict_int(a->fldict, s_lock_fd, &lock_fd)) goto python;
-    a->slot = PyList_GET_SIZE(segments) - 1;
-    PyObject *active = PyList_GET_ITEM(segments, a->slot);
-    if (active == Py_None || !attr_int(active, s_fd, &fd) || fd < 0 || !attr_int(active, s_salt, &salt)) goto python;
     a->mutex = (void *)(intptr_t)mutex;
     a->counter = (void *)(intptr_t)counter;
     a->lock_fd = (int)lock_fd;
-    a->fd = (int)fd;
-    a->salt = (uint32_t)salt;
     int taken = file_lock_take(a);
     if (taken < 0) goto fail;
     if (taken == 1) { /* its holder died: Python's refresh looks at everything */
@@ -403,17 +412,33 @@ int append_begin(Appender *a, PyObject *log) {
         if (r < 0) goto fail;
         goto python;
     }
-    /* log.refresh() under the lock: under the mutex the counter says it all (a holder that
-     * died is reported above); under flock a dead holder's bytes only show in the size. */
-    if (!(a->mutex != NULL ? fresh(ldict, a->counter, active) : fresh(ldict, NULL, active))) {
-        file_lock_give(a);
-        goto python;
-    }
     if (PyDict_SetItem(a->fldict, s_depth, s_one) < 0) {
         file_lock_give(a);
         goto fail;
     }
-    return 1;
+    /* log.refresh(defer_reload=True) under the lock, as LogHandle._write: nothing to do if
+     * nobody changed anything (under the mutex the counter says it all, a holder that died
+     * being reported above; under flock a dead holder's bytes only show in the size), else
+     * Python's catch-up runs here, holding the lock. A reload due (ReloadNeeded) leaves the
+     * whole call to Python, which lets go of the lock to rebuild; any other error is the
+     * call's, as it is in Python. */
+    PyObject *active = PyList_GET_ITEM(segments, PyList_GET_SIZE(segments) - 1);
+    if (!(a->mutex != NULL ? fresh(ldict, a->counter, active) : fresh(ldict, NULL, active))) {
+        PyObject *done = PyObject_CallMethodOneArg(log, s_refresh, Py_True);
+        Py_XDECREF(done);
+        if (done == NULL) {
+            if (PyErr_ExceptionMatches(ReloadNeeded)) PyErr_Clear();
+            goto leave;
+        }
+    }
+    if (read_state(a)) return 1;
+leave: {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyDict_SetItem(a->fldict, s_depth, s_zero);
+        file_lock_give(a);
+        PyErr_Restore(type, value, tb);
+    }
 python:
     Py_CLEAR(a->fldict);
     Py_CLEAR(a->ldict);
@@ -510,11 +535,12 @@ static PyObject *module_dict(PyObject *module) {
     return Py_NewRef(PyModule_GetDict(module));
 }
 
-/* setup_log(RLock type, fileops, crashpoints, filelock): what the fast paths compare
- * against, handed over by log.py at import. */
+/* setup_log(RLock type, fileops, crashpoints, filelock, ReloadNeeded): what the fast
+ * paths compare against, handed over by log.py at import. */
 static PyObject *setup_log(PyObject *self, PyObject *args) {
-    PyObject *rlock, *fileops, *crashpoints, *filelock;
-    if (!PyArg_ParseTuple(args, "OOOO", &rlock, &fileops, &crashpoints, &filelock)) return NULL;
+    PyObject *rlock, *fileops, *crashpoints, *filelock, *reload;
+    if (!PyArg_ParseTuple(args, "OOOOO", &rlock, &fileops, &crashpoints, &filelock, &reload)) return NULL;
+    Py_XSETREF(ReloadNeeded, Py_NewRef(reload));
     Py_XSETREF(RLockType, Py_NewRef(rlock));
     Py_XSETREF(rlock_acquire, PyObject_GetAttr(rlock, s_acquire)); /* (the method descriptors) */
     Py_XSETREF(rlock_release, PyObject_GetAttr(rlock, s_release));
@@ -546,7 +572,7 @@ int log_init(PyObject *module) {
     INTERN(s_deadline, "deadline") INTERN(s_mutex, "_mutex") INTERN(s_counter, "_counter")
     INTERN(s_owner_died, "owner_died") INTERN(s_acquire, "acquire") INTERN(s_release, "release")
     INTERN(s_write, "write") INTERN(s_ftruncate, "ftruncate") INTERN(s_ARMED, "ARMED")
-    INTERN(s_fork_generation, "_fork_generation") INTERN(s_view, "view")
+    INTERN(s_fork_generation, "_fork_generation") INTERN(s_view, "view") INTERN(s_refresh, "refresh")
 #undef INTERN
     if (PyType_Ready(&SegmentViewType) < 0) return -1;
     if ((s_zero = PyLong_FromLong(0)) == NULL || (s_one = PyLong_FromLong(1)) == NULL) return -1;

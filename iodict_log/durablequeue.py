@@ -266,7 +266,13 @@ class DurableQueue(LogHandle, queue.Queue):
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         """Put ``item``; with a maxsize, wait for room (or raise queue.Full)."""
-        if _put_one is not None and block and timeout is None and _put_one(self, item) is not NotImplemented:
+        if (
+            _put_one is not None
+            and block
+            and timeout is None
+            and not self.maxsize
+            and _put_one(self, item) is not NotImplemented
+        ):
             return
         self.put_many([item], block, timeout)
 

@@ -125,10 +125,6 @@ _OP_KIND = {OP_SET: STORE_DICT, OP_DELETE: STORE_DICT, OP_PUT: STORE_QUEUE, OP_T
 
 _open_logs: weakref.WeakSet[Log] = weakref.WeakSet()
 
-if core is not None:  # (the C fast paths compare against these: _log.c)
-    core.setup_log(type(threading.RLock()), fileops, crashpoints, filelock)
-_read_value = None if core is None else core.read_value
-
 
 def _after_fork_in_child() -> None:
     for log in list(_open_logs):
@@ -141,6 +137,11 @@ if hasattr(os, "register_at_fork"):
 
 class ReloadNeeded(Exception):
     """Raised by refresh(defer_reload=True): let go of the lock, then refresh() again."""
+
+
+if core is not None:  # (the C fast paths compare against these: _log.c)
+    core.setup_log(type(threading.RLock()), fileops, crashpoints, filelock, ReloadNeeded)
+_read_value = None if core is None else core.read_value
 
 
 class LogConsumer(Protocol):
