@@ -19,11 +19,16 @@ ready items but its PUT stays on disk, as a dead letter, until
 the dead one, all in one batch.
 
 Every process replays PUTs, TAKEs and DEADs into ``PendingItems``: the ready
-PUTs in log order, which is FIFO order, and the dead letters. Since items
-leave in that order, every segment before the one holding the oldest ready
-item or dead letter holds only consumed items: the consumer that moves past
-a segment deletes it (``Log.release_before``), so a queue drained as fast as
-it is filled keeps a bounded size on disk without rewriting anything.
+PUTs in log order, which is FIFO order, and the dead letters. It holds the
+oldest ready items and reads the rest of the backlog back from the log as
+they come up (pending.py), so a backlog of any length costs a window of
+memory. Since items leave in that order, every segment before the one
+holding the oldest ready item or dead letter holds only consumed items: the
+consumer that moves past a segment deletes it (``Log.release_before``), so a
+queue drained as fast as it is filled keeps a bounded size on disk without
+rewriting anything. Closing, rolling to a new segment and deleting consumed
+ones leave a checkpoint of that state (checkpoint.py), so that opening reads
+the state and what was appended after it, not the whole backlog.
 
 Waiting for the file lock honours the caller's deadline: ``block=False`` is
 one try, ``timeout=`` a deadline, and a lock not free in time (another
@@ -49,7 +54,7 @@ import weakref
 from typing import Any, Callable, Iterable
 
 from . import fileops
-from .errors import CorruptionError, CorruptionWarning
+from .errors import CorruptionError, CorruptionWarning, IODictLogError
 from .format import FLAG_BATCH, FLAG_PICKLE, OP_DEAD, OP_PUT, OP_TAKE, SEQ
 from .log import Entry, Log, LogHandle, check_options
 from .native import core
@@ -58,6 +63,7 @@ from .pending import DeadLetter, PendingItems
 from .serialize import Serializer
 
 MAX_POLL = 0.05  # seconds between looks at the log while blocked
+CLOSE_WAIT = 0.5  # seconds close() waits for the write lock to leave a checkpoint
 # The C core's put and get of one item, with no deadline (_durablequeue.c): they answer
 # NotImplemented, having changed nothing, whenever the Python path below must run.
 _put_one, _get_one = (core.queue_put, core.queue_get) if core is not None else (None, None)
@@ -112,7 +118,9 @@ class DurableQueue(LogHandle, queue.Queue):
         self._puts = 0  # bumped by every local put, so a waiting get never misses one
         self._waiting = 0  # threads waiting in _wait(): a put notifies only if there are any
         self._log: Log | None = None
-        self._log = Log(self.path, self._pending, sync=sync, segment_bytes=segment_bytes, kind="queue")
+        self._log = Log(
+            self.path, self._pending, sync=sync, segment_bytes=segment_bytes, checkpoints=True, kind="queue"
+        )
         _queues[id(self)] = self
 
     # --- plumbing ---------------------------------------------------------------
@@ -355,7 +363,7 @@ class DurableQueue(LogHandle, queue.Queue):
 
     def _dead_letters(self, log: Log) -> list[DeadLetter]:
         letters = []
-        for seq, loc in sorted(self._pending.dead.items()):
+        for seq, loc in self._pending.dead_letters():
             try:
                 value: tuple[int, bytes] | CorruptionError = log.read_value(loc)
             except CorruptionError as exc:
@@ -378,7 +386,7 @@ class DurableQueue(LogHandle, queue.Queue):
 
     def _retry(self, log: Log) -> int:
         entries: list[Entry] = []
-        for seq, loc in sorted(self._pending.dead.items()):
+        for seq, loc in self._pending.dead_letters():
             try:
                 flags, stored = log.read_value(loc)
             except CorruptionError as exc:
@@ -399,8 +407,22 @@ class DurableQueue(LogHandle, queue.Queue):
         self._release_consumed(log)
         return count
 
+    def _before_close(self, log: Log) -> None:
+        """Leave a checkpoint of the queue's state, so that the next open need not replay the
+        backlog. Best effort (a cache): skipped if the write lock is not free in CLOSE_WAIT."""
+        lock = log.file_lock
+        lock.deadline = time.monotonic() + CLOSE_WAIT
+        try:
+            with lock:
+                log.refresh()
+                log.checkpoint(if_changed=True)
+        except (OSError, IODictLogError):  # (LockTimeoutError too: the next open scans instead)
+            pass
+        finally:
+            lock.deadline = None
+
     def stats(self) -> dict:
-        """items (ready), dead (letters), segments, disk_bytes, corrupt_records."""
+        """items (ready), dead (letters), segments, disk_bytes, corrupt_records, state_from_checkpoint."""
         return self._read(self._stats)
 
     def _stats(self, log: Log) -> dict:
@@ -411,4 +433,5 @@ class DurableQueue(LogHandle, queue.Queue):
             "segments": stats["segments"],
             "disk_bytes": stats["disk_bytes"],
             "corrupt_records": stats["corrupt_records"] + self._pending.damaged,
+            "state_from_checkpoint": log.from_checkpoint,  # opened (or last reloaded) from CHECKPOINT
         }

@@ -467,17 +467,27 @@ def decode_manifest(data: bytes) -> Manifest:
     return Manifest(generation, numbers, seq_floor, bt_floor, kind)
 
 
-# --- the hint file ------------------------------------------------------------------
-# A snapshot of an index, so that opening need not replay every record. It is a
-# cache: whatever is wrong with it (damage, another version, segments changed
-# since) makes the reader scan instead. It names the segments it covers by
-# position in CURRENT, each with the size covered and the CRC-32 of those bytes,
-# so a hint is used only for segments whose every byte is as it was indexed.
-# The payload (the index, no pickle: hintfile.encode_index) is checked on its own.
+# --- the hint file and the queue checkpoint -------------------------------------------
+# Snapshots of a consumer's state (the dict's index: HINT; the queue's positions:
+# CHECKPOINT), so that opening need not replay every record. Each is a cache:
+# whatever is wrong with it (damage, another version, segments changed since)
+# makes the reader scan instead. Both are one container: a head, one entry per
+# covered segment, the consumer's own payload (checked on its own), a CRC-32.
+#
+# A hint names the segments it covers by position in CURRENT, each with the size
+# covered and the CRC-32 of those bytes, so it is used only for segments whose
+# every byte is as it was indexed. A checkpoint names them by number (a queue's
+# reclaim drops leading segments), with the size covered and the CRC-32 of the
+# last CHECKPOINT_TAIL bytes below it: a queue's segments are only ever appended
+# to, and every frame it later reads back is checked on its own, so opening
+# costs O(segments), not O(bytes) (checkpoint.py).
 
 HINT_MAGIC = b"\x89IODHN2\n"  # (2: the payload is hintfile's index; a pickle one had "\x89IODHNT\n")
 HINT_HEAD = struct.Struct("<8sHHIQQI")  # magic, version, reserved, salt, last seq, last birthtime, count
 HINT_COVER = struct.Struct("<QI")  # size covered, crc32 of bytes [0, size)
+CHECKPOINT_MAGIC = b"\x89IODQCK\n"
+CHECKPOINT_COVER = struct.Struct("<QQI")  # segment number, size covered, crc32 of its last CHECKPOINT_TAIL bytes
+CHECKPOINT_TAIL = 4096
 
 
 class Hint(NamedTuple):
@@ -490,24 +500,53 @@ class Hint(NamedTuple):
     payload: bytes  # the index's own snapshot
 
 
-def encode_hint(hint: Hint) -> bytes:
-    head = HINT_HEAD.pack(
-        HINT_MAGIC, FORMAT_VERSION, 0, hint.salt, hint.last_seq, hint.last_birthtime, len(hint.coverage)
-    )
-    body = b"".join([head, *(HINT_COVER.pack(size, crc) for size, crc in hint.coverage), hint.payload])
+class Checkpoint(NamedTuple):
+    """A queue's state over the segments named in ``coverage``, which begin CURRENT."""
+
+    salt: int
+    last_seq: int
+    last_birthtime: int
+    coverage: tuple[tuple[int, int, int], ...]  # (number, size, crc32 of the tail below size) per segment
+    payload: bytes  # the queue's own snapshot (checkpoint.encode_state)
+
+
+def _encode_snapshot(magic: bytes, cover: struct.Struct, snapshot: Hint | Checkpoint) -> bytes:
+    salt, last_seq, last_birthtime, coverage, payload = snapshot
+    head = HINT_HEAD.pack(magic, FORMAT_VERSION, 0, salt, last_seq, last_birthtime, len(coverage))
+    body = b"".join([head, *(cover.pack(*entry) for entry in coverage), payload])
     return body + COUNT.pack(zlib.crc32(body))
 
 
-def decode_hint(data: bytes) -> Hint | None:
-    """The hint in ``data``; None if it is damaged, cut short or of another version."""
-    if not data.startswith(HINT_MAGIC) or len(data) < HINT_HEAD.size + COUNT.size:
+def _decode_snapshot(data: bytes, magic: bytes, cover: struct.Struct) -> tuple | None:
+    """(salt, last seq, last birthtime, coverage, payload); None if damaged, cut short or of another version."""
+    if not data.startswith(magic) or len(data) < HINT_HEAD.size + COUNT.size:
         return None
     _, version, _, salt, last_seq, last_birthtime, count = HINT_HEAD.unpack_from(data)
-    start = HINT_HEAD.size + count * HINT_COVER.size
+    start = HINT_HEAD.size + count * cover.size
     end = len(data) - COUNT.size
     if version != FORMAT_VERSION or start > end:
         return None
     if zlib.crc32(memoryview(data)[:end]) != COUNT.unpack_from(data, end)[0]:
         return None
-    coverage = tuple(HINT_COVER.unpack_from(data, HINT_HEAD.size + i * HINT_COVER.size) for i in range(count))
-    return Hint(salt, last_seq, last_birthtime, coverage, data[start:end])
+    coverage = tuple(cover.unpack_from(data, HINT_HEAD.size + i * cover.size) for i in range(count))
+    return salt, last_seq, last_birthtime, coverage, data[start:end]
+
+
+def encode_hint(hint: Hint) -> bytes:
+    return _encode_snapshot(HINT_MAGIC, HINT_COVER, hint)
+
+
+def decode_hint(data: bytes) -> Hint | None:
+    """The hint in ``data``; None if it is damaged, cut short or of another version."""
+    fields = _decode_snapshot(data, HINT_MAGIC, HINT_COVER)
+    return None if fields is None else Hint(*fields)
+
+
+def encode_checkpoint(checkpoint: Checkpoint) -> bytes:
+    return _encode_snapshot(CHECKPOINT_MAGIC, CHECKPOINT_COVER, checkpoint)
+
+
+def decode_checkpoint(data: bytes) -> Checkpoint | None:
+    """The checkpoint in ``data``; None if it is damaged, cut short or of another version."""
+    fields = _decode_snapshot(data, CHECKPOINT_MAGIC, CHECKPOINT_COVER)
+    return None if fields is None else Checkpoint(*fields)

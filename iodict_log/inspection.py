@@ -362,6 +362,9 @@ class Census:
         self.keys = KeyIndex(decode_key)
         self.items = PendingItems()
 
+    def attach(self, log: Any) -> None:
+        self.items.attach(log)  # (a long backlog is read back from the log)
+
     def reset(self) -> None:
         self.keys.reset()
         self.items.reset()

@@ -53,14 +53,17 @@ import threading
 import time
 import warnings
 import weakref
+import zlib
 from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
 from . import crashpoints, filelock, fileops
+from .checkpoint import CHECKPOINT_MIN_BYTES, CHECKPOINT_NAME, CHECKPOINT_TMP_NAME, read_checkpoint, write_checkpoint
 from .compaction import Sources, Written, install, is_compaction_file
 from .errors import CorruptionError, CorruptionWarning, IODictLogError, StoreClosedError
 from .filelock import FileLock
 from .fileops import sync_directory
 from .format import (
+    CHECKPOINT_TAIL,
     KIND_COMPACTED,
     KIND_LOG,
     OP_DEAD,
@@ -73,6 +76,8 @@ from .format import (
     STORE_DICT,
     STORE_QUEUE,
     STORE_UNKNOWN,
+    Checkpoint,
+    Damage,
     Frame,
     Hint,
     Manifest,
@@ -87,6 +92,7 @@ from .index import (
     LENGTH_MASK,
     MAX_OFFSET,
     MAX_SLOTS,
+    OFFSET_BITS,
     OFFSET_MASK,
     OFFSET_SHIFT,
     SLOT_MASK,
@@ -112,6 +118,7 @@ LOCK_NAME = "LOCK"
 HINT_AFTER_RECORDS = 10_000
 # Rescanning a record costs about this many times what moving one index entry does.
 _RESCAN_COST = 10
+READ_CHUNK = 2**18  # bytes read_frames() reads at a time
 T = TypeVar("T")
 H = TypeVar("H", bound="LogHandle")
 
@@ -152,6 +159,10 @@ class LogConsumer(Protocol):
     process compacted to ``rebase(snapshot, sizes, first_kept, shift)``: ``sizes``
     are the covered size of each segment the hint names, so that every location is
     checked against its segment; ValueError, changing nothing, if unusable.
+    With ``checkpoints=True`` (the queue's), ``snapshot(first_slot) -> bytes | None``
+    and ``restore(snapshot, sizes)`` likewise, for checkpoint.py; and a consumer
+    with ``attach(log)`` is given the log before the first frame, to read records
+    back from (``read_frames``).
     """
 
     def reset(self) -> None: ...
@@ -173,6 +184,7 @@ def check_options(sync: object, segment_bytes: object) -> None:
 def _is_store_file(name: str) -> bool:
     return (
         name in (MANIFEST_NAME, MANIFEST_NAME + ".tmp", LOCK_NAME, HINT_NAME, HINT_TMP_NAME)
+        or name in (CHECKPOINT_NAME, CHECKPOINT_TMP_NAME)
         or parse_segment_name(name) is not None
         or is_compaction_file(name)
     )
@@ -195,6 +207,7 @@ class Log:
         sync: bool | float,
         segment_bytes: int,
         hints: bool = False,
+        checkpoints: bool = False,
         kind: str | None = None,
     ) -> None:
         if kind not in STORE_KINDS:
@@ -214,12 +227,22 @@ class Log:
         self._sealed_bytes = 0  # size of all live segments but the last
         self._hints = hints
         self.hinted_seq = -1  # last_seq covered by the hint this index was loaded from; -1: scanned
+        self._checkpoints = checkpoints
+        # (segment numbers, last_seq) of the checkpoint this process last loaded or wrote.
+        self._checkpointed: tuple[tuple[int, ...], int] | None = None
+        self._tail_crcs: dict[int, tuple[int, int]] = {}  # segment number -> (size, CRC of its tail)
+        # Where this process's own scan began (slot << 32 | offset): a checkpoint covered what
+        # lies before, so damage found there by read_frames() is news, to report.
+        self._scanned_from = 0
         self._sync_timer: threading.Timer | None = None
         self._sync_error: OSError | None = None  # from a group-commit fsync, raised by the next call
         self._kind = STORE_KINDS[kind]
         self._seen = STORE_UNKNOWN  # kinds of the frames read while CURRENT records none (bits)
         self._forked = False  # a forked child whose descriptors the fork hook closed
         _open_logs.add(self)
+        attach = getattr(consumer, "attach", None)
+        if attach is not None:
+            attach(self)
         self._check_directory()
         self.file_lock = FileLock(os.path.join(directory, LOCK_NAME), mapped=True)  # around refresh() + append_*()
         # The LOCK file's change counter as of our last complete catch-up (refresh): while
@@ -326,7 +349,7 @@ class Log:
         numbers = manifest.segments
         for i, number in enumerate(numbers):
             self._segments.append(Segment.open(self.directory, number, writable=i == len(numbers) - 1))
-        first, start = self._restore_hint() or (0, SEGMENT_HEADER_SIZE)
+        first, start = self._restore_hint() or self._restore_checkpoint() or (0, SEGMENT_HEADER_SIZE)
         if self.hinted_seq >= 0:
             self._seen |= STORE_DICT  # (only a dict writes hints)
         last = len(self._segments) - 1
@@ -369,6 +392,104 @@ class Log:
             if segment.salt != hint.salt or actual < size or (actual != size and i < len(coverage) - 1):
                 return False
         return all(segments[i].checksum(size) == crc for i, (size, crc) in enumerate(coverage))
+
+    # --- the queue's checkpoint (checkpoint.py) ----------------------------------
+
+    def _restore_checkpoint(self) -> tuple[int, int] | None:
+        """Load the queue's state from its checkpoint if it matches the segments as they
+        are; (slot, offset) where scanning must go on from, or None to scan all."""
+        self._scanned_from = 0
+        self._checkpointed = None
+        if not self._checkpoints:
+            return None
+        segments = self._segments
+        disk = sum(s.size() for s in segments if s is not None)  # (at open, none is None)
+        checkpoint = read_checkpoint(self.directory, disk, len(segments))
+        if checkpoint is None or not self._checkpoint_covers(checkpoint, segments):
+            return None
+        sizes = [size for _, size, _ in checkpoint.coverage]
+        try:
+            self._consumer.restore(checkpoint.payload, sizes)  # type: ignore[attr-defined]
+        except ValueError:
+            self._consumer.reset()
+            return None
+        self.last_seq = max(self.last_seq, checkpoint.last_seq)
+        self.last_birthtime = max(self.last_birthtime, checkpoint.last_birthtime)
+        self._checkpointed = (tuple(number for number, _, _ in checkpoint.coverage), checkpoint.last_seq)
+        slot, offset = len(sizes) - 1, sizes[-1]
+        self._scanned_from = slot << OFFSET_BITS | offset
+        return slot, offset
+
+    @property
+    def from_checkpoint(self) -> bool:
+        """Whether the state was loaded from the checkpoint at the last (re)load."""
+        return self._scanned_from != 0
+
+    def _checkpoint_covers(self, checkpoint: Checkpoint, segments: list[Segment | None]) -> bool:
+        """Whether CURRENT begins with the checkpoint's segments, each with its salt, its covered
+        size (exactly, but for the last) and the same bytes below it (its tail's CRC)."""
+        coverage = checkpoint.coverage
+        if not coverage or len(coverage) > len(segments):
+            return False
+        live: list[Segment] = []
+        for i, (number, size, _) in enumerate(coverage):
+            segment = segments[i]
+            if segment is None:
+                return False
+            live.append(segment)
+            actual = segment.size()
+            if (
+                segment.number != number
+                or segment.salt != checkpoint.salt
+                or not SEGMENT_HEADER_SIZE <= size <= actual
+                or (actual != size and i < len(coverage) - 1)
+            ):
+                return False
+        try:
+            return all(self._tail_crc(segment, size) == crc for segment, (_, size, crc) in zip(live, coverage))
+        except CorruptionError:  # (cut short meanwhile)
+            return False
+
+    def _tail_crc(self, segment: Segment, size: int) -> int:
+        """CRC-32 of the CHECKPOINT_TAIL bytes of ``segment`` below ``size`` (kept: a sealed
+        segment's never change)."""
+        known = self._tail_crcs.get(segment.number)
+        if known is not None and known[0] == size:
+            return known[1]
+        start = max(0, size - CHECKPOINT_TAIL)
+        crc = zlib.crc32(segment.read(start, size - start))
+        self._tail_crcs[segment.number] = (size, crc)
+        return crc
+
+    def checkpoint(self, *, if_changed: bool = False) -> bool:
+        """Write the queue's checkpoint of its state as it is now, if the store is big enough
+        for it to matter; whether it did. Needs the lock and a refresh() under it.
+
+        Best effort: it is a cache, so a failure only costs the next open a scan.
+        Not while this process has damage to report (the next open should). With
+        ``if_changed`` (at close), only if the log moved since the last checkpoint
+        this process loaded or wrote.
+        """
+        first = self._first_live
+        live = self._segments[first:]
+        if not self._checkpoints or self.corrupt_records or self.disk_bytes() < CHECKPOINT_MIN_BYTES:
+            return False
+        numbers = tuple(s.number for s in live if s is not None)
+        if len(numbers) != len(live) or (if_changed and self._checkpointed == (numbers, self.last_seq)):
+            return False
+        payload = self._consumer.snapshot(first)  # type: ignore[attr-defined]
+        if payload is None:
+            return False
+        segments: list[Segment] = live  # type: ignore[assignment]
+        sizes = [s.size() for s in segments[:-1]] + [self._end]
+        try:
+            coverage = tuple((s.number, size, self._tail_crc(s, size)) for s, size in zip(segments, sizes))
+            salt = segments[-1].salt
+            write_checkpoint(self.directory, Checkpoint(salt, self.last_seq, self.last_birthtime, coverage, payload))
+        except (OSError, CorruptionError):
+            return False
+        self._checkpointed = (numbers, self.last_seq)
+        return True
 
     def _count_sealed(self) -> None:
         self._sealed_bytes = sum(s.size() for s in self._segments[:-1] if s is not None)
@@ -657,6 +778,7 @@ class Log:
             if segment is not None and segment.number in numbers:
                 dropped.append(segment)
                 self._segments[slot] = None
+                self._tail_crcs.pop(segment.number, None)
         close_later(dropped)
         while self._segments[self._first_live] is None:
             self._first_live += 1
@@ -828,6 +950,7 @@ class Log:
         self._end = SEGMENT_HEADER_SIZE
         self._sync_timer = None  # a pending group commit is for the old segment
         self._count_sealed()
+        self.checkpoint()  # (CURRENT changed: the next open scans from here at most)
         if len(self._segments) >= MAX_SLOTS:
             self._load()  # renumber the slots, which dropped segments still hold
 
@@ -858,6 +981,7 @@ class Log:
             with contextlib.suppress(FileNotFoundError):
                 fileops.unlink(os.path.join(self.directory, segment_name(number)))
         sync_directory(self.directory)
+        self.checkpoint()  # (the last one named the segments just deleted: it no longer matches)
 
     # --- reading --------------------------------------------------------------
 
@@ -873,6 +997,68 @@ class Log:
         if found is None:
             raise CorruptionError(f"{segment.path}: record at offset {offset} fails its checksum")
         return found
+
+    def read_frames(self, loc: int, stop: int | None = None) -> Iterator[tuple[Frame, int]]:
+        """The committed data frames from the one at ``loc`` on, with their locations, up to
+        the location ``stop`` (None: all this process has applied): how a consumer that
+        keeps positions instead of every location reads records back (PendingItems).
+
+        ``loc`` must be a frame this process indexed (or a checkpoint vouched for).
+        Damage is reported (warned and counted) only before ``_scanned_from``, where
+        this process never scanned: elsewhere its scan reported it already.
+        """
+        slot, offset = (loc >> SLOT_SHIFT) & SLOT_MASK, (loc >> OFFSET_SHIFT) & OFFSET_MASK
+        if stop is None:
+            last, stop_offset = len(self._segments) - 1, self._end
+        else:
+            last, stop_offset = (stop >> SLOT_SHIFT) & SLOT_MASK, (stop >> OFFSET_SHIFT) & OFFSET_MASK
+        while slot <= last:
+            segment = self._segments[slot]
+            if segment is not None:
+                end = stop_offset if slot == last else segment.size()
+                yield from self._frames_between(slot, segment, offset, end)
+            slot, offset = slot + 1, SEGMENT_HEADER_SIZE
+
+    def _frames_between(self, slot: int, segment: Segment, pos: int, end: int) -> Iterator[tuple[Frame, int]]:
+        """read_frames within one segment, from ``pos`` to ``end``, READ_CHUNK bytes at a time."""
+        chunk = READ_CHUNK
+        while pos < end:
+            length = min(chunk, end - pos)
+            try:
+                buf = segment.read(pos, length)
+            except CorruptionError as exc:  # (cut short since it was indexed: repair, or damage)
+                self._report_unscanned(segment, slot, pos, [Damage(0, end - pos, str(exc))], end)
+                return
+            final = pos + length == end
+            scan = Scan(buf, segment.salt, complete=final)
+            reached = pos
+            try:
+                for frame in scan:
+                    if frame.op != OP_SEAL:
+                        reached = pos + frame.offset
+                        yield frame, pack_location(frame.birthtime_ns, slot, reached, frame.length)
+                reached = pos + len(buf)
+            finally:
+                self._report_unscanned(segment, slot, pos, scan.damage, reached)
+            if final:
+                return
+            if scan.end:
+                pos, chunk = pos + scan.end, READ_CHUNK
+            else:
+                chunk *= 2  # (one frame, or one batch, larger than the chunk)
+
+    def _report_unscanned(self, segment: Segment, slot: int, base: int, damage: list[Damage], before: int) -> None:
+        """Warn about and count the damage regions found below ``before`` that lie where this
+        process never scanned (read_frames)."""
+        for region in damage:
+            at = base + region.offset
+            if at < before and slot << OFFSET_BITS | at < self._scanned_from:
+                self.corrupt_records += 1
+                warnings.warn(
+                    f"{segment.path}: skipped {region.length} bytes at offset {at} ({region.reason})",
+                    CorruptionWarning,
+                    stacklevel=5,
+                )
 
     def frames(self, start_seq: int = 0) -> Iterator[Frame]:
         """Committed data frames (SET, DELETE, PUT, TAKE) with seq >= start_seq, in sequence order.

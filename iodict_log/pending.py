@@ -1,53 +1,105 @@
-"""The queue's index, rebuilt from the log: ready items and dead letters.
+"""The queue's index, rebuilt from the log: its positions, and what is out of order.
 
+Theory of operation
+-------------------
 A log consumer like ``KeyIndex``: every process replays PUT, TAKE and DEAD
-frames into ``PendingItems``, in log order, which is FIFO order. A TAKE names
-the seq of the PUT it consumed and a DEAD the seq of the PUT it moved to the
-dead letters, so each costs one dictionary lookup whatever it names.
-``oldest()`` is the earliest PUT still needed, before which every segment holds
-only consumed items (what ``DurableQueue`` reclaims).
+frames into ``PendingItems``, in log order, which is FIFO order. Items leave
+in that order, so the queue's state is mostly positions: how many items are
+ready, and where the oldest is. Only a window of the oldest ready items
+(WINDOW of them) is held in memory, seq -> location; the rest of the backlog
+stays in the log, and when the window runs dry it is refilled by reading the
+log forward from the first item beyond it (``_spill``), through
+``Log.read_frames``. Memory therefore follows what is in flight, not the
+length of the backlog: a window, the dead letters, and the seqs of items
+beyond the window that were taken out of order (``_gone``, none in a FIFO
+queue: a get always takes the head; a DEAD always names the head).
+
+A TAKE or DEAD names the seq of its PUT, so each costs one dictionary lookup
+whatever it names: in the window, a dead letter, beyond the window (the
+window is refilled first when it is empty, so the FIFO case never adds to
+``_gone``), or a PUT long consumed (nothing). The count of ready items is
+kept as frames are applied, so ``len()`` is O(1); reading back the whole
+backlog (the window refilled with nothing beyond it) makes it exact again, so
+records lost to damage since a checkpoint cannot leave it wrong for long.
+
+``oldest()`` is the earliest PUT still needed, before which every segment
+holds only consumed items (what ``DurableQueue`` reclaims). ``snapshot()`` and
+``restore()`` are the state in a checkpoint (checkpoint.py): the counts, the
+first ready item, the dead letters and ``_gone``; a restored window is empty
+and fills from the log on first use.
 """
 
 from __future__ import annotations
 
 import collections
 import warnings
-from typing import Any
+from typing import Any, Sequence
 
+from .checkpoint import QueueState, decode_state, encode_state
 from .errors import CorruptionError, CorruptionWarning
 from .format import OP_DEAD, OP_PUT, OP_TAKE, SEQ, Frame
-from .index import LENGTH_MASK
+from .index import LENGTH_MASK, SLOT_SHIFT
 from .serialize import Serializer
+
+WINDOW = 4096  # ready items held in memory (about 150 bytes each); the rest are read back from the log
 
 
 class PendingItems:
     """The queue's state as the log says: ready items and dead letters. A log consumer.
 
-    Ready items are PUTs neither taken nor dead, oldest first; dead letters are
-    PUTs a DEAD frame moved aside. Both map seq -> location, so a TAKE costs
-    one lookup whatever it names (one naming a PUT long gone costs nothing).
-    ``_order`` keeps the FIFO order of the ready seqs; a seq taken from the
-    middle stays in it until it reaches the front and is dropped there.
+    The oldest ready items (up to WINDOW) map seq -> location in ``_ready``,
+    with ``_order`` keeping their FIFO order (a seq taken from the middle
+    stays in it until it reaches the front and is dropped there). Ready items
+    beyond the window are only counted: ``_spill`` is the first of them.
+    Dead letters map seq -> location. ``attach(log)`` gives the log to read
+    the backlog back from.
     """
 
-    __slots__ = ("_ready", "_order", "dead", "_oldest_dead", "live_bytes", "damaged", "other_frames", "where")
+    __slots__ = (
+        "_ready",
+        "_order",
+        "_count",
+        "_spill",
+        "_gone",
+        "_last_put",
+        "dead",
+        "_oldest_dead",
+        "live_bytes",
+        "damaged",
+        "other_frames",
+        "where",
+        "_log",
+    )
 
     def __init__(self, where: str = "") -> None:
         self.where = where  # the store's path, for warnings
+        self._log: Any = None  # what read_frames() reads the backlog back from (attach)
         self._ready: dict[int, int] = {}
         self._order: collections.deque[int] = collections.deque()
+        self._count = 0  # ready items, in the window and beyond it
+        self._spill: tuple[int, int] | None = None  # (seq, location) of the first ready item beyond the window
+        self._gone: dict[int, bool] = {}  # seq -> buried, of items beyond the window taken out of order
+        self._last_put = 0  # the highest seq of a PUT applied: a TAKE naming a higher one names no item
         self.dead: dict[int, int] = {}  # seq -> location of the dead letters' PUTs
         self._oldest_dead: int | None = None  # min(dead), or None when not known yet
         self.live_bytes = 0  # bytes of the PUTs still needed: ready items and dead letters
         self.damaged = 0  # queue frames that make no sense (a key that is not a seq), since reset
         self.other_frames = 0  # data frames that are not the queue's (a dict's), since reset
 
+    def attach(self, log: Any) -> None:
+        """The log whose ``read_frames`` refills the window (Log calls it before replaying)."""
+        self._log = log
+
     def __len__(self) -> int:
-        return len(self._ready)
+        return self._count
 
     def reset(self) -> None:
         self._ready.clear()
         self._order.clear()
+        self._count = 0
+        self._spill = None
+        self._gone.clear()
+        self._last_put = 0
         self.dead.clear()
         self._oldest_dead = None
         self.live_bytes = 0
@@ -69,9 +121,9 @@ class PendingItems:
                     stacklevel=5,
                 )
             elif op == OP_TAKE:
-                self.remove(SEQ.unpack(frame.key)[0])
+                self.remove(SEQ.unpack(frame.key)[0], loc)
             else:
-                self.bury(SEQ.unpack(frame.key)[0])
+                self.bury(SEQ.unpack(frame.key)[0], loc)
         else:
             self.other_frames += 1
 
@@ -81,12 +133,18 @@ class PendingItems:
     def add(self, seq: int, loc: int) -> None:
         if seq in self._ready or seq in self.dead:
             return  # (a duplicated frame: one item)
-        self._ready[seq] = loc
-        self._order.append(seq)
+        if self._spill is None and len(self._ready) < WINDOW:
+            self._ready[seq] = loc
+            self._order.append(seq)
+        elif self._spill is None:
+            self._spill = (seq, loc)
+        self._count += 1
+        if seq > self._last_put:
+            self._last_put = seq
         self.live_bytes += loc & LENGTH_MASK
 
-    def head(self) -> tuple[int, int] | None:
-        """(seq, location) of the oldest ready item, or None."""
+    def _first(self) -> tuple[int, int] | None:
+        """(seq, location) of the oldest ready item in the window, or None."""
         order, ready = self._order, self._ready
         while order:
             seq = order[0]
@@ -96,42 +154,156 @@ class PendingItems:
             order.popleft()  # taken or dead since: forget it here too
         return None
 
-    def remove(self, seq: int) -> None:
+    def head(self) -> tuple[int, int] | None:
+        """(seq, location) of the oldest ready item, or None; refills the window if need be."""
+        first = self._first()
+        if first is None and self._spill is not None:
+            self._refill(None)
+            first = self._first()
+        return first
+
+    def remove(self, seq: int, stop: int | None = None) -> None:
         """Forget the PUT with this seq, ready or dead (nothing if it is neither: a PUT
-        in a segment deleted as consumed, or one that never was)."""
+        in a segment deleted as consumed, or one that never was). ``stop``: where in
+        the log the TAKE is, when it is being replayed (what may be read back)."""
         loc = self._ready.pop(seq, None)
         if loc is not None:
+            self._count -= 1
             if self._order[0] == seq:
                 self._order.popleft()  # (the common case: the head)
         else:
             loc = self.dead.pop(seq, None)
             if loc is None:
+                self._leave_beyond(seq, False, stop)
                 return
             if seq == self._oldest_dead:
                 self._oldest_dead = None
         self.live_bytes -= loc & LENGTH_MASK
 
-    def bury(self, seq: int) -> None:
+    def bury(self, seq: int, stop: int | None = None) -> None:
         """Move the ready item ``seq`` to the dead letters (nothing if it is not ready)."""
         loc = self._ready.pop(seq, None)
         if loc is None:
+            self._leave_beyond(seq, True, stop)
             return
+        self._count -= 1
         self.dead[seq] = loc
         if self._oldest_dead is not None and seq < self._oldest_dead:
             self._oldest_dead = seq
+
+    def _leave_beyond(self, seq: int, buried: bool, stop: int | None) -> None:
+        """A TAKE (or DEAD) of ``seq``, not in the window: an item beyond it, or none."""
+        spill = self._spill
+        if spill is None or not spill[0] <= seq <= self._last_put or seq in self._gone:
+            return  # (consumed long ago, never put, or named twice)
+        if not self._ready:  # the FIFO case: read the next items back, then take it there
+            self._refill(stop)
+            if seq in self._ready:
+                (self.bury if buried else self.remove)(seq, stop)
+                return
+            if self._spill is None or seq < self._spill[0]:
+                return  # (read back, and not an item: damaged since, or never one)
+        self._gone[seq] = buried
+        self._count -= 1
+
+    def _refill(self, stop: int | None) -> None:
+        """Read the ready items beyond the window back from the log, up to WINDOW of them,
+        from ``_spill`` to ``stop`` (a location; None: all the log has applied)."""
+        seq, loc = self._spill  # type: ignore[misc]
+        self._spill = None
+        ready, order, gone, dead = self._ready, self._order, self._gone, self.dead
+        for frame, at in self._log.read_frames(loc, stop):
+            s = frame.seq
+            if frame.op != OP_PUT or s < seq or s in ready or s in dead:
+                continue
+            buried = gone.pop(s, None)
+            if buried is not None:
+                if buried:
+                    dead[s] = at
+                    self._oldest_dead = None
+                else:
+                    self.live_bytes -= at & LENGTH_MASK
+                continue
+            if len(ready) >= WINDOW:
+                self._spill = (s, at)
+                return
+            ready[s] = at
+            order.append(s)
+        # The whole backlog is in the window now: what the counts say is exact again
+        # (records lost to damage since a checkpoint, or seqs named twice, are gone).
+        gone.clear()
+        self._count = len(ready)
+        self.live_bytes = sum(at & LENGTH_MASK for at in ready.values()) + sum(at & LENGTH_MASK for at in dead.values())
 
     def oldest(self) -> int | None:
         """Location of the oldest PUT still needed (a ready item or a dead letter), or None.
 
         Seqs grow along the log (a queue's segments are never compacted), so the
         smallest seq is the earliest place on disk."""
-        head = self.head()
+        head = self._first() or self._spill
         if not self.dead:
             return None if head is None else head[1]
         seq = self._oldest_dead
         if seq is None:
             seq = self._oldest_dead = min(self.dead)
         return head[1] if head is not None and head[0] < seq else self.dead[seq]
+
+    def dead_letters(self) -> list[tuple[int, int]]:
+        """(seq, location) of every dead letter, by seq: those buried beyond the window
+        are found in the log first."""
+        if any(self._gone.values()):
+            self._find_buried()
+        return sorted(self.dead.items())
+
+    def _find_buried(self) -> None:
+        """Locate the PUTs that DEAD records named beyond the window (never in a FIFO queue)."""
+        gone = self._gone
+        for frame, at in self._log.read_frames(self._spill[1], None):  # type: ignore[index]
+            if frame.op == OP_PUT and gone.get(frame.seq):
+                del gone[frame.seq]
+                self.dead[frame.seq] = at
+                self._oldest_dead = None
+
+    # --- checkpoints (checkpoint.py) ----------------------------------------------
+
+    def snapshot(self, first_slot: int) -> bytes | None:
+        """The state for a checkpoint, its locations' slots counted from ``first_slot``
+        (the first live segment: positions in CURRENT); None while this process has
+        damage to report (a checkpoint would hide it from the next open)."""
+        shift = first_slot << SLOT_SHIFT
+        first = self._first() or self._spill
+        if self.damaged or min([first[1]] if first else [], default=shift) < shift:
+            return None  # (an item in a dropped segment: never, as the reclaim keeps the oldest)
+        # Items taken from the middle of the window lie beyond a restored window: name them.
+        gone = dict(self._gone)
+        for seq in self._order:
+            if seq not in self._ready and seq not in self.dead:
+                gone[seq] = False
+        state = QueueState(
+            self._count,
+            self.live_bytes,
+            self.damaged,
+            self.other_frames,
+            self._last_put,
+            None if first is None else (first[0], first[1] - shift),
+            [(seq, loc - shift) for seq, loc in sorted(self.dead.items())],
+            sorted(gone.items()) if first is not None else [],
+        )
+        return encode_state(state)
+
+    def restore(self, payload: bytes, sizes: Sequence[int]) -> None:
+        """Load a checkpoint's state over segments of the covered ``sizes``; ValueError,
+        changing nothing, if it is not a valid one."""
+        state = decode_state(payload, sizes)
+        self.reset()
+        self._count = state.ready
+        self.live_bytes = state.live_bytes
+        self.damaged = state.damaged
+        self.other_frames = state.other_frames
+        self._last_put = state.last_put
+        self._spill = state.first
+        self.dead.update(state.dead)
+        self._gone.update(state.gone)
 
 
 class DeadLetter:

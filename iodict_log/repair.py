@@ -9,7 +9,7 @@ write lock ``LOCK`` only for moments, like a compaction (compaction.py):
    damage noted. A segment header that fails its checksum gets its salt back
    from the other headers (every header of a store carries the same salt), but
    only if frames' checksums then hold. Nothing to do: stop, no backup.
-2. Backup: the store's own regular files (CURRENT, NNNNNNNNNN.seg, HINT), never
+2. Backup: the store's own regular files (CURRENT, NNNNNNNNNN.seg, HINT, CHECKPOINT), never
    through a link, into a new directory of mode 0700.
 3. If the last segment is damaged: under ``LOCK``, cut its torn tail, SEAL it
    and start a new last segment (a roll), so it never changes again.
@@ -37,6 +37,7 @@ import time
 from typing import NamedTuple, cast
 
 from . import fileops
+from .checkpoint import CHECKPOINT_NAME
 from .compaction import SegmentWriter, Written, compaction_lock, install, remove_leftovers, standalone
 from .errors import IODictLogError
 from .filelock import FileLock
@@ -387,7 +388,7 @@ def _rebuild_order(surveyed: list[Examined], notes: list[str]) -> tuple[int, ...
 
 
 def backup_store(path: str, backup: str) -> list[str]:
-    """Copy ``path``'s CURRENT, segments and HINT into the new directory ``backup``
+    """Copy ``path``'s CURRENT, segments, HINT and CHECKPOINT into the new directory ``backup``
     (created with mode 0700; IODictLogError if it exists). Only regular files,
     opened without following links; anything else is left out. Notes of what was."""
     try:
@@ -397,7 +398,7 @@ def backup_store(path: str, backup: str) -> list[str]:
     notes = []
     names = sorted(os.listdir(path), key=lambda n: (n != MANIFEST_NAME, n))  # CURRENT first
     for name in names:
-        if name not in (MANIFEST_NAME, HINT_NAME) and parse_segment_name(name) is None:
+        if name not in (MANIFEST_NAME, HINT_NAME, CHECKPOINT_NAME) and parse_segment_name(name) is None:
             continue
         source = os.path.join(path, name)
         try:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 from typing import Callable
 
@@ -272,8 +273,11 @@ while True:
 """
 
 
-def _run_kill_round(tmp_path: Path, path: Path, round_: int, rng: random.Random) -> tuple[list, list]:
-    """Start 2 producers and 2 consumers, SIGKILL each after a random number of its lines."""
+def _run_kill_round(
+    tmp_path: Path, path: Path, round_: int, rng: random.Random, consumer_lines: int = 600
+) -> tuple[list, list]:
+    """Start 2 producers and 2 consumers, SIGKILL each after a random number of its lines
+    (a consumer's: up to ``consumer_lines``)."""
     deadline = time.monotonic() + 20
     with Team(tmp_path) as team:
         producers = [
@@ -285,7 +289,7 @@ def _run_kill_round(tmp_path: Path, path: Path, round_: int, rng: random.Random)
         # A kill after k lines lands anywhere: while opening the store, inside a put,
         # between a get and its report, in a roll to a new segment, in a blocked get.
         targets = {p.name: rng.randint(1, 400) for p in producers}
-        targets.update({c.name: rng.randint(1, 600) for c in consumers})  # two lines an item
+        targets.update({c.name: rng.randint(1, consumer_lines) for c in consumers})  # two lines an item
         idle_from: dict[str, int] = {}  # consumer: its line count once every producer was dead
 
         def kill_due() -> bool:
@@ -413,6 +417,44 @@ def test_sigkilled_producers_and_consumers_lose_and_duplicate_nothing_acknowledg
             assert q.qsize() == 0
     assert figures["items reported"] > 0 and figures["items left"] > 0, figures  # both paths exercised
     print(f"seed {seed}: {dict(figures)}")
+
+
+def test_sigkills_over_a_long_backlog_lose_and_duplicate_nothing_acknowledged(tmp_path):
+    """As above, over a backlog several times the window a queue holds in memory
+    (pending.WINDOW) and big enough for checkpoints, which every roll, reclaim and
+    close rewrites: kills land while the window is refilled from the log, while a
+    checkpoint is written, and between a checkpoint and the records after it."""
+    seed = 20261202
+    rng = random.Random(seed)
+    path = tmp_path / "q"
+    backlog = 20_000
+    with DurableQueue(path, segment_bytes=4096) as q:
+        for start in range(0, backlog, 500):
+            q.put_many([("pre", i, "x" * (i % 97)) for i in range(start, start + 500)])
+    prefill = types.SimpleNamespace(name="pre", lines=[f"put 0 {backlog}", f"ack 0 {backlog}"])
+    producers: list = [prefill]
+    consumers: list = []
+    budget = time.monotonic() + 60
+    opened_from: list[bool] = []  # whether each reopen between rounds used a checkpoint
+    for round_ in range(8):
+        assert time.monotonic() < budget, f"seed {seed}: over the time budget after {round_} rounds"
+        made, took = _run_kill_round(tmp_path, path, round_, rng, consumer_lines=6000)
+        producers += made
+        consumers += took
+        with DurableQueue(path, segment_bytes=4096) as q:  # opens after the carnage, drains nothing
+            stats = q.stats()
+            assert stats["corrupt_records"] == 0, f"seed {seed} round {round_}: {stats}"
+            opened_from.append(stats["state_from_checkpoint"])
+    with DurableQueue(path, segment_bytes=4096) as q:
+        remaining = drain(q)
+    try:
+        figures = _check_kill_round(-1, producers, consumers, remaining)
+    except AssertionError as exc:
+        raise AssertionError(f"seed {seed}: {exc}") from None
+    reached_producers = any(line.startswith("got r") for c in consumers for line in c.lines)
+    assert figures["items reported"] > backlog // 2 and reached_producers, figures  # the backlog ran through
+    assert True in opened_from, opened_from  # (a dead process leaves the checkpoint of its last roll or reclaim)
+    print(f"seed {seed}: {dict(figures)}, reopened from a checkpoint: {opened_from}")
 
 
 # --- 3. a put in one process wakes a get blocked in another -------------------------
