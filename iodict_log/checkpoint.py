@@ -40,7 +40,16 @@ from typing import NamedTuple, Sequence
 from . import fileops
 from .errors import CorruptionError
 from .fileops import read_file, write_file
-from .format import CHECKPOINT_COVER, COUNT, HINT_HEAD, Checkpoint, decode_checkpoint, encode_checkpoint
+from .format import (
+    CHECKPOINT_COVER,
+    COUNT,
+    HEADER_SIZE,
+    HINT_HEAD,
+    MAX_SEQ,
+    Checkpoint,
+    decode_checkpoint,
+    encode_checkpoint,
+)
 from .hintfile import LOCATION_SIZE, decode_locations
 
 CHECKPOINT_NAME = "CHECKPOINT"
@@ -64,7 +73,7 @@ class QueueState(NamedTuple):
     last_put: int
     first: tuple[int, int] | None  # (seq, location) of the oldest ready item
     dead: list[tuple[int, int]]  # (seq, location) of each dead letter, by seq
-    gone: list[tuple[int, bool]]  # (seq, buried) of each item taken out of order, not yet read back
+    gone: list[tuple[int, int]]  # (seq, fate: pending.TAKEN, BURIED or PASSED) of items beyond the window
 
 
 def encode_state(state: QueueState) -> bytes:
@@ -85,7 +94,7 @@ def encode_state(state: QueueState) -> bytes:
         parts.append(first_loc.to_bytes(LOCATION_SIZE, "little"))
     parts += [seq.to_bytes(SEQ_SIZE, "little") for seq, _ in state.dead]
     parts += [loc.to_bytes(LOCATION_SIZE, "little") for _, loc in state.dead]
-    parts += [seq.to_bytes(SEQ_SIZE, "little") + bytes([buried]) for seq, buried in state.gone]
+    parts += [seq.to_bytes(SEQ_SIZE, "little") + bytes([fate]) for seq, fate in state.gone]
     return b"".join(parts)
 
 
@@ -104,16 +113,33 @@ def decode_state(payload: bytes, sizes: Sequence[int]) -> QueueState:
         at += dead * SEQ_SIZE
         dead_locs, _ = decode_locations(payload[at : at + dead * LOCATION_SIZE], sizes)
         at += dead * LOCATION_SIZE
-        gone_flags = list(struct.iter_unpack("<QB", payload[at:]))
-        if any(flag > 1 for _, flag in gone_flags):
-            raise ValueError("a flag that is neither 0 nor 1")
-        gone_seqs = [(seq, flag == 1) for seq, flag in gone_flags]
-        if dead_seqs != sorted(set(dead_seqs)) or 0 in dead_seqs:
-            raise ValueError("dead letters out of order")
+        gone_seqs = list(struct.iter_unpack("<QB", payload[at:]))
+        _check_consistent(ready, live_bytes, last_put, first_seq, dead_seqs, gone_seqs, sum(sizes))
     except Exception as exc:  # whatever a forged payload makes struct or a check raise
         raise ValueError(f"not a queue checkpoint: {exc!r}") from None
     first = (first_seq, first_locs[0]) if first_seq else None
     return QueueState(ready, live_bytes, damaged, other, last_put, first, list(zip(dead_seqs, dead_locs)), gone_seqs)
+
+
+def _check_consistent(
+    ready: int,
+    live_bytes: int,
+    last_put: int,
+    first_seq: int,
+    dead: list[int],
+    gone: list[tuple[int, int]],
+    covered: int,
+) -> None:
+    """ValueError unless the fields of a state agree with each other and with the bytes
+    covered: what a forged checkpoint with a good CRC could otherwise break."""
+    if last_put > MAX_SEQ or live_bytes > covered or ready * HEADER_SIZE > covered:
+        raise ValueError("counts beyond what the segments hold")
+    if (ready == 0) != (first_seq == 0) or (gone and not first_seq):
+        raise ValueError("a first item exactly when items are ready")
+    if first_seq > last_put or (dead and (dead != sorted(set(dead)) or dead[0] == 0 or dead[-1] > last_put)):
+        raise ValueError("seqs out of order, or beyond the last put")
+    if any(not first_seq < seq <= last_put or fate > 2 for seq, fate in gone):
+        raise ValueError("an item taken out of order outside the backlog")
 
 
 def checkpoint_bound(disk_bytes: int, segments: int) -> int:

@@ -66,6 +66,7 @@ from .format import (
     CHECKPOINT_TAIL,
     KIND_COMPACTED,
     KIND_LOG,
+    MAX_SEQ,
     OP_DEAD,
     OP_DELETE,
     OP_PUT,
@@ -231,9 +232,10 @@ class Log:
         # (segment numbers, last_seq) of the checkpoint this process last loaded or wrote.
         self._checkpointed: tuple[tuple[int, ...], int] | None = None
         self._tail_crcs: dict[int, tuple[int, int]] = {}  # segment number -> (size, CRC of its tail)
-        # Where this process's own scan began (slot << 32 | offset): a checkpoint covered what
-        # lies before, so damage found there by read_frames() is news, to report.
-        self._scanned_from = 0
+        self.from_checkpoint = False  # whether the last (re)load started from the checkpoint
+        # Where damage was reported (slot << 32 | offset), so that read_frames() reports what
+        # it finds only once: the scan met it, or it came since (or lay behind a checkpoint).
+        self._reported: set[int] = set()
         self._sync_timer: threading.Timer | None = None
         self._sync_error: OSError | None = None  # from a group-commit fsync, raised by the next call
         self._kind = STORE_KINDS[kind]
@@ -332,6 +334,7 @@ class Log:
         self._close_segments(later=True)  # (a reload: those may be deleted segments)
         self._consumer.reset()
         self.corrupt_records = 0
+        self._reported.clear()
         self._seen = STORE_UNKNOWN
         if manifest is None:  # a new store, or one whose creation crashed half-way
             if not self.file_lock.held:
@@ -398,14 +401,18 @@ class Log:
     def _restore_checkpoint(self) -> tuple[int, int] | None:
         """Load the queue's state from its checkpoint if it matches the segments as they
         are; (slot, offset) where scanning must go on from, or None to scan all."""
-        self._scanned_from = 0
+        self.from_checkpoint = False
         self._checkpointed = None
         if not self._checkpoints:
             return None
         segments = self._segments
         disk = sum(s.size() for s in segments if s is not None)  # (at open, none is None)
         checkpoint = read_checkpoint(self.directory, disk, len(segments))
-        if checkpoint is None or not self._checkpoint_covers(checkpoint, segments):
+        if (
+            checkpoint is None
+            or max(checkpoint.last_seq, checkpoint.last_birthtime) >= MAX_SEQ
+            or not self._checkpoint_covers(checkpoint, segments)
+        ):
             return None
         sizes = [size for _, size, _ in checkpoint.coverage]
         try:
@@ -416,14 +423,8 @@ class Log:
         self.last_seq = max(self.last_seq, checkpoint.last_seq)
         self.last_birthtime = max(self.last_birthtime, checkpoint.last_birthtime)
         self._checkpointed = (tuple(number for number, _, _ in checkpoint.coverage), checkpoint.last_seq)
-        slot, offset = len(sizes) - 1, sizes[-1]
-        self._scanned_from = slot << OFFSET_BITS | offset
-        return slot, offset
-
-    @property
-    def from_checkpoint(self) -> bool:
-        """Whether the state was loaded from the checkpoint at the last (re)load."""
-        return self._scanned_from != 0
+        self.from_checkpoint = True
+        return len(sizes) - 1, sizes[-1]
 
     def _checkpoint_covers(self, checkpoint: Checkpoint, segments: list[Segment | None]) -> bool:
         """Whether CURRENT begins with the checkpoint's segments, each with its salt, its covered
@@ -470,12 +471,18 @@ class Log:
         ``if_changed`` (at close), only if the log moved since the last checkpoint
         this process loaded or wrote.
         """
-        first = self._first_live
-        live = self._segments[first:]
         if not self._checkpoints or self.corrupt_records or self.disk_bytes() < CHECKPOINT_MIN_BYTES:
             return False
+        manifest = read_manifest(self.directory)
+        if manifest is None:
+            return False
+        self._forget_unlisted(manifest.segments)  # (a queue consumer deleted some: up to date, we may)
+        first = self._first_live
+        live = self._segments[first:]
         numbers = tuple(s.number for s in live if s is not None)
-        if len(numbers) != len(live) or (if_changed and self._checkpointed == (numbers, self.last_seq)):
+        if len(numbers) != len(live) or manifest.segments[: len(numbers)] != numbers:
+            return False
+        if if_changed and self._checkpointed == (numbers, self.last_seq):
             return False
         payload = self._consumer.snapshot(first)  # type: ignore[attr-defined]
         if payload is None:
@@ -652,6 +659,7 @@ class Log:
         self._consumer.settle()
         for region in scan.damage:
             self.corrupt_records += 1
+            self._reported.add(slot << OFFSET_BITS | (base + region.offset))
             warnings.warn(
                 f"{segment.path}: skipped {region.length} bytes at offset {base + region.offset} ({region.reason})",
                 CorruptionWarning,
@@ -677,6 +685,9 @@ class Log:
         kept = self._forget_unlisted(listed)
         if listed[: len(kept)] != kept or len(self._segments) + len(listed) - len(kept) > MAX_SLOTS:
             return True  # compaction replaced our segments (or the slots need renumbering)
+        lost_place = getattr(self._consumer, "lost_place", None)
+        if lost_place is not None and lost_place(self._first_live):
+            return True  # a queue consumer deleted segments this process had yet to read back
         if listed == kept:
             self._roll_after_seal()  # the roller died after sealing
             return False
@@ -1004,8 +1015,8 @@ class Log:
         keeps positions instead of every location reads records back (PendingItems).
 
         ``loc`` must be a frame this process indexed (or a checkpoint vouched for).
-        Damage is reported (warned and counted) only before ``_scanned_from``, where
-        this process never scanned: elsewhere its scan reported it already.
+        Damage is warned about and counted unless it was already (by the scan that
+        indexed it, or an earlier read back): it lay behind a checkpoint, or came since.
         """
         slot, offset = (loc >> SLOT_SHIFT) & SLOT_MASK, (loc >> OFFSET_SHIFT) & OFFSET_MASK
         if stop is None:
@@ -1027,7 +1038,7 @@ class Log:
             try:
                 buf = segment.read(pos, length)
             except CorruptionError as exc:  # (cut short since it was indexed: repair, or damage)
-                self._report_unscanned(segment, slot, pos, [Damage(0, end - pos, str(exc))], end)
+                self._report_damage(segment, slot, pos, [Damage(0, end - pos, str(exc))], end)
                 return
             final = pos + length == end
             scan = Scan(buf, segment.salt, complete=final)
@@ -1039,7 +1050,7 @@ class Log:
                         yield frame, pack_location(frame.birthtime_ns, slot, reached, frame.length)
                 reached = pos + len(buf)
             finally:
-                self._report_unscanned(segment, slot, pos, scan.damage, reached)
+                self._report_damage(segment, slot, pos, scan.damage, reached)
             if final:
                 return
             if scan.end:
@@ -1047,12 +1058,13 @@ class Log:
             else:
                 chunk *= 2  # (one frame, or one batch, larger than the chunk)
 
-    def _report_unscanned(self, segment: Segment, slot: int, base: int, damage: list[Damage], before: int) -> None:
-        """Warn about and count the damage regions found below ``before`` that lie where this
-        process never scanned (read_frames)."""
+    def _report_damage(self, segment: Segment, slot: int, base: int, damage: list[Damage], before: int) -> None:
+        """Warn about and count the damage regions found below ``before`` not reported yet
+        (read_frames)."""
         for region in damage:
             at = base + region.offset
-            if at < before and slot << OFFSET_BITS | at < self._scanned_from:
+            if at < before and slot << OFFSET_BITS | at not in self._reported:
+                self._reported.add(slot << OFFSET_BITS | at)
                 self.corrupt_records += 1
                 warnings.warn(
                     f"{segment.path}: skipped {region.length} bytes at offset {at} ({region.reason})",

@@ -38,10 +38,14 @@ from typing import Any, Sequence
 from .checkpoint import QueueState, decode_state, encode_state
 from .errors import CorruptionError, CorruptionWarning
 from .format import OP_DEAD, OP_PUT, OP_TAKE, SEQ, Frame
-from .index import LENGTH_MASK, SLOT_SHIFT
+from .index import LENGTH_MASK, SLOT_MASK, SLOT_SHIFT
 from .serialize import Serializer
 
 WINDOW = 4096  # ready items held in memory (about 150 bytes each); the rest are read back from the log
+# What became of an item beyond the window, noted until the window reaches it (``_gone``):
+TAKEN = 0  # taken (its bytes still counted in live_bytes)
+BURIED = 1  # moved to the dead letters
+PASSED = 2  # taken from the middle of the window before it was read back (its bytes no longer counted)
 
 
 class PendingItems:
@@ -78,7 +82,7 @@ class PendingItems:
         self._order: collections.deque[int] = collections.deque()
         self._count = 0  # ready items, in the window and beyond it
         self._spill: tuple[int, int] | None = None  # (seq, location) of the first ready item beyond the window
-        self._gone: dict[int, bool] = {}  # seq -> buried, of items beyond the window taken out of order
+        self._gone: dict[int, int] = {}  # seq -> TAKEN, BURIED or PASSED, of items beyond the window
         self._last_put = 0  # the highest seq of a PUT applied: a TAKE naming a higher one names no item
         self.dead: dict[int, int] = {}  # seq -> location of the dead letters' PUTs
         self._oldest_dead: int | None = None  # min(dead), or None when not known yet
@@ -194,17 +198,45 @@ class PendingItems:
     def _leave_beyond(self, seq: int, buried: bool, stop: int | None) -> None:
         """A TAKE (or DEAD) of ``seq``, not in the window: an item beyond it, or none."""
         spill = self._spill
-        if spill is None or not spill[0] <= seq <= self._last_put or seq in self._gone:
-            return  # (consumed long ago, never put, or named twice)
-        if not self._ready:  # the FIFO case: read the next items back, then take it there
-            self._refill(stop)
+        if spill is None or not spill[0] <= seq <= self._last_put:
+            return  # (consumed long ago, or never put)
+        known = self._gone.get(seq)
+        if known is not None:
+            if known == BURIED and not buried:
+                self._gone[seq] = TAKEN  # (a dead letter beyond the window, retried elsewhere)
+            return
+        if not self._ready or len(self._gone) >= WINDOW:
+            # The FIFO case: the window ran dry, so read the next items back and take it
+            # there. Or the window was left behind by the log (its head damaged since this
+            # process read it, which other processes skip): read it back from the log too.
+            self._reread(stop)
             if seq in self._ready:
                 (self.bury if buried else self.remove)(seq, stop)
                 return
             if self._spill is None or seq < self._spill[0]:
                 return  # (read back, and not an item: damaged since, or never one)
-        self._gone[seq] = buried
+        self._gone[seq] = BURIED if buried else TAKEN
         self._count -= 1
+
+    def _reread(self, stop: int | None) -> None:
+        """Refill the window from the log, from its first item if it has one."""
+        first = self._first()
+        if first is not None:
+            self._gone.update(self._taken_in_window())
+            self._ready.clear()
+            self._order.clear()
+            self._spill = first
+        self._refill(stop)
+
+    def _taken_in_window(self) -> dict[int, int]:
+        """Items taken from the middle of the window: they lie beyond a window read back."""
+        return {seq: PASSED for seq in self._order if seq not in self._ready and seq not in self.dead}
+
+    def lost_place(self, first_slot: int) -> bool:
+        """Whether the place to read the backlog back from lies in a segment before
+        ``first_slot``: another process deleted it, having consumed every item in it,
+        before this one replayed the TAKEs that say so (the log must then reload)."""
+        return self._spill is not None and (self._spill[1] >> SLOT_SHIFT) & SLOT_MASK < first_slot
 
     def _refill(self, stop: int | None) -> None:
         """Read the ready items beyond the window back from the log, up to WINDOW of them,
@@ -216,12 +248,12 @@ class PendingItems:
             s = frame.seq
             if frame.op != OP_PUT or s < seq or s in ready or s in dead:
                 continue
-            buried = gone.pop(s, None)
-            if buried is not None:
-                if buried:
+            fate = gone.pop(s, None)
+            if fate is not None:
+                if fate == BURIED:
                     dead[s] = at
                     self._oldest_dead = None
-                else:
+                elif fate == TAKEN:
                     self.live_bytes -= at & LENGTH_MASK
                 continue
             if len(ready) >= WINDOW:
@@ -251,7 +283,7 @@ class PendingItems:
     def dead_letters(self) -> list[tuple[int, int]]:
         """(seq, location) of every dead letter, by seq: those buried beyond the window
         are found in the log first."""
-        if any(self._gone.values()):
+        if BURIED in self._gone.values():
             self._find_buried()
         return sorted(self.dead.items())
 
@@ -259,7 +291,7 @@ class PendingItems:
         """Locate the PUTs that DEAD records named beyond the window (never in a FIFO queue)."""
         gone = self._gone
         for frame, at in self._log.read_frames(self._spill[1], None):  # type: ignore[index]
-            if frame.op == OP_PUT and gone.get(frame.seq):
+            if frame.op == OP_PUT and gone.get(frame.seq) == BURIED:
                 del gone[frame.seq]
                 self.dead[frame.seq] = at
                 self._oldest_dead = None
@@ -272,13 +304,10 @@ class PendingItems:
         damage to report (a checkpoint would hide it from the next open)."""
         shift = first_slot << SLOT_SHIFT
         first = self._first() or self._spill
-        if self.damaged or min([first[1]] if first else [], default=shift) < shift:
-            return None  # (an item in a dropped segment: never, as the reclaim keeps the oldest)
-        # Items taken from the middle of the window lie beyond a restored window: name them.
-        gone = dict(self._gone)
-        for seq in self._order:
-            if seq not in self._ready and seq not in self.dead:
-                gone[seq] = False
+        places = ([first[1]] if first else []) + list(self.dead.values())
+        if self.damaged or any((loc >> SLOT_SHIFT) & SLOT_MASK < first_slot for loc in places):
+            return None  # (a place in a deleted segment: never, as the reclaim keeps the oldest)
+        gone = {**self._gone, **self._taken_in_window()}  # (they lie beyond a restored window)
         state = QueueState(
             self._count,
             self.live_bytes,
