@@ -43,6 +43,13 @@ After os.fork() the child closes every descriptor it inherited from the
 parent's logs at once (a fork hook), and on first use opens its own on the
 same segments: a child never keeps the parent's segments (or, filelock.py,
 its write lock) past the fork.
+
+Open files: each Log holds at most ``max_open_segments`` segment descriptors, the
+active segment's and a clock of the sealed ones most recently read; the others
+are parked and reopen by path on their next read (segment.py says how, and
+how iterators and compactions stay bounded too). A parked segment that another
+process deleted after this one's last catch-up (a compaction) is SegmentGone: a
+read without the lock catches up and tries once more (LogHandle._read).
 """
 
 from __future__ import annotations
@@ -56,7 +63,7 @@ import weakref
 from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
 from . import crashpoints, filelock, fileops
-from .compaction import Sources, Written, install, is_compaction_file
+from .compaction import SOURCE_FILES, Sources, Written, install, is_compaction_file
 from .errors import CorruptionError, CorruptionWarning, IODictLogError, StoreClosedError
 from .filelock import FileLock
 from .fileops import sync_directory
@@ -98,7 +105,10 @@ from .manifest import MANIFEST_NAME, MAX_SEGMENTS, read_manifest, write_manifest
 from .native import core
 from .segment import (
     MAX_NUMBER,
+    OpenSegments,
+    Readers,
     Segment,
+    SegmentGone,
     close_from_thread,
     close_later,
     hand_to_thread,
@@ -112,6 +122,7 @@ LOCK_NAME = "LOCK"
 HINT_AFTER_RECORDS = 10_000
 # Rescanning a record costs about this many times what moving one index entry does.
 _RESCAN_COST = 10
+_REPLAY_BATCH = 16384  # compacted records an iterator reads back at a time, segment by segment
 T = TypeVar("T")
 H = TypeVar("H", bound="LogHandle")
 
@@ -162,12 +173,14 @@ class LogConsumer(Protocol):
         """Called after each scan, to restore an order that lost records may have broken."""
 
 
-def check_options(sync: object, segment_bytes: object) -> None:
-    """ValueError for a ``sync`` or ``segment_bytes`` the log cannot work with."""
+def check_options(sync: object, segment_bytes: object, max_open_segments: object = 32) -> None:
+    """ValueError for a ``sync``, ``segment_bytes`` or ``max_open_segments`` the log cannot work with."""
     if not (isinstance(sync, bool) or (isinstance(sync, (int, float)) and sync > 0)):
         raise ValueError(f"sync must be False, True or a positive number of seconds, not {sync!r}")
     if not isinstance(segment_bytes, int) or not 4096 <= segment_bytes <= 2**31:
         raise ValueError(f"segment_bytes must be an int from 4096 to 2**31, not {segment_bytes!r}")
+    if type(max_open_segments) is not int or max_open_segments < 2:
+        raise ValueError(f"max_open_segments must be an int >= 2, not {max_open_segments!r}")
 
 
 def _is_store_file(name: str) -> bool:
@@ -196,6 +209,7 @@ class Log:
         segment_bytes: int,
         hints: bool = False,
         kind: str | None = None,
+        max_open_segments: int = 32,
     ) -> None:
         if kind not in STORE_KINDS:
             raise ValueError(f"kind must be 'dict', 'queue' or None, not {kind!r}")
@@ -208,6 +222,7 @@ class Log:
         self.last_birthtime = 0
         self._consumer = consumer
         self._segments: list[Segment | None] = []  # by slot; None once dropped
+        self._files = OpenSegments(max_open_segments)  # the clock of open sealed segments
         self._first_live = 0
         self._manifest = Manifest(0, ())
         self._end = 0
@@ -325,7 +340,9 @@ class Log:
         self.last_birthtime = manifest.birthtime_floor
         numbers = manifest.segments
         for i, number in enumerate(numbers):
-            self._segments.append(Segment.open(self.directory, number, writable=i == len(numbers) - 1))
+            self._segments.append(
+                Segment.open(self.directory, number, writable=i == len(numbers) - 1, files=self._files)
+            )
         first, start = self._restore_hint() or (0, SEGMENT_HEADER_SIZE)
         if self.hinted_seq >= 0:
             self._seen |= STORE_DICT  # (only a dict writes hints)
@@ -452,22 +469,26 @@ class Log:
         self._changes = changes
 
     def _drop_descriptors(self) -> None:
-        """In a forked child, at fork time: close the descriptors shared with the parent."""
+        """In a forked child, at fork time: close the descriptors and drop the mappings
+        shared with the parent; the sealed segments stay, parked."""
         for segment in self._segments:
-            if segment is not None and segment.fd >= 0:
-                os.close(segment.fd)
-                segment.fd = -1
+            if segment is not None:
+                segment.view = None
+                if segment.fd >= 0:
+                    os.close(segment.fd)
+                    segment.fd = -1
                 self._forked = True
+        self._files.clear()
 
     def _reopen(self) -> None:
-        """In a forked child, on first use: open our own descriptors on the same
-        segments, or rebuild everything if they are gone (compacted meanwhile)."""
+        """In a forked child, on first use: open our own descriptor on the active segment
+        (the sealed ones reopen as they are read), or rebuild everything if it is gone
+        (compacted meanwhile)."""
         self._forked = False
-        last = len(self._segments) - 1
+        active = self._segments[-1]
+        assert active is not None  # (the last segment is never dropped)
         try:
-            for slot, segment in enumerate(self._segments):
-                if segment is not None:
-                    self._segments[slot] = Segment.open(self.directory, segment.number, writable=slot == last)
+            self._segments[-1] = Segment.open(self.directory, active.number, writable=True, files=self._files)
         except CorruptionError:
             self._load()
 
@@ -566,8 +587,13 @@ class Log:
         """Open and read the segments CURRENT lists after the ``known`` ones we end with."""
         listed = manifest.segments
         first_new = len(self._segments)
+        previous = self._segments[-1]
+        assert previous is not None  # (the last segment is never dropped)
+        previous.seal()  # (no longer the last)
         for number in listed[known:]:
-            self._segments.append(Segment.open(self.directory, number, writable=number == listed[-1]))
+            self._segments.append(
+                Segment.open(self.directory, number, writable=number == listed[-1], files=self._files)
+            )
         for slot in range(first_new, len(self._segments) - 1):
             self._scan_complete(slot)  # sealed in the meantime: read whole
         self._manifest = manifest
@@ -616,7 +642,7 @@ class Log:
         segments: list[Segment] = []
         try:
             for number in manifest.segments[:copies]:
-                segments.append(Segment.open(self.directory, number))
+                segments.append(Segment.open(self.directory, number, files=self._files))
         except CorruptionError:
             close_later(segments)
             return False  # compacted again meanwhile
@@ -625,10 +651,12 @@ class Log:
                 raise ValueError("the hint is not this compaction's")
             sizes = [size for size, _ in hint.coverage]
             consumer.rebase(hint.payload, sizes, kept_slots[0], copies - kept_slots[0])  # type: ignore[attr-defined]
-        except ValueError:
+        except BaseException as exc:  # (a parked copy that is gone again: _rebuild starts over)
             for segment in segments:
                 segment.close()
-            return False
+            if isinstance(exc, ValueError):
+                return False
+            raise
         self._segments = segments + [self._segments[slot] for slot in kept_slots]
         self._first_live = 0
         self.hinted_seq = hint.last_seq
@@ -803,6 +831,7 @@ class Log:
 
     def _roll_after_seal(self) -> None:
         active = self._segments[-1]
+        assert active is not None  # (the last segment is never dropped)
         active.sync()
         manifest = read_manifest(self.directory)  # under the lock: the latest
         if manifest is None or manifest.segments[-1:] != (active.number,):
@@ -811,7 +840,7 @@ class Log:
         self._remove_leftovers(manifest.segments)
         self._check_room(manifest, 1)
         number = max(manifest.segments) + 1  # (repair may have put a higher number earlier in the list)
-        segment = Segment.create(self.directory, number, KIND_LOG, active.salt)
+        segment = Segment.create(self.directory, number, KIND_LOG, active.salt, self._files)
         kind = self._kind_to_record(manifest)
         manifest = manifest._replace(
             generation=manifest.generation + 1, segments=manifest.segments + (number,), kind=kind
@@ -823,6 +852,7 @@ class Log:
         except BaseException:
             segment.close()
             raise
+        active.seal()
         self._segments.append(segment)
         self._manifest = manifest
         self._end = SEGMENT_HEADER_SIZE
@@ -869,6 +899,11 @@ class Log:
                 return found
         segment = self._segments[(loc >> SLOT_SHIFT) & SLOT_MASK]  # (unpack_location, inlined: every get)
         offset = (loc >> OFFSET_SHIFT) & OFFSET_MASK
+        if segment.fd < 0 and _read_value is not None:  # type: ignore[union-attr]  # (a live location's slot)
+            segment.reopen()  # type: ignore[union-attr]  # parked, and no mapping covers the record: the core maps it whole now
+            found = _read_value(self, loc)
+            if found is not None:
+                return found
         found = frame_value(segment.read(offset, loc & LENGTH_MASK), segment.salt)
         if found is None:
             raise CorruptionError(f"{segment.path}: record at offset {offset} fails its checksum")
@@ -877,56 +912,17 @@ class Log:
     def frames(self, start_seq: int = 0) -> Iterator[Frame]:
         """Committed data frames (SET, DELETE, PUT, TAKE) with seq >= start_seq, in sequence order.
 
-        Takes its snapshot now, on duplicates of the file descriptors, so the
-        iterator may be consumed while the store is written, compacted or closed.
-        They are closed when it ends, or when it is dropped, started or not (a
-        generator's ``finally`` runs only once it has started).
+        Takes its snapshot now (the segments listed, how far the last one is
+        committed, the last seq), so the iterator may be consumed while the store
+        is written, compacted or closed. It opens segments by number as it reaches
+        them, one at a time and only while reading, so it holds no descriptor
+        between records. If one is gone (a compaction or a queue's reclaim deleted
+        it), it goes on from CURRENT as it is then, at the first seq not yet yielded
+        and up to the snapshot's last: it skips what that compaction dropped, as an
+        iterator made after it would, and never yields a record twice or out of order.
         """
-        live = [s for s in self._segments if s is not None]
-        fds = _Descriptors()
-        try:
-            for segment in live:
-                fds.add(os.dup(segment.fd))
-        except BaseException:
-            fds.close()
-            raise
-        ends = [None] * (len(live) - 1) + [self._end]
-        frames = self._frames(fds, [(s.kind, s.salt) for s in live], ends, start_seq)
-        weakref.finalize(frames, fds.close)
-        return frames
-
-    @staticmethod
-    def _frames(
-        fds: _Descriptors, kinds: list[tuple[int, int]], ends: list[int | None], start_seq: int
-    ) -> Iterator[Frame]:
-        def scan(fd: int, salt: int, end: int | None) -> Scan:
-            # Read as the index was built: every segment but the last is finished (complete).
-            size = os.fstat(fd).st_size if end is None else end
-            return Scan(os.pread(fd, size - SEGMENT_HEADER_SIZE, SEGMENT_HEADER_SIZE), salt, complete=end is None)
-
-        snapshot = [(fd, kind, salt) for fd, (kind, salt) in zip(fds.fds, kinds)]
-        try:
-            # Compacted segments hold their frames in birthtime order: sort them all
-            # by seq, remembering only where each frame is, then read them back.
-            compacted = []
-            for (fd, kind, salt), end in zip(snapshot, ends):
-                if kind == KIND_COMPACTED:
-                    compacted += [
-                        (f.seq, fd, SEGMENT_HEADER_SIZE + f.offset, f.length, salt)
-                        for f in scan(fd, salt, end)
-                        if f.seq >= start_seq
-                    ]
-            compacted.sort()
-            for _, fd, offset, length, salt in compacted:
-                frame = decode_frame(os.pread(fd, length, offset), 0, salt)
-                if frame is None:
-                    raise CorruptionError(f"record at offset {offset} changed on disk while being replayed")
-                yield frame
-            for (fd, kind, salt), end in zip(snapshot, ends):
-                if kind == KIND_LOG:
-                    yield from (f for f in scan(fd, salt, end) if f.op != OP_SEAL and f.seq >= start_seq)
-        finally:
-            fds.close()
+        numbers = [s.number for s in self._segments if s is not None]
+        return _frames(self.directory, numbers, self._end, start_seq, self.last_seq)
 
     # --- compaction (the long part is in compaction.py) -------------------------
 
@@ -938,9 +934,10 @@ class Log:
         if self._end > SEGMENT_HEADER_SIZE:
             self._roll()
         sealed = [(slot, s) for slot, s in enumerate(self._segments[:-1]) if s is not None]
-        # (Duplicates a compaction thread owns: a forked child, without that thread, closes them.)
-        files = {slot: (hand_to_thread(os.dup(s.fd)), s.salt, s.number) for slot, s in sealed}
-        return Sources(tuple(s.number for _, s in sealed), files, self._segments[-1].salt)
+        segments = {slot: (s.path, s.salt, s.number) for slot, s in sealed}
+        # (Descriptors a compaction thread owns: a forked child, without that thread, closes them.)
+        files = Readers(SOURCE_FILES, threaded=True)
+        return Sources(tuple(s.number for _, s in sealed), segments, self._segments[-1].salt, files)
 
     def commit_compaction(self, replaced: tuple[int, ...], written: list[Written], hint: bool) -> None:
         """Put the ``written`` segments in CURRENT in place of the ``replaced`` ones.
@@ -1051,21 +1048,70 @@ class Log:
             self._release_files()
 
 
-class _Descriptors:
-    """Duplicated descriptors that an iterator reads; close() is idempotent."""
+def _frames(directory: str, numbers: list[int], end: int, start_seq: int, last_seq: int) -> Iterator[Frame]:
+    """Log.frames' iterator: from the snapshot, then from CURRENT each time a segment is gone."""
+    ends: list[int | None] = [None] * (len(numbers) - 1) + [end]
+    while True:
+        try:
+            for frame in _frames_of(directory, numbers, ends, start_seq, last_seq):
+                start_seq = frame.seq + 1
+                yield frame
+            return
+        except SegmentGone:
+            manifest = read_manifest(directory)
+            if manifest is None:
+                raise IODictLogError(f"{directory}: {MANIFEST_NAME} is gone") from None
+            numbers = list(manifest.segments)
+            ends = [None] * len(numbers)
 
-    __slots__ = ("fds",)
 
-    def __init__(self) -> None:
-        self.fds: list[int] = []
+def _frames_of(
+    directory: str, numbers: list[int], ends: list[int | None], start_seq: int, last_seq: int
+) -> Iterator[Frame]:
+    """The frames of the listed segments with start_seq <= seq <= last_seq, in seq order; each
+    segment is read whole up to its end (None: its size), the last one as unfinished."""
+    last = len(numbers) - 1
 
-    def add(self, fd: int) -> None:
-        self.fds.append(fd)
+    def scan(slot: int) -> tuple[Segment, Scan]:
+        segment = Segment.open(directory, numbers[slot])  # (SegmentGone if it is not there)
+        try:
+            end = ends[slot]
+            size = segment.size() if end is None else end
+            data = os.pread(segment.fd, size - SEGMENT_HEADER_SIZE, SEGMENT_HEADER_SIZE)
+        finally:
+            segment.close()
+        return segment, Scan(data, segment.salt, complete=slot < last)
 
-    def close(self) -> None:
-        fds, self.fds = self.fds, []
-        for fd in fds:
-            os.close(fd)
+    # Compacted segments hold their frames in birthtime order: sort them all by seq,
+    # remembering only where each frame is, then read them back a batch at a time.
+    compacted = []
+    log_slots = []
+    for slot in range(len(numbers)):
+        segment, frames = scan(slot)
+        if segment.kind != KIND_COMPACTED:
+            log_slots.append(slot)
+            continue
+        compacted += [
+            (f.seq, segment.path, SEGMENT_HEADER_SIZE + f.offset, f.length, segment.salt)
+            for f in frames
+            if start_seq <= f.seq <= last_seq
+        ]
+    compacted.sort()
+    files = Readers(1)
+    for first in range(0, len(compacted), _REPLAY_BATCH):
+        batch = compacted[first : first + _REPLAY_BATCH]
+        try:
+            found = files.read_all([(path, offset, length) for _, path, offset, length, _ in batch])
+        finally:
+            files.close()
+        for (_, _, offset, _, salt), data in zip(batch, found):
+            frame = decode_frame(data, 0, salt)
+            if frame is None:
+                raise CorruptionError(f"record at offset {offset} changed on disk while being replayed")
+            yield frame
+    for slot in log_slots:
+        _, frames = scan(slot)
+        yield from (f for f in frames if f.op != OP_SEAL and start_seq <= f.seq <= last_seq)
 
 
 class LogHandle:
@@ -1098,7 +1144,11 @@ class LogHandle:
             log.file_lock.deadline = deadline
             try:
                 log.refresh()
-                return fn(log, *args)
+                try:
+                    return fn(log, *args)
+                except SegmentGone:  # deleted since the catch-up (a compaction): catch up, once more
+                    log.refresh()
+                    return fn(log, *args)
             finally:
                 log.file_lock.deadline = None
 
