@@ -1061,6 +1061,8 @@ def _frames(directory: str, numbers: list[int], end: int, start_seq: int, last_s
             manifest = read_manifest(directory)
             if manifest is None:
                 raise IODictLogError(f"{directory}: {MANIFEST_NAME} is gone") from None
+            if list(manifest.segments) == numbers:
+                raise  # CURRENT lists a segment that is not there: damage, not a compaction
             numbers = list(manifest.segments)
             ends = [None] * len(numbers)
 

@@ -125,7 +125,9 @@ class Segment:
 
     def seal(self, size: int | None = None) -> None:
         """Note that the segment is no longer the last one (its size is final): from now on
-        its descriptor may be parked."""
+        its descriptor may be parked. Once only: a sealed segment is never sealed again."""
+        if self.sealed_size >= 0:
+            return
         self.sealed_size = os.lseek(self.fd, 0, os.SEEK_END) if size is None else size
         if self.files is not None:
             self.files.admit(self)

@@ -20,7 +20,7 @@ import threading
 import pytest
 from helpers import wait_pid
 
-from iodict_log import DurableQueue, IODict, fileops
+from iodict_log import CorruptionError, DurableQueue, IODict, fileops
 from iodict_log.log import Log
 
 CAP = 6
@@ -144,6 +144,18 @@ def test_records_iterated_while_another_process_writes_and_compacts(store, pause
     assert {r[3]: r[4] for r in got} == expected  # the newest value of every key came through
     assert d["new99"] == 99 and all(d[key] == expected[key] for key in expected)
     assert held(path) <= CAP + 1
+    d.close()
+
+
+def test_records_over_a_segment_deleted_by_hand_raise_instead_of_looking_forever(store):
+    path, _ = store
+    d = opened(path)
+    records = d.records()
+    next(records)
+    victim = sorted(n for n in os.listdir(path) if n.endswith(".seg"))[-3]  # (one it has not read yet)
+    os.unlink(os.path.join(path, victim))  # (CURRENT still lists it: damage, not a compaction)
+    with pytest.raises(CorruptionError, match=victim):
+        list(records)
     d.close()
 
 
