@@ -1074,25 +1074,26 @@ def _frames_of(
     segment is read whole up to its end (None: its size), the last one as unfinished."""
     last = len(numbers) - 1
 
-    def scan(slot: int) -> tuple[Segment, Scan]:
-        segment = Segment.open(directory, numbers[slot])  # (SegmentGone if it is not there)
-        try:
-            end = ends[slot]
-            size = segment.size() if end is None else end
-            data = os.pread(segment.fd, size - SEGMENT_HEADER_SIZE, SEGMENT_HEADER_SIZE)
-        finally:
-            segment.close()
-        return segment, Scan(data, segment.salt, complete=slot < last)
+    def scan(segment: Segment, slot: int) -> Scan:
+        """The segment's frames, read as the index was built: every one but the last is complete."""
+        end = ends[slot]
+        size = segment.size() if end is None else end
+        data = os.pread(segment.fd, size - SEGMENT_HEADER_SIZE, SEGMENT_HEADER_SIZE)
+        return Scan(data, segment.salt, complete=slot < last)
 
     # Compacted segments hold their frames in birthtime order: sort them all by seq,
     # remembering only where each frame is, then read them back a batch at a time.
     compacted = []
     log_slots = []
     for slot in range(len(numbers)):
-        segment, frames = scan(slot)
-        if segment.kind != KIND_COMPACTED:
-            log_slots.append(slot)
-            continue
+        segment = Segment.open(directory, numbers[slot])  # (SegmentGone if it is not there)
+        try:
+            if segment.kind != KIND_COMPACTED:
+                log_slots.append(slot)  # (read below, once its turn comes)
+                continue
+            frames = scan(segment, slot)
+        finally:
+            segment.close()
         compacted += [
             (f.seq, segment.path, SEGMENT_HEADER_SIZE + f.offset, f.length, segment.salt)
             for f in frames
@@ -1112,7 +1113,11 @@ def _frames_of(
                 raise CorruptionError(f"record at offset {offset} changed on disk while being replayed")
             yield frame
     for slot in log_slots:
-        _, frames = scan(slot)
+        segment = Segment.open(directory, numbers[slot])
+        try:
+            frames = scan(segment, slot)
+        finally:
+            segment.close()
         yield from (f for f in frames if f.op != OP_SEAL and start_seq <= f.seq <= last_seq)
 
 
