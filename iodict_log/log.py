@@ -1051,11 +1051,10 @@ class Log:
 def _frames(directory: str, numbers: list[int], end: int, start_seq: int, last_seq: int) -> Iterator[Frame]:
     """Log.frames' iterator: from the snapshot, then from CURRENT each time a segment is gone."""
     ends: list[int | None] = [None] * (len(numbers) - 1) + [end]
+    resume = [start_seq]  # the first seq not yet yielded, as of the last segment or batch begun
     while True:
         try:
-            for frame in _frames_of(directory, numbers, ends, start_seq, last_seq):
-                start_seq = frame.seq + 1
-                yield frame
+            yield from _frames_of(directory, numbers, ends, resume, last_seq)
             return
         except SegmentGone:
             manifest = read_manifest(directory)
@@ -1068,10 +1067,16 @@ def _frames(directory: str, numbers: list[int], end: int, start_seq: int, last_s
 
 
 def _frames_of(
-    directory: str, numbers: list[int], ends: list[int | None], start_seq: int, last_seq: int
+    directory: str, numbers: list[int], ends: list[int | None], resume: list[int], last_seq: int
 ) -> Iterator[Frame]:
-    """The frames of the listed segments with start_seq <= seq <= last_seq, in seq order; each
-    segment is read whole up to its end (None: its size), the last one as unfinished."""
+    """The frames of the listed segments with resume[0] <= seq <= last_seq, in seq order; each
+    segment is read whole up to its end (None: its size), the last one as unfinished.
+
+    Only opening a file can fail for want of it (SegmentGone); before each, ``resume[0]``
+    is moved past what was yielded, so that the caller can go on from there. (Not frame
+    by frame: a replay yields millions of them.)
+    """
+    start_seq = resume[0]
     last = len(numbers) - 1
 
     def scan(segment: Segment, slot: int) -> Scan:
@@ -1103,6 +1108,8 @@ def _frames_of(
     files = Readers(1)
     for first in range(0, len(compacted), _REPLAY_BATCH):
         batch = compacted[first : first + _REPLAY_BATCH]
+        if first:
+            resume[0] = compacted[first - 1][0] + 1
         try:
             found = files.read_all([(path, offset, length) for _, path, offset, length, _ in batch])
         finally:
@@ -1112,6 +1119,8 @@ def _frames_of(
             if frame is None:
                 raise CorruptionError(f"record at offset {offset} changed on disk while being replayed")
             yield frame
+    if compacted:
+        resume[0] = max(resume[0], compacted[-1][0] + 1)
     for slot in log_slots:
         segment = Segment.open(directory, numbers[slot])
         try:
@@ -1119,6 +1128,7 @@ def _frames_of(
         finally:
             segment.close()
         yield from (f for f in frames if f.op != OP_SEAL and start_seq <= f.seq <= last_seq)
+        resume[0] = max(resume[0], frames.last_seq + 1)
 
 
 class LogHandle:

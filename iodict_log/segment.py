@@ -26,7 +26,6 @@ few descriptors and reads each batch segment by segment.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import zlib
@@ -242,7 +241,7 @@ class OpenSegments:
         ring.append(segment)
 
     def discard(self, segment: Segment) -> None:
-        with contextlib.suppress(ValueError):
+        if segment in self.ring:
             self.ring.remove(segment)
 
     def clear(self) -> None:
