@@ -20,6 +20,7 @@ import threading
 import pytest
 from helpers import wait_pid
 
+import iodict_log.log
 from iodict_log import CorruptionError, DurableQueue, IODict, fileops
 from iodict_log.log import Log
 
@@ -119,9 +120,15 @@ def as_tuple(record) -> tuple:
     return (record.seq, record.birthtime, record.op, record.key, record.value)
 
 
-@pytest.mark.parametrize("pause", [100, KEYS + 50], ids=["in-compacted-part", "in-log-part"])
-def test_records_iterated_while_another_process_writes_and_compacts(store, pause):
+@pytest.mark.parametrize(
+    "pause, batch",
+    [(100, None), (100, 1000), (KEYS + 50, None)],
+    ids=["in-compacted-part", "between-compacted-batches", "in-log-part"],
+)
+def test_records_iterated_while_another_process_writes_and_compacts(store, pause, batch, monkeypatch):
     path, expected = store
+    if batch:  # (compacted records are read back a batch at a time: stop between two)
+        monkeypatch.setattr(iodict_log.log, "_REPLAY_BATCH", batch)
     d = opened(path)
     reference = [as_tuple(r) for r in d.records()]
     assert len(reference) == KEYS + OVERWRITTEN
