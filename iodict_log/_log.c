@@ -34,7 +34,7 @@ static PyObject *RLockType, *ReloadNeeded, *rlock_acquire, *rlock_release, *file
 static PyObject *s_forked, *s_sync_interval, *s_sync_always, *s_end, *s_segment_bytes, *s_last_seq,
     *s_last_birthtime, *s_segments, *s_file_lock, *s_changes, *s_fd, *s_lock_fd, *s_salt, *s_depth, *s_generation,
     *s_deadline, *s_mutex, *s_counter, *s_owner_died, *s_acquire, *s_release, *s_write, *s_ftruncate, *s_ARMED,
-    *s_fork_generation, *s_view, *s_refresh, *s_zero, *s_one;
+    *s_fork_generation, *s_view, *s_sealed_size, *s_refresh, *s_zero, *s_one;
 #define VIEW_MIN (1 << 20) /* the smallest mapping made: a segment grows into it */
 
 /* --- attributes ------------------------------------------------------------- */
@@ -193,7 +193,11 @@ int log_is_fresh(PyObject *log) {
  * making a pread: no syscall. Each Segment holds its mapping as `view` (a
  * SegmentView, unmapped when the last reference goes: Segment.close drops it, and a
  * read in flight holds its own), made on the first read and made larger when the
- * segment has grown past it. Only offsets below what the index has seen committed
+ * segment has grown past it; a sealed segment (sealed_size >= 0) is mapped whole,
+ * so that its view never grows. A view needs no descriptor once made: a segment
+ * that its Log's clock parked (fd -1, segment.py) is read through its view, and
+ * only making or growing one needs the fd (without it, the read is declined and
+ * Python reopens the segment). Only offsets below what the index has seen committed
  * are ever touched, and those pages exist unless another program cut the file
  * (repair, or damage): that read then faults with SIGBUS, which a handler turns
  * back into "not the common case" (the Python path then raises CorruptionError for
@@ -251,8 +255,9 @@ static int install_bus_handler(void) {
     return 1;
 }
 
-/* The segment's view covering [0, end), made (or made larger) if need be; a new
- * reference, or NULL (no exception) when there can be none: then pread. */
+/* The segment's view covering [0, end), made (or made larger) if need be, which
+ * needs fd >= 0; a new reference, or NULL (no exception) when there can be none:
+ * then pread, or with no fd decline. */
 static PyObject *view_of(PyObject *segment, int fd, uint64_t end) {
     PyObject *view = PyObject_GetAttr(segment, s_view);
     if (view == NULL) {
@@ -262,9 +267,14 @@ static PyObject *view_of(PyObject *segment, int fd, uint64_t end) {
     if (Py_TYPE(view) == &SegmentViewType && ((SegmentView *)view)->size >= end) return view;
     size_t size = Py_TYPE(view) == &SegmentViewType ? ((SegmentView *)view)->size * 2 : 0;
     Py_DECREF(view);
-    if (!install_bus_handler()) return NULL;
-    if (size < end) size = (size_t)end;
-    if (size < VIEW_MIN) size = VIEW_MIN;
+    long long sealed;
+    if (fd < 0 || !install_bus_handler()) return NULL;
+    if (attr_int(segment, s_sealed_size, &sealed) && sealed >= 0 && (uint64_t)sealed >= end) {
+        size = (size_t)sealed; /* sealed: whole, and never again */
+    } else {
+        if (size < end) size = (size_t)end;
+        if (size < VIEW_MIN) size = VIEW_MIN;
+    }
     void *addr = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
     if (addr == MAP_FAILED) return NULL;
     SegmentView *made = PyObject_New(SegmentView, &SegmentViewType);
@@ -307,7 +317,7 @@ int log_read_value(PyObject *log, PyObject *loc, PyObject **data, size_t *value_
              (Py_ssize_t)slot < PyList_GET_SIZE(segments);
     PyObject *segment = ok ? Py_NewRef(PyList_GET_ITEM(segments, slot)) : NULL;
     Py_DECREF(ldict);
-    ok = ok && segment != Py_None && attr_int(segment, s_fd, &fd) && fd >= 0 && attr_int(segment, s_salt, &salt);
+    ok = ok && segment != Py_None && attr_int(segment, s_fd, &fd) && attr_int(segment, s_salt, &salt);
     PyObject *bytes = ok ? PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length) : NULL;
     PyObject *view = bytes != NULL ? view_of(segment, (int)fd, offset + length) : NULL;
     Py_XDECREF(segment);
@@ -316,6 +326,8 @@ int log_read_value(PyObject *log, PyObject *loc, PyObject **data, size_t *value_
     if (view != NULL) {
         ok = copy_from((SegmentView *)view, offset, (size_t)length, PyBytes_AS_STRING(bytes));
         Py_DECREF(view);
+    } else if (fd < 0) {
+        ok = 0; /* parked (or closed), no view covering it: Python reopens it */
     } else {
         ssize_t got;
         Py_BEGIN_ALLOW_THREADS
@@ -572,7 +584,8 @@ int log_init(PyObject *module) {
     INTERN(s_deadline, "deadline") INTERN(s_mutex, "_mutex") INTERN(s_counter, "_counter")
     INTERN(s_owner_died, "owner_died") INTERN(s_acquire, "acquire") INTERN(s_release, "release")
     INTERN(s_write, "write") INTERN(s_ftruncate, "ftruncate") INTERN(s_ARMED, "ARMED")
-    INTERN(s_fork_generation, "_fork_generation") INTERN(s_view, "view") INTERN(s_refresh, "refresh")
+    INTERN(s_fork_generation, "_fork_generation") INTERN(s_view, "view")
+    INTERN(s_sealed_size, "sealed_size") INTERN(s_refresh, "refresh")
 #undef INTERN
     if (PyType_Ready(&SegmentViewType) < 0) return -1;
     if ((s_zero = PyLong_FromLong(0)) == NULL || (s_one = PyLong_FromLong(1)) == NULL) return -1;

@@ -24,6 +24,11 @@ come after the copies in CURRENT's order, so they win, as they did before.
 Only one compaction runs at a time per store (``COMPACT.LOCK``); a crash
 anywhere leaves either the old segment list or the new one, plus temporary
 files that the next compaction deletes.
+
+The sources are opened by path as the copy reaches them, a few at a time
+(``SOURCE_FILES``): nobody else deletes a dict's sealed segments while the
+compaction lock is held, and reading a batch of records segment by segment
+(segment.Readers) opens each file once per batch, however the index orders them.
 """
 
 from __future__ import annotations
@@ -38,12 +43,15 @@ from .errors import CorruptionError
 from .filelock import FileLock
 from .fileops import sync_directory
 from .format import FLAG_BATCH, SEGMENT_HEADER_SIZE, Frame, decode_frame, encode_frame, encode_segment_header
-from .index import location_birthtime, pack_location, unpack_location
-from .segment import close_from_thread, segment_name
+from .index import LENGTH_MASK, location_birthtime, pack_location, unpack_location
+from .segment import Readers, SegmentGone, segment_name
 
 COMPACTION_LOCK_NAME = "COMPACT.LOCK"
 _TMP_NAME = re.compile(r"compact\.[0-9]{4,}\.tmp")  # compact.NNNN.tmp, as SegmentWriter names them
 _WRITE_BATCH = 4096  # frames per write() while copying
+SOURCE_FILES = 4  # source descriptors a compaction holds at most
+_READ_BATCH_BYTES = 16 * 2**20  # records read from the sources at a time, segment by segment
+_READ_BATCH_RECORDS = 65536
 
 
 def compaction_lock(directory: str) -> FileLock:
@@ -152,15 +160,15 @@ def install(directory: str, written: list[Written], first_number: int) -> tuple[
 
 class Sources(NamedTuple):
     """The sealed segments being compacted: their numbers in CURRENT's order, and by
-    slot a duplicate descriptor, salt and number, readable whatever happens to the files."""
+    slot the path, salt and number of each; ``files`` opens them as the copy needs."""
 
     numbers: tuple[int, ...]
-    files: dict[int, tuple[int, int, int]]
+    segments: dict[int, tuple[str, int, int]]
     salt: int  # the store's salt, for the new segments
+    files: Readers
 
     def close(self) -> None:
-        for fd, _, _ in self.files.values():
-            close_from_thread(fd)  # (see Log.seal_for_compaction: a forked child closes them itself)
+        self.files.close()
 
 
 class CompactionStopped(Exception):
@@ -180,13 +188,32 @@ def copy_live(
     and a True ends the copy with ``CompactionStopped``.
     """
     salt = sources.salt
-    moved = []
+    moved: list[tuple[Any, int]] = []
+    batch: list[tuple[Any, int]] = []
+    size = 0
     for n, (key, loc) in enumerate(live):
         if n % 1024 == 0 and stop():
             raise CompactionStopped("compaction stopped: the store is closing")
-        slot, offset, length = unpack_location(loc)
-        fd, source_salt, number = sources.files[slot]
-        data = os.pread(fd, length, offset)
+        batch.append((key, loc))
+        size += loc & LENGTH_MASK
+        if size >= _READ_BATCH_BYTES or len(batch) >= _READ_BATCH_RECORDS:
+            _copy_batch(sources, batch, out, salt, moved)
+            batch, size = [], 0
+    _copy_batch(sources, batch, out, salt, moved)
+    return moved
+
+
+def _copy_batch(
+    sources: Sources, batch: list[tuple[Any, int]], out: SegmentWriter, salt: int, moved: list[tuple[Any, int]]
+) -> None:
+    """Read the records of ``batch`` (segment by segment), verify them and add them to ``out`` in order."""
+    places = [unpack_location(loc) for _, loc in batch]
+    try:
+        found = sources.files.read_all([(sources.segments[slot][0], offset, length) for slot, offset, length in places])
+    except SegmentGone as exc:
+        raise CorruptionError(f"{exc} during compaction (deleted by hand, or a repair?)") from None
+    for (key, loc), (slot, offset, length), data in zip(batch, places, found):
+        _, source_salt, number = sources.segments[slot]
         frame = decode_frame(data, 0, source_salt) if len(data) == length else None
         if frame is None:
             raise CorruptionError(
@@ -196,4 +223,3 @@ def copy_live(
             data = standalone(frame, salt)
         index, new_offset = out.add(data)
         moved.append((key, pack_location(location_birthtime(loc), index, new_offset, len(data))))
-    return moved

@@ -104,8 +104,9 @@ class DurableQueue(LogHandle, queue.Queue):
         sync: bool | float = False,
         serializer: str = "pickle",
         segment_bytes: int = 64 * 2**20,
+        max_open_segments: int = 32,
     ) -> None:
-        check_options(sync, segment_bytes)
+        check_options(sync, segment_bytes, max_open_segments)
         if not isinstance(maxsize, int) or isinstance(maxsize, bool):
             raise TypeError(f"maxsize must be an int, not {type(maxsize).__name__!r}")
         super().__init__(maxsize)
@@ -119,7 +120,13 @@ class DurableQueue(LogHandle, queue.Queue):
         self._waiting = 0  # threads waiting in _wait(): a put notifies only if there are any
         self._log: Log | None = None
         self._log = Log(
-            self.path, self._pending, sync=sync, segment_bytes=segment_bytes, checkpoints=True, kind="queue"
+            self.path,
+            self._pending,
+            sync=sync,
+            segment_bytes=segment_bytes,
+            checkpoints=True,
+            kind="queue",
+            max_open_segments=max_open_segments,
         )
         _queues[id(self)] = self
 

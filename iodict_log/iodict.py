@@ -73,8 +73,9 @@ class IODict(LogHandle, MutableMapping):
         compact_ratio: float = 0.4,
         compact_min_bytes: int = 2**20,
         lock_timeout: float | None = None,
+        max_open_segments: int = 32,
     ) -> None:
-        check_options(sync, segment_bytes)
+        check_options(sync, segment_bytes, max_open_segments)
         if compression not in ("lz4", None):
             raise ValueError(f"compression must be 'lz4' or None, not {compression!r}")
         if not isinstance(compact_ratio, (int, float)) or isinstance(compact_ratio, bool) or not 0 < compact_ratio < 1:
@@ -99,7 +100,15 @@ class IODict(LogHandle, MutableMapping):
         self.path = fileops.store_path(path)  # (absolute: a later os.chdir() changes nothing)
         self._index = KeyIndex(decode_key)
         self._log: Log | None = None
-        self._log = Log(self.path, self._index, sync=sync, segment_bytes=segment_bytes, hints=True, kind="dict")
+        self._log = Log(
+            self.path,
+            self._index,
+            sync=sync,
+            segment_bytes=segment_bytes,
+            hints=True,
+            kind="dict",
+            max_open_segments=max_open_segments,
+        )
 
     # --- plumbing -------------------------------------------------------------
 

@@ -43,6 +43,13 @@ After os.fork() the child closes every descriptor it inherited from the
 parent's logs at once (a fork hook), and on first use opens its own on the
 same segments: a child never keeps the parent's segments (or, filelock.py,
 its write lock) past the fork.
+
+Open files: each Log holds at most ``max_open_segments`` segment descriptors, the
+active segment's and a clock of the sealed ones most recently read; the others
+are parked and reopen by path on their next read (segment.py says how, and
+how iterators and compactions stay bounded too). A parked segment that another
+process deleted after this one's last catch-up (a compaction) is SegmentGone: a
+read without the lock catches up and tries once more (LogHandle._read).
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
 from . import crashpoints, filelock, fileops
 from .checkpoint import CHECKPOINT_MIN_BYTES, CHECKPOINT_NAME, CHECKPOINT_TMP_NAME, read_checkpoint, write_checkpoint
-from .compaction import Sources, Written, install, is_compaction_file
+from .compaction import SOURCE_FILES, Sources, Written, install, is_compaction_file
 from .errors import CorruptionError, CorruptionWarning, IODictLogError, StoreClosedError
 from .filelock import FileLock
 from .fileops import sync_directory
@@ -105,7 +112,10 @@ from .manifest import MANIFEST_NAME, MAX_SEGMENTS, read_manifest, write_manifest
 from .native import core
 from .segment import (
     MAX_NUMBER,
+    OpenSegments,
+    Readers,
     Segment,
+    SegmentGone,
     close_from_thread,
     close_later,
     hand_to_thread,
@@ -120,6 +130,7 @@ HINT_AFTER_RECORDS = 10_000
 # Rescanning a record costs about this many times what moving one index entry does.
 _RESCAN_COST = 10
 READ_CHUNK = 2**18  # bytes read_frames() reads at a time
+_REPLAY_BATCH = 16384  # compacted records an iterator reads back at a time, segment by segment
 T = TypeVar("T")
 H = TypeVar("H", bound="LogHandle")
 
@@ -174,12 +185,14 @@ class LogConsumer(Protocol):
         """Called after each scan, to restore an order that lost records may have broken."""
 
 
-def check_options(sync: object, segment_bytes: object) -> None:
-    """ValueError for a ``sync`` or ``segment_bytes`` the log cannot work with."""
+def check_options(sync: object, segment_bytes: object, max_open_segments: object = 32) -> None:
+    """ValueError for a ``sync``, ``segment_bytes`` or ``max_open_segments`` the log cannot work with."""
     if not (isinstance(sync, bool) or (isinstance(sync, (int, float)) and sync > 0)):
         raise ValueError(f"sync must be False, True or a positive number of seconds, not {sync!r}")
     if not isinstance(segment_bytes, int) or not 4096 <= segment_bytes <= 2**31:
         raise ValueError(f"segment_bytes must be an int from 4096 to 2**31, not {segment_bytes!r}")
+    if type(max_open_segments) is not int or max_open_segments < 2:
+        raise ValueError(f"max_open_segments must be an int >= 2, not {max_open_segments!r}")
 
 
 def _is_store_file(name: str) -> bool:
@@ -210,6 +223,7 @@ class Log:
         hints: bool = False,
         checkpoints: bool = False,
         kind: str | None = None,
+        max_open_segments: int = 32,
     ) -> None:
         if kind not in STORE_KINDS:
             raise ValueError(f"kind must be 'dict', 'queue' or None, not {kind!r}")
@@ -222,6 +236,7 @@ class Log:
         self.last_birthtime = 0
         self._consumer = consumer
         self._segments: list[Segment | None] = []  # by slot; None once dropped
+        self._files = OpenSegments(max_open_segments)  # the clock of open sealed segments
         self._first_live = 0
         self._manifest = Manifest(0, ())
         self._end = 0
@@ -351,7 +366,9 @@ class Log:
         self.last_birthtime = manifest.birthtime_floor
         numbers = manifest.segments
         for i, number in enumerate(numbers):
-            self._segments.append(Segment.open(self.directory, number, writable=i == len(numbers) - 1))
+            self._segments.append(
+                Segment.open(self.directory, number, writable=i == len(numbers) - 1, files=self._files)
+            )
         first, start = self._restore_hint() or self._restore_checkpoint() or (0, SEGMENT_HEADER_SIZE)
         if self.hinted_seq >= 0:
             self._seen |= STORE_DICT  # (only a dict writes hints)
@@ -580,26 +597,41 @@ class Log:
         self._changes = changes
 
     def _drop_descriptors(self) -> None:
-        """In a forked child, at fork time: close the descriptors shared with the parent."""
+        """In a forked child, at fork time: close the descriptors and drop the mappings
+        shared with the parent; the sealed segments stay, parked."""
         for segment in self._segments:
-            if segment is not None and segment.fd >= 0:
-                os.close(segment.fd)
-                segment.fd = -1
+            if segment is not None:
+                segment.view = None
+                if segment.fd >= 0:
+                    os.close(segment.fd)
+                    segment.fd = -1
                 self._forked = True
+        self._files.clear()
 
     def _reopen(self) -> None:
-        """In a forked child, on first use: open our own descriptors on the same
-        segments, or rebuild everything if they are gone (compacted meanwhile)."""
+        """In a forked child, on first use: open our own descriptor on the active segment
+        (the sealed ones reopen as they are read), or rebuild everything if it is gone
+        (compacted meanwhile)."""
         self._forked = False
-        last = len(self._segments) - 1
+        active = self._segments[-1]
+        assert active is not None  # (the last segment is never dropped)
         try:
-            for slot, segment in enumerate(self._segments):
-                if segment is not None:
-                    self._segments[slot] = Segment.open(self.directory, segment.number, writable=slot == last)
+            self._segments[-1] = Segment.open(self.directory, active.number, writable=True, files=self._files)
         except CorruptionError:
             self._load()
 
     def _catch_up(self, defer_reload: bool = False) -> None:
+        try:
+            self._catch_up_once(defer_reload)
+        except SegmentGone:
+            # A segment went that CURRENT listed when we last looked: a queue consumer
+            # deleted it, its items consumed, before we applied the TAKEs that say so (the
+            # queue read it back), or a compaction replaced it. Start over from the files.
+            if defer_reload and self.file_lock.depth == 1:
+                raise ReloadNeeded from None
+            self._load()
+
+    def _catch_up_once(self, defer_reload: bool) -> None:
         while True:
             active = self._segments[-1]
             size = active.size()
@@ -647,6 +679,8 @@ class Log:
                 continue
             try:
                 apply(frame, pack_location(frame.birthtime_ns, slot, base + frame.offset, frame.length))
+            except SegmentGone:
+                raise  # (it read back from a segment deleted meanwhile: _catch_up reloads)
             except CorruptionError as exc:  # checksums hold, but the consumer cannot read it (a forged key)
                 self.corrupt_records += 1
                 warnings.warn(
@@ -698,8 +732,13 @@ class Log:
         """Open and read the segments CURRENT lists after the ``known`` ones we end with."""
         listed = manifest.segments
         first_new = len(self._segments)
+        previous = self._segments[-1]
+        assert previous is not None  # (the last segment is never dropped)
+        previous.seal()  # (no longer the last)
         for number in listed[known:]:
-            self._segments.append(Segment.open(self.directory, number, writable=number == listed[-1]))
+            self._segments.append(
+                Segment.open(self.directory, number, writable=number == listed[-1], files=self._files)
+            )
         for slot in range(first_new, len(self._segments) - 1):
             self._scan_complete(slot)  # sealed in the meantime: read whole
         self._manifest = manifest
@@ -748,7 +787,7 @@ class Log:
         segments: list[Segment] = []
         try:
             for number in manifest.segments[:copies]:
-                segments.append(Segment.open(self.directory, number))
+                segments.append(Segment.open(self.directory, number, files=self._files))
         except CorruptionError:
             close_later(segments)
             return False  # compacted again meanwhile
@@ -757,10 +796,12 @@ class Log:
                 raise ValueError("the hint is not this compaction's")
             sizes = [size for size, _ in hint.coverage]
             consumer.rebase(hint.payload, sizes, kept_slots[0], copies - kept_slots[0])  # type: ignore[attr-defined]
-        except ValueError:
+        except BaseException as exc:  # (a parked copy that is gone again: _rebuild starts over)
             for segment in segments:
                 segment.close()
-            return False
+            if isinstance(exc, ValueError):
+                return False
+            raise
         self._segments = segments + [self._segments[slot] for slot in kept_slots]
         self._first_live = 0
         self.hinted_seq = hint.last_seq
@@ -936,6 +977,7 @@ class Log:
 
     def _roll_after_seal(self) -> None:
         active = self._segments[-1]
+        assert active is not None  # (the last segment is never dropped)
         active.sync()
         manifest = read_manifest(self.directory)  # under the lock: the latest
         if manifest is None or manifest.segments[-1:] != (active.number,):
@@ -944,7 +986,7 @@ class Log:
         self._remove_leftovers(manifest.segments)
         self._check_room(manifest, 1)
         number = max(manifest.segments) + 1  # (repair may have put a higher number earlier in the list)
-        segment = Segment.create(self.directory, number, KIND_LOG, active.salt)
+        segment = Segment.create(self.directory, number, KIND_LOG, active.salt, self._files)
         kind = self._kind_to_record(manifest)
         manifest = manifest._replace(
             generation=manifest.generation + 1, segments=manifest.segments + (number,), kind=kind
@@ -956,6 +998,7 @@ class Log:
         except BaseException:
             segment.close()
             raise
+        active.seal()
         self._segments.append(segment)
         self._manifest = manifest
         self._end = SEGMENT_HEADER_SIZE
@@ -1004,6 +1047,11 @@ class Log:
                 return found
         segment = self._segments[(loc >> SLOT_SHIFT) & SLOT_MASK]  # (unpack_location, inlined: every get)
         offset = (loc >> OFFSET_SHIFT) & OFFSET_MASK
+        if segment.fd < 0 and _read_value is not None:  # type: ignore[union-attr]  # (a live location's slot)
+            segment.reopen()  # type: ignore[union-attr]  # parked, and no mapping covers the record: the core maps it whole now
+            found = _read_value(self, loc)
+            if found is not None:
+                return found
         found = frame_value(segment.read(offset, loc & LENGTH_MASK), segment.salt)
         if found is None:
             raise CorruptionError(f"{segment.path}: record at offset {offset} fails its checksum")
@@ -1037,6 +1085,8 @@ class Log:
             length = min(chunk, end - pos)
             try:
                 buf = segment.read(pos, length)
+            except SegmentGone:
+                raise  # (deleted by a queue consumer this process has not caught up with)
             except CorruptionError as exc:  # (cut short since it was indexed: repair, or damage)
                 self._report_damage(segment, slot, pos, [Damage(0, end - pos, str(exc))], end)
                 return
@@ -1075,56 +1125,17 @@ class Log:
     def frames(self, start_seq: int = 0) -> Iterator[Frame]:
         """Committed data frames (SET, DELETE, PUT, TAKE) with seq >= start_seq, in sequence order.
 
-        Takes its snapshot now, on duplicates of the file descriptors, so the
-        iterator may be consumed while the store is written, compacted or closed.
-        They are closed when it ends, or when it is dropped, started or not (a
-        generator's ``finally`` runs only once it has started).
+        Takes its snapshot now (the segments listed, how far the last one is
+        committed, the last seq), so the iterator may be consumed while the store
+        is written, compacted or closed. It opens segments by number as it reaches
+        them, one at a time and only while reading, so it holds no descriptor
+        between records. If one is gone (a compaction or a queue's reclaim deleted
+        it), it goes on from CURRENT as it is then, at the first seq not yet yielded
+        and up to the snapshot's last: it skips what that compaction dropped, as an
+        iterator made after it would, and never yields a record twice or out of order.
         """
-        live = [s for s in self._segments if s is not None]
-        fds = _Descriptors()
-        try:
-            for segment in live:
-                fds.add(os.dup(segment.fd))
-        except BaseException:
-            fds.close()
-            raise
-        ends = [None] * (len(live) - 1) + [self._end]
-        frames = self._frames(fds, [(s.kind, s.salt) for s in live], ends, start_seq)
-        weakref.finalize(frames, fds.close)
-        return frames
-
-    @staticmethod
-    def _frames(
-        fds: _Descriptors, kinds: list[tuple[int, int]], ends: list[int | None], start_seq: int
-    ) -> Iterator[Frame]:
-        def scan(fd: int, salt: int, end: int | None) -> Scan:
-            # Read as the index was built: every segment but the last is finished (complete).
-            size = os.fstat(fd).st_size if end is None else end
-            return Scan(os.pread(fd, size - SEGMENT_HEADER_SIZE, SEGMENT_HEADER_SIZE), salt, complete=end is None)
-
-        snapshot = [(fd, kind, salt) for fd, (kind, salt) in zip(fds.fds, kinds)]
-        try:
-            # Compacted segments hold their frames in birthtime order: sort them all
-            # by seq, remembering only where each frame is, then read them back.
-            compacted = []
-            for (fd, kind, salt), end in zip(snapshot, ends):
-                if kind == KIND_COMPACTED:
-                    compacted += [
-                        (f.seq, fd, SEGMENT_HEADER_SIZE + f.offset, f.length, salt)
-                        for f in scan(fd, salt, end)
-                        if f.seq >= start_seq
-                    ]
-            compacted.sort()
-            for _, fd, offset, length, salt in compacted:
-                frame = decode_frame(os.pread(fd, length, offset), 0, salt)
-                if frame is None:
-                    raise CorruptionError(f"record at offset {offset} changed on disk while being replayed")
-                yield frame
-            for (fd, kind, salt), end in zip(snapshot, ends):
-                if kind == KIND_LOG:
-                    yield from (f for f in scan(fd, salt, end) if f.op != OP_SEAL and f.seq >= start_seq)
-        finally:
-            fds.close()
+        numbers = [s.number for s in self._segments if s is not None]
+        return _frames(self.directory, numbers, self._end, start_seq, self.last_seq)
 
     # --- compaction (the long part is in compaction.py) -------------------------
 
@@ -1136,9 +1147,10 @@ class Log:
         if self._end > SEGMENT_HEADER_SIZE:
             self._roll()
         sealed = [(slot, s) for slot, s in enumerate(self._segments[:-1]) if s is not None]
-        # (Duplicates a compaction thread owns: a forked child, without that thread, closes them.)
-        files = {slot: (hand_to_thread(os.dup(s.fd)), s.salt, s.number) for slot, s in sealed}
-        return Sources(tuple(s.number for _, s in sealed), files, self._segments[-1].salt)
+        segments = {slot: (s.path, s.salt, s.number) for slot, s in sealed}
+        # (Descriptors a compaction thread owns: a forked child, without that thread, closes them.)
+        files = Readers(SOURCE_FILES, threaded=True)
+        return Sources(tuple(s.number for _, s in sealed), segments, self._segments[-1].salt, files)
 
     def commit_compaction(self, replaced: tuple[int, ...], written: list[Written], hint: bool) -> None:
         """Put the ``written`` segments in CURRENT in place of the ``replaced`` ones.
@@ -1249,21 +1261,87 @@ class Log:
             self._release_files()
 
 
-class _Descriptors:
-    """Duplicated descriptors that an iterator reads; close() is idempotent."""
+def _frames(directory: str, numbers: list[int], end: int, start_seq: int, last_seq: int) -> Iterator[Frame]:
+    """Log.frames' iterator: from the snapshot, then from CURRENT each time a segment is gone."""
+    ends: list[int | None] = [None] * (len(numbers) - 1) + [end]
+    resume = [start_seq]  # the first seq not yet yielded, as of the last segment or batch begun
+    while True:
+        try:
+            yield from _frames_of(directory, numbers, ends, resume, last_seq)
+            return
+        except SegmentGone:
+            manifest = read_manifest(directory)
+            if manifest is None:
+                raise IODictLogError(f"{directory}: {MANIFEST_NAME} is gone") from None
+            if list(manifest.segments) == numbers:
+                raise  # CURRENT lists a segment that is not there: damage, not a compaction
+            numbers = list(manifest.segments)
+            ends = [None] * len(numbers)
 
-    __slots__ = ("fds",)
 
-    def __init__(self) -> None:
-        self.fds: list[int] = []
+def _frames_of(
+    directory: str, numbers: list[int], ends: list[int | None], resume: list[int], last_seq: int
+) -> Iterator[Frame]:
+    """The frames of the listed segments with resume[0] <= seq <= last_seq, in seq order; each
+    segment is read whole up to its end (None: its size), the last one as unfinished.
 
-    def add(self, fd: int) -> None:
-        self.fds.append(fd)
+    Only opening a file can fail for want of it (SegmentGone); before each, ``resume[0]``
+    is moved past what was yielded, so that the caller can go on from there. (Not frame
+    by frame: a replay yields millions of them.)
+    """
+    start_seq = resume[0]
+    last = len(numbers) - 1
 
-    def close(self) -> None:
-        fds, self.fds = self.fds, []
-        for fd in fds:
-            os.close(fd)
+    def scan(segment: Segment, slot: int) -> Scan:
+        """The segment's frames, read as the index was built: every one but the last is complete."""
+        end = ends[slot]
+        size = segment.size() if end is None else end
+        data = os.pread(segment.fd, size - SEGMENT_HEADER_SIZE, SEGMENT_HEADER_SIZE)
+        return Scan(data, segment.salt, complete=slot < last)
+
+    # Compacted segments hold their frames in birthtime order: sort them all by seq,
+    # remembering only where each frame is, then read them back a batch at a time.
+    compacted = []
+    log_slots = []
+    for slot in range(len(numbers)):
+        segment = Segment.open(directory, numbers[slot])  # (SegmentGone if it is not there)
+        try:
+            if segment.kind != KIND_COMPACTED:
+                log_slots.append(slot)  # (read below, once its turn comes)
+                continue
+            frames = scan(segment, slot)
+        finally:
+            segment.close()
+        compacted += [
+            (f.seq, segment.path, SEGMENT_HEADER_SIZE + f.offset, f.length, segment.salt)
+            for f in frames
+            if start_seq <= f.seq <= last_seq
+        ]
+    compacted.sort()
+    files = Readers(1)
+    for first in range(0, len(compacted), _REPLAY_BATCH):
+        batch = compacted[first : first + _REPLAY_BATCH]
+        if first:
+            resume[0] = compacted[first - 1][0] + 1
+        try:
+            found = files.read_all([(path, offset, length) for _, path, offset, length, _ in batch])
+        finally:
+            files.close()
+        for (_, _, offset, _, salt), data in zip(batch, found):
+            frame = decode_frame(data, 0, salt)
+            if frame is None:
+                raise CorruptionError(f"record at offset {offset} changed on disk while being replayed")
+            yield frame
+    if compacted:
+        resume[0] = max(resume[0], compacted[-1][0] + 1)
+    for slot in log_slots:
+        segment = Segment.open(directory, numbers[slot])
+        try:
+            frames = scan(segment, slot)
+        finally:
+            segment.close()
+        yield from (f for f in frames if f.op != OP_SEAL and start_seq <= f.seq <= last_seq)
+        resume[0] = max(resume[0], frames.last_seq + 1)
 
 
 class LogHandle:
@@ -1296,7 +1374,11 @@ class LogHandle:
             log.file_lock.deadline = deadline
             try:
                 log.refresh()
-                return fn(log, *args)
+                try:
+                    return fn(log, *args)
+                except SegmentGone:  # deleted since the catch-up (a compaction): catch up, once more
+                    log.refresh()
+                    return fn(log, *args)
             finally:
                 log.file_lock.deadline = None
 

@@ -29,6 +29,7 @@ PURE_TOO = (
     "test_queue_hardening.py",
     "test_native_lock.py",
     "test_backlog.py",
+    "test_open_files.py",
 )
 
 collect_ignore = [] if importlib.util.find_spec("iodict_log._native") else list(NATIVE_TESTS)
