@@ -221,6 +221,8 @@ class OpenSegments:
     __slots__ = ("limit", "ring", "hand")
 
     def __init__(self, limit: int) -> None:
+        if limit < 2:
+            raise ValueError(f"max_open_segments must be an int >= 2, not {limit!r}")
         self.limit = limit
         self.ring: list[Segment] = []
         self.hand = 0

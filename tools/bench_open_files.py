@@ -80,7 +80,7 @@ def report(args: argparse.Namespace) -> None:
     (many, many_fds, many_rate), (few, few_fds, few_rate) = results
     print(
         f"{native.build()} build ({iodict_log.__file__}), {args.keys:,} keys, max_open_segments={args.cap}:\n"
-        f"  {many:5,} segments: {many_fds:3} descriptors held (cap + LOCK = {args.cap + 1}), "
+        f"  {many:5,} segments: {many_fds:3} descriptors held (at most cap + LOCK = {args.cap + 1}), "
         f"{many_rate:10,.0f} gets/s\n"
         f"  {few:5,} segments: {few_fds:3} descriptors held, {few_rate:10,.0f} gets/s\n"
         f"  ratio {many:,} / {few:,} segments: {many_rate / few_rate:.2f}x",
