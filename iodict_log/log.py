@@ -1057,10 +1057,11 @@ class Log:
             raise CorruptionError(f"{segment.path}: record at offset {offset} fails its checksum")
         return found
 
-    def read_frames(self, loc: int, stop: int | None = None) -> Iterator[tuple[Frame, int]]:
-        """The committed data frames from the one at ``loc`` on, with their locations, up to
-        the location ``stop`` (None: all this process has applied): how a consumer that
-        keeps positions instead of every location reads records back (PendingItems).
+    def read_frames(self, loc: int, stop: int | None = None) -> Iterator[tuple[list[Frame], int]]:
+        """The committed frames from the one at ``loc`` on, up to the location ``stop``
+        (None: all this process has applied), a chunk at a time: how a consumer that keeps
+        positions instead of every location reads records back (PendingItems). Each chunk
+        is (frames, base): a frame's location is ``frame_location(frame, base)``.
 
         ``loc`` must be a frame this process indexed (or a checkpoint vouched for).
         Damage is warned about and counted unless it was already (by the scan that
@@ -1075,10 +1076,10 @@ class Log:
             segment = self._segments[slot]
             if segment is not None:
                 end = stop_offset if slot == last else segment.size()
-                yield from self._frames_between(slot, segment, offset, end)
+                yield from self._chunks_between(slot, segment, offset, end)
             slot, offset = slot + 1, SEGMENT_HEADER_SIZE
 
-    def _frames_between(self, slot: int, segment: Segment, pos: int, end: int) -> Iterator[tuple[Frame, int]]:
+    def _chunks_between(self, slot: int, segment: Segment, pos: int, end: int) -> Iterator[tuple[list[Frame], int]]:
         """read_frames within one segment, from ``pos`` to ``end``, READ_CHUNK bytes at a time."""
         chunk = READ_CHUNK
         while pos < end:
@@ -1088,19 +1089,13 @@ class Log:
             except SegmentGone:
                 raise  # (deleted by a queue consumer this process has not caught up with)
             except CorruptionError as exc:  # (cut short since it was indexed: repair, or damage)
-                self._report_damage(segment, slot, pos, [Damage(0, end - pos, str(exc))], end)
+                self._report_damage(segment, slot, pos, [Damage(0, end - pos, str(exc))])
                 return
             final = pos + length == end
             scan = Scan(buf, segment.salt, complete=final)
-            reached = pos
-            try:
-                for frame in scan:
-                    if frame.op != OP_SEAL:
-                        reached = pos + frame.offset
-                        yield frame, pack_location(frame.birthtime_ns, slot, reached, frame.length)
-                reached = pos + len(buf)
-            finally:
-                self._report_damage(segment, slot, pos, scan.damage, reached)
+            frames = list(scan)
+            self._report_damage(segment, slot, pos, scan.damage)
+            yield frames, slot << SLOT_SHIFT | pos << OFFSET_SHIFT
             if final:
                 return
             if scan.end:
@@ -1108,12 +1103,12 @@ class Log:
             else:
                 chunk *= 2  # (one frame, or one batch, larger than the chunk)
 
-    def _report_damage(self, segment: Segment, slot: int, base: int, damage: list[Damage], before: int) -> None:
-        """Warn about and count the damage regions found below ``before`` not reported yet
+    def _report_damage(self, segment: Segment, slot: int, base: int, damage: list[Damage]) -> None:
+        """Warn about and count the damage regions (offsets from ``base``) not reported yet
         (read_frames)."""
         for region in damage:
             at = base + region.offset
-            if at < before and slot << OFFSET_BITS | at not in self._reported:
+            if slot << OFFSET_BITS | at not in self._reported:
                 self._reported.add(slot << OFFSET_BITS | at)
                 self.corrupt_records += 1
                 warnings.warn(

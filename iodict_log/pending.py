@@ -38,7 +38,7 @@ from typing import Any, Sequence
 from .checkpoint import QueueState, decode_state, encode_state
 from .errors import CorruptionError, CorruptionWarning
 from .format import OP_DEAD, OP_PUT, OP_TAKE, SEQ, Frame
-from .index import LENGTH_MASK, SLOT_MASK, SLOT_SHIFT
+from .index import LENGTH_MASK, SLOT_MASK, SLOT_SHIFT, frame_location
 from .serialize import Serializer
 
 WINDOW = 4096  # ready items held in memory (about 150 bytes each); the rest are read back from the log
@@ -244,23 +244,30 @@ class PendingItems:
         seq, loc = self._spill  # type: ignore[misc]
         self._spill = None
         ready, order, gone, dead = self._ready, self._order, self._gone, self.dead
-        for frame, at in self._log.read_frames(loc, stop):
-            s = frame.seq
-            if frame.op != OP_PUT or s < seq or s in ready or s in dead:
-                continue
-            fate = gone.pop(s, None)
-            if fate is not None:
-                if fate == BURIED:
-                    dead[s] = at
-                    self._oldest_dead = None
-                elif fate == TAKEN:
-                    self.live_bytes -= at & LENGTH_MASK
-                continue
-            if len(ready) >= WINDOW:
-                self._spill = (s, at)
-                return
-            ready[s] = at
-            order.append(s)
+        room = WINDOW - len(ready)
+        for frames, base in self._log.read_frames(loc, stop):
+            for frame in frames:  # (the inner loop of every item read back: kept tight)
+                if frame.op != OP_PUT:
+                    continue
+                s = frame.seq
+                if s < seq or s in ready or (dead and s in dead):
+                    continue
+                at = frame_location(frame, base)
+                if gone:
+                    fate = gone.pop(s, None)
+                    if fate is not None:
+                        if fate == BURIED:
+                            dead[s] = at
+                            self._oldest_dead = None
+                        elif fate == TAKEN:
+                            self.live_bytes -= at & LENGTH_MASK
+                        continue
+                if not room:
+                    self._spill = (s, at)
+                    return
+                room -= 1
+                ready[s] = at
+                order.append(s)
         # The whole backlog is in the window now: what the counts say is exact again
         # (records lost to damage since a checkpoint, or seqs named twice, are gone).
         gone.clear()
@@ -290,11 +297,12 @@ class PendingItems:
     def _find_buried(self) -> None:
         """Locate the PUTs that DEAD records named beyond the window (never in a FIFO queue)."""
         gone = self._gone
-        for frame, at in self._log.read_frames(self._spill[1], None):  # type: ignore[index]
-            if frame.op == OP_PUT and gone.get(frame.seq) == BURIED:
-                del gone[frame.seq]
-                self.dead[frame.seq] = at
-                self._oldest_dead = None
+        for frames, base in self._log.read_frames(self._spill[1], None):  # type: ignore[index]
+            for frame in frames:
+                if frame.op == OP_PUT and gone.get(frame.seq) == BURIED:
+                    del gone[frame.seq]
+                    self.dead[frame.seq] = frame_location(frame, base)
+                    self._oldest_dead = None
 
     # --- checkpoints (checkpoint.py) ----------------------------------------------
 
