@@ -9,8 +9,10 @@ For each backlog (--small, default 10 items; --big, default 10,000,000 items of
 - reopening: the median of --repeat opens (to the first qsize()), the store
   closed cleanly (so with its checkpoint), and with the checkpoint deleted (a scan);
 - put() and get(): blocks of 1,000 single puts then 1,000 gets, so the backlog
-  stays where it is; CPU time per call over all --blocks blocks (a mean, not a
-  median: a get pays for reading the backlog back once every 4,096 items).
+  stays where it is; CPU time per call over all --blocks blocks of a child (a
+  mean, not a median: a get pays for reading the backlog back once every 4,096
+  items), children for the two backlogs taking turns --turns times (the machine's
+  speed drifts), and the median of those.
 
 Then the ratios big ÷ small, against the targets. The stores are built once under
 --path and reused, so that the same script can be run against another checkout:
@@ -27,6 +29,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -124,21 +127,27 @@ def main() -> None:
     parser.add_argument("--big", type=int, default=10_000_000)
     parser.add_argument("--path", default=os.path.join(tempfile.gettempdir(), "bench_backlog"))
     parser.add_argument("--repeat", type=int, default=7, help="opens timed")
-    parser.add_argument("--blocks", type=int, default=40, help="blocks of 1,000 puts and 1,000 gets timed")
+    parser.add_argument("--blocks", type=int, default=20, help="blocks of 1,000 puts and 1,000 gets per child")
+    parser.add_argument("--turns", type=int, default=5, help="children per backlog for put() and get()")
     args = parser.parse_args()
     if args.small < 1 or args.big <= args.small:
         parser.error("need 1 <= --small < --big")
-    figures = {}
-    for n in (args.small, args.big):
-        path = os.path.join(args.path, str(n))
+    figures: dict[int, dict] = {}
+    paths = {n: os.path.join(args.path, str(n)) for n in (args.small, args.big)}
+    for n, path in paths.items():
         build(path, n)
         figures[n] = {
             "memory": child("memory", path, 1),
             "open": child("open", path, args.repeat),
             "scan": child("scan", path, min(args.repeat, 3)),
-            "ops": child("ops", path, args.blocks),
         }
-        child("open", path, 1)  # (leaves the checkpoint for the next run)
+        child("open", path, 1)  # (leaves the checkpoint for what follows)
+    turns: dict[int, list[dict]] = {n: [] for n in paths}
+    for _ in range(args.turns):
+        for n, path in paths.items():
+            turns[n].append(child("ops", path, args.blocks))
+    for n in paths:
+        figures[n]["ops"] = {op: statistics.median(t[op] for t in turns[n]) for op in ("put", "get")}
     small, big = figures[args.small], figures[args.big]
     print(f"build: {small['memory']['build']}; backlogs of {args.small:,} and {args.big:,} items of 100 bytes")
     print(f"{'':34}{args.small:>14,}{args.big:>14,}   big/small   target")
