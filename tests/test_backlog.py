@@ -19,10 +19,10 @@ import warnings
 from pathlib import Path
 
 import pytest
-from faultyfs import FaultyFS, PowerLoss
 from helpers import drain
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_power_loss import count_calls, power_loss_run
 
 from iodict_log import CorruptionWarning, DurableQueue
 from iodict_log import log as log_module
@@ -484,26 +484,10 @@ def backlog_workload(path: str, sync, acked: list, in_flight: list) -> None:
 def test_sync_true_backlog_keeps_every_acknowledged_put_and_get_through_a_power_loss_at_any_call(tmp_path, monkeypatch):
     monkeypatch.setattr(pending_module, "WINDOW", 4)
     monkeypatch.setattr(log_module, "CHECKPOINT_MIN_BYTES", 0)
-    count = FaultyFS(str(tmp_path / "count"))
-    with monkeypatch.context() as mp:
-        count.install(mp)
-        backlog_workload(str(tmp_path / "count"), True, [], [])
-    count.close()
-    assert os.path.exists(tmp_path / "count" / CHECKPOINT_NAME)
-    import random
-
-    for cut in range(1, count.calls + 1):
-        path = str(tmp_path / f"s{cut}")
-        fs = FaultyFS(path)
-        fs.power_off_at = cut
-        acked: list = []
-        in_flight: list = []
-        with monkeypatch.context() as mp:
-            fs.install(mp)
-            with pytest.raises(PowerLoss):
-                backlog_workload(path, True, acked, in_flight)
-        fs.crash_image(random.Random(cut), None)
-        fs.close()
+    calls = count_calls(tmp_path, backlog_workload)
+    assert os.path.exists(tmp_path / "count-True" / CHECKPOINT_NAME)  # (checkpoints were written)
+    for cut in range(1, calls + 1):
+        path, acked, in_flight = power_loss_run(tmp_path, monkeypatch, backlog_workload, True, cut, None, cut)
         put = [i for op, arg in acked if op == "put_many" for i in arg]
         gotten = {arg for op, arg in acked if op == "get"}
         expected = [i for i in put if i not in gotten]
