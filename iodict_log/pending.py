@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import warnings
+from itertools import repeat
 from typing import Any, Sequence
 
 from .checkpoint import QueueState, decode_state, encode_state
@@ -246,7 +247,20 @@ class PendingItems:
         ready, order, gone, dead = self._ready, self._order, self._gone, self.dead
         room = WINDOW - len(ready)
         for frames, base in self._log.read_frames(loc, stop):
-            for frame in frames:  # (the inner loop of every item read back: kept tight)
+            if not gone and not dead:  # the FIFO case: a chunk's items in a few C-speed passes
+                puts = [f for f in frames if f.op == OP_PUT and f.seq >= seq]
+                if len(puts) > room:
+                    beyond = puts[room]
+                    self._spill = (beyond.seq, frame_location(beyond, base))
+                    del puts[room:]
+                seqs = [f.seq for f in puts]
+                ready.update(zip(seqs, map(frame_location, puts, repeat(base))))
+                order.extend(seqs)
+                room -= len(puts)
+                if self._spill is not None:
+                    return
+                continue
+            for frame in frames:  # (with items taken out of order or dead letters: one by one)
                 if frame.op != OP_PUT:
                     continue
                 s = frame.seq
