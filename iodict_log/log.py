@@ -479,9 +479,10 @@ class Log:
         self._tail_crcs[segment.number] = (size, crc)
         return crc
 
-    def checkpoint(self, *, if_changed: bool = False) -> bool:
+    def checkpoint(self, manifest: Manifest | None = None, *, if_changed: bool = False) -> bool:
         """Write the queue's checkpoint of its state as it is now, if the store is big enough
         for it to matter; whether it did. Needs the lock and a refresh() under it.
+        ``manifest``: CURRENT as the caller just wrote it (else it is read).
 
         Best effort: it is a cache, so a failure only costs the next open a scan.
         Not while this process has damage to report (the next open should). With
@@ -490,10 +491,11 @@ class Log:
         """
         if not self._checkpoints or self.corrupt_records or self.disk_bytes() < CHECKPOINT_MIN_BYTES:
             return False
-        manifest = read_manifest(self.directory)
         if manifest is None:
-            return False
-        self._forget_unlisted(manifest.segments)  # (a queue consumer deleted some: up to date, we may)
+            manifest = read_manifest(self.directory)
+            if manifest is None:
+                return False
+            self._forget_unlisted(manifest.segments)  # (a queue consumer deleted some: up to date, we may)
         first = self._first_live
         live = self._segments[first:]
         numbers = tuple(s.number for s in live if s is not None)
@@ -691,14 +693,7 @@ class Log:
         self.last_seq = max(self.last_seq, scan.last_seq)
         self.last_birthtime = max(self.last_birthtime, scan.last_birthtime)
         self._consumer.settle()
-        for region in scan.damage:
-            self.corrupt_records += 1
-            self._reported.add(slot << OFFSET_BITS | (base + region.offset))
-            warnings.warn(
-                f"{segment.path}: skipped {region.length} bytes at offset {base + region.offset} ({region.reason})",
-                CorruptionWarning,
-                stacklevel=4,
-            )
+        self._report_damage(segment, slot, base, scan.damage)
         self._end = base + scan.end
         return sealed
 
@@ -1004,7 +999,7 @@ class Log:
         self._end = SEGMENT_HEADER_SIZE
         self._sync_timer = None  # a pending group commit is for the old segment
         self._count_sealed()
-        self.checkpoint()  # (CURRENT changed: the next open scans from here at most)
+        self.checkpoint(manifest)  # (CURRENT changed: the next open scans from here at most)
         if len(self._segments) >= MAX_SLOTS:
             self._load()  # renumber the slots, which dropped segments still hold
 
@@ -1035,7 +1030,7 @@ class Log:
             with contextlib.suppress(FileNotFoundError):
                 fileops.unlink(os.path.join(self.directory, segment_name(number)))
         sync_directory(self.directory)
-        self.checkpoint()  # (the last one named the segments just deleted: it no longer matches)
+        self.checkpoint(manifest)  # (the last one named the segments just deleted: it no longer matches)
 
     # --- reading --------------------------------------------------------------
 
@@ -1104,8 +1099,8 @@ class Log:
                 chunk *= 2  # (one frame, or one batch, larger than the chunk)
 
     def _report_damage(self, segment: Segment, slot: int, base: int, damage: list[Damage]) -> None:
-        """Warn about and count the damage regions (offsets from ``base``) not reported yet
-        (read_frames)."""
+        """Warn about and count the damage regions (offsets from ``base``) not reported yet:
+        a scan meets each once, and read_frames may meet it again."""
         for region in damage:
             at = base + region.offset
             if slot << OFFSET_BITS | at not in self._reported:

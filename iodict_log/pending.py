@@ -247,46 +247,39 @@ class PendingItems:
         ready, order, gone, dead = self._ready, self._order, self._gone, self.dead
         room = WINDOW - len(ready)
         for frames, base in self._log.read_frames(loc, stop):
-            if not gone and not dead:  # the FIFO case: a chunk's items in a few C-speed passes
-                puts = [f for f in frames if f.op == OP_PUT and f.seq >= seq]
-                if len(puts) > room:
-                    beyond = puts[room]
-                    self._spill = (beyond.seq, frame_location(beyond, base))
-                    del puts[room:]
-                seqs = [f.seq for f in puts]
-                ready.update(zip(seqs, map(frame_location, puts, repeat(base))))
-                order.extend(seqs)
-                room -= len(puts)
-                if self._spill is not None:
-                    return
-                continue
-            for frame in frames:  # (with items taken out of order or dead letters: one by one)
-                if frame.op != OP_PUT:
-                    continue
-                s = frame.seq
-                if s < seq or s in ready or (dead and s in dead):
-                    continue
-                at = frame_location(frame, base)
-                if gone:
-                    fate = gone.pop(s, None)
-                    if fate is not None:
-                        if fate == BURIED:
-                            dead[s] = at
-                            self._oldest_dead = None
-                        elif fate == TAKEN:
-                            self.live_bytes -= at & LENGTH_MASK
-                        continue
-                if not room:
-                    self._spill = (s, at)
-                    return
-                room -= 1
-                ready[s] = at
-                order.append(s)
+            # A chunk's items in a few C-speed passes: the window takes the first ``room``
+            # of those neither dead nor taken out of order; those passed over up to there
+            # have their fate settled, the rest stay noted for the next refill.
+            puts = [f for f in frames if f.op == OP_PUT and f.seq >= seq and f.seq not in dead]
+            keep = [f for f in puts if f.seq not in gone] if gone else puts
+            if len(keep) > room:
+                beyond = keep[room]
+                self._spill = (beyond.seq, frame_location(beyond, base))
+                del keep[room:]
+            if gone:
+                until = self._spill[0] if self._spill is not None else None
+                self._pass_over([f for f in puts if f.seq in gone and (until is None or f.seq < until)], base)
+            seqs = [f.seq for f in keep]
+            ready.update(zip(seqs, map(frame_location, keep, repeat(base))))
+            order.extend(seqs)
+            room -= len(keep)
+            if self._spill is not None:
+                return
         # The whole backlog is in the window now: what the counts say is exact again
         # (records lost to damage since a checkpoint, or seqs named twice, are gone).
         gone.clear()
         self._count = len(ready)
         self.live_bytes = sum(at & LENGTH_MASK for at in ready.values()) + sum(at & LENGTH_MASK for at in dead.values())
+
+    def _pass_over(self, frames: list[Frame], base: int) -> None:
+        """Settle the items beyond the window taken out of order, as the window reaches them."""
+        for frame in frames:
+            fate = self._gone.pop(frame.seq, None)  # (None: a duplicated frame, settled already)
+            if fate == BURIED:
+                self.dead[frame.seq] = frame_location(frame, base)
+                self._oldest_dead = None
+            elif fate == TAKEN:
+                self.live_bytes -= frame.length
 
     def oldest(self) -> int | None:
         """Location of the oldest PUT still needed (a ready item or a dead letter), or None.

@@ -221,8 +221,7 @@ class OpenSegments:
     __slots__ = ("limit", "ring", "hand")
 
     def __init__(self, limit: int) -> None:
-        if limit < 2:
-            raise ValueError(f"max_open_segments must be an int >= 2, not {limit!r}")
+        assert limit >= 2, limit  # (check_options refuses less, before anything is opened)
         self.limit = limit
         self.ring: list[Segment] = []
         self.hand = 0
