@@ -1,11 +1,12 @@
 """iodict_log: a persistent, ordered, process-safe dict and durable queue on an append-only log."""
 
-from .durablequeue import DurableQueue
+from .durablequeue import DurableQueue, Lease
 from .errors import (
     CorruptionError,
     CorruptionWarning,
     FormatVersionError,
     IODictLogError,
+    LeaseExpiredError,
     LockTimeoutError,
     StoreClosedError,
 )
@@ -19,7 +20,9 @@ __all__ = [
     "FlushQueue",
     "FormatVersionError",
     "IODict",
+    "Lease",
     "IODictLogError",
+    "LeaseExpiredError",
     "LockTimeoutError",
     "Record",
     "StoreClosedError",

@@ -14,7 +14,7 @@
  */
 #include "native.h"
 
-static PyObject *s_log, *s_lock, *s_lock_timeout, *s_serializer, *s_pending, *s_maxsize, *s_encode, *s_decode,
+static PyObject *s_held, *s_log, *s_lock, *s_lock_timeout, *s_serializer, *s_pending, *s_maxsize, *s_encode, *s_decode,
     *s_add, *s_head, *s_remove, *s_release_consumed, *s_announce_puts, *s_mutex, *s_gotten, *s_acquire, *s_release, *s_one;
 
 /* The common case's preconditions, and the object's lock taken: 1, 0 Python's, -1 error. */
@@ -124,14 +124,17 @@ leave:
     return r;
 }
 
-/* get(q): q.get() when an item is ready; NotImplemented to leave it to Python (empty, or not the common case). */
+/* get(q): q.get() when an item is ready; NotImplemented to leave it to Python (empty, or not the
+ * common case: items on lease, whose coming back only Python judges). */
 static PyObject *get(PyObject *self, PyObject *q) {
     PyObject *qdict = PyObject_GenericGetDict(q, NULL);
     if (qdict == NULL) return NULL;
     PyObject *serializer = dict_get(qdict, s_serializer), *pending = dict_get(qdict, s_pending), *lock, *log;
+    PyObject *held = dict_get(qdict, s_held);
     PyObject *item = NULL;
     int r = 0;
-    if (serializer == NULL || pending == NULL) goto done;
+    if (serializer == NULL || pending == NULL || held == NULL || !PyDict_Check(held) || PyDict_GET_SIZE(held))
+        goto done;
     r = enter(qdict, q, &lock);
     if (r <= 0) goto done;
     log = dict_get(qdict, s_log);
@@ -188,7 +191,7 @@ int durablequeue_init(PyObject *module) {
 #define INTERN(var, text) \
     if ((var = PyUnicode_InternFromString(text)) == NULL) return -1;
     INTERN(s_log, "_log") INTERN(s_lock, "_lock") INTERN(s_lock_timeout, "lock_timeout")
-    INTERN(s_serializer, "_serializer") INTERN(s_pending, "_pending") INTERN(s_maxsize, "maxsize")
+    INTERN(s_serializer, "_serializer") INTERN(s_pending, "_pending") INTERN(s_held, "_held") INTERN(s_maxsize, "maxsize")
     INTERN(s_encode, "encode") INTERN(s_decode, "decode") INTERN(s_add, "add") INTERN(s_head, "head")
     INTERN(s_remove, "remove") INTERN(s_release_consumed, "_release_consumed")
     INTERN(s_announce_puts, "_announce_puts") INTERN(s_mutex, "mutex") INTERN(s_gotten, "_gotten")

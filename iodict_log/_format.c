@@ -18,8 +18,8 @@
 #include <string.h>
 #include <zlib.h>
 
-static int known_op(unsigned op) { return (op >= 1 && op <= 5) || (op >= 16 && op <= 18); }
-static int data_op(unsigned op) { return op == 1 || op == 2 || (op >= 16 && op <= 18); }
+static int known_op(unsigned op) { return (op >= 1 && op <= 5) || (op >= 16 && op <= 20); } /* KNOWN_OPS */
+static int data_op(unsigned op) { return op == 1 || op == 2 || (op >= 16 && op <= 20); }   /* DATA_OPS */
 
 static PyTypeObject *Frame_type;  /* format.Frame */
 static PyTypeObject *Damage_type; /* format.Damage */

@@ -27,7 +27,8 @@ the old checkpoint unusable) and when the queue is closed, whenever the store
 holds at least CHECKPOINT_MIN_BYTES (below that a scan is about as fast).
 
 The payload (encode_state) is fixed-width integers: the counts, the first
-ready item, the dead letters and the seqs taken out of order, every location
+ready item, the dead letters and the seqs taken out of order, the items on
+lease (leases.py) and the dead letters' delivery counts, every location
 checked against its covered segment before use (hintfile.decode_locations).
 """
 
@@ -57,10 +58,14 @@ CHECKPOINT_TMP_NAME = CHECKPOINT_NAME + ".tmp"
 CHECKPOINT_MIN_BYTES = 2**20  # a store smaller than this opens by a scan about as fast
 
 # ready count, live bytes, damaged, other frames, highest PUT seq, first ready seq (0: none),
-# dead letters, seqs taken out of order; then the first ready item's location (if any), the
-# dead letters' seqs and locations, the seqs taken out of order each with a "dead" byte.
-STATE_HEAD = struct.Struct("<QQQQQQQQ")
+# dead letters, seqs taken out of order, items on lease, dead letters' delivery counts; then
+# the first ready item's location (if any), the dead letters' seqs and locations, the seqs
+# taken out of order each with a "dead" byte, the items on lease (HELD and a location each),
+# the dead letters' delivery counts (seq, count).
+STATE_HEAD = struct.Struct("<QQQQQQQQQQ")
 SEQ_SIZE = 8
+HELD = struct.Struct("<QIQQ")  # seq, deliveries, holder (0: released), until (expiry or due time, ns)
+DELIVERIES = struct.Struct("<QI")  # seq of a dead letter, times it was delivered
 
 
 class QueueState(NamedTuple):
@@ -74,6 +79,10 @@ class QueueState(NamedTuple):
     first: tuple[int, int] | None  # (seq, location) of the oldest ready item
     dead: list[tuple[int, int]]  # (seq, location) of each dead letter, by seq
     gone: list[tuple[int, int]]  # (seq, fate: pending.TAKEN, BURIED or PASSED) of items beyond the window
+    # What leases.py adds: (seq, location, deliveries, holder, until) of each item on lease or
+    # released, by seq, and (seq, deliveries) of the dead letters delivered more than once.
+    held: Sequence[tuple[int, int, int, int, int]] = ()
+    deliveries: Sequence[tuple[int, int]] = ()
 
 
 def encode_state(state: QueueState) -> bytes:
@@ -88,6 +97,8 @@ def encode_state(state: QueueState) -> bytes:
             first_seq,
             len(state.dead),
             len(state.gone),
+            len(state.held),
+            len(state.deliveries),
         )
     ]
     if first_loc is not None:
@@ -95,16 +106,22 @@ def encode_state(state: QueueState) -> bytes:
     parts += [seq.to_bytes(SEQ_SIZE, "little") for seq, _ in state.dead]
     parts += [loc.to_bytes(LOCATION_SIZE, "little") for _, loc in state.dead]
     parts += [seq.to_bytes(SEQ_SIZE, "little") + bytes([fate]) for seq, fate in state.gone]
+    parts += [HELD.pack(seq, n, holder, until) for seq, _, n, holder, until in state.held]
+    parts += [loc.to_bytes(LOCATION_SIZE, "little") for _, loc, _, _, _ in state.held]
+    parts += [DELIVERIES.pack(*pair) for pair in state.deliveries]
     return b"".join(parts)
 
 
 def decode_state(payload: bytes, sizes: Sequence[int]) -> QueueState:
     """The state in ``payload``, every location inside the covered ``sizes``; ValueError otherwise."""
     try:
-        ready, live_bytes, damaged, other, last_put, first_seq, dead, gone = STATE_HEAD.unpack_from(payload)
+        ready, live_bytes, damaged, other, last_put, first_seq, dead, gone, held, counted = STATE_HEAD.unpack_from(
+            payload
+        )
         at = STATE_HEAD.size
         firsts = 1 if first_seq else 0
         size = at + firsts * LOCATION_SIZE + dead * (SEQ_SIZE + LOCATION_SIZE) + gone * (SEQ_SIZE + 1)
+        size += held * (HELD.size + LOCATION_SIZE) + counted * DELIVERIES.size
         if size != len(payload):
             raise ValueError("not the size its counts say")
         first_locs, _ = decode_locations(payload[at : at + firsts * LOCATION_SIZE], sizes)
@@ -113,12 +130,30 @@ def decode_state(payload: bytes, sizes: Sequence[int]) -> QueueState:
         at += dead * SEQ_SIZE
         dead_locs, _ = decode_locations(payload[at : at + dead * LOCATION_SIZE], sizes)
         at += dead * LOCATION_SIZE
-        gone_seqs = list(struct.iter_unpack("<QB", payload[at:]))
+        gone_seqs = list(struct.iter_unpack("<QB", payload[at : at + gone * (SEQ_SIZE + 1)]))
+        at += gone * (SEQ_SIZE + 1)
+        leases = list(struct.iter_unpack(HELD.format, payload[at : at + held * HELD.size]))
+        at += held * HELD.size
+        held_locs, _ = decode_locations(payload[at : at + held * LOCATION_SIZE], sizes)
+        at += held * LOCATION_SIZE
+        deliveries = tuple(struct.iter_unpack(DELIVERIES.format, payload[at:]))
         _check_consistent(ready, live_bytes, last_put, first_seq, dead_seqs, gone_seqs, sum(sizes))
+        _check_leases([seq for seq, *_ in leases], [seq for seq, _ in deliveries], dead_seqs, last_put)
     except Exception as exc:  # whatever a forged payload makes struct or a check raise
         raise ValueError(f"not a queue checkpoint: {exc!r}") from None
     first = (first_seq, first_locs[0]) if first_seq else None
-    return QueueState(ready, live_bytes, damaged, other, last_put, first, list(zip(dead_seqs, dead_locs)), gone_seqs)
+    return QueueState(
+        ready,
+        live_bytes,
+        damaged,
+        other,
+        last_put,
+        first,
+        list(zip(dead_seqs, dead_locs)),
+        gone_seqs,
+        tuple((seq, loc, n, holder, until) for (seq, n, holder, until), loc in zip(leases, held_locs)),
+        deliveries,
+    )
 
 
 def _check_consistent(
@@ -140,6 +175,16 @@ def _check_consistent(
         raise ValueError("seqs out of order, or beyond the last put")
     if any(not first_seq < seq <= last_put or fate > 2 for seq, fate in gone):
         raise ValueError("an item taken out of order outside the backlog")
+
+
+def _check_leases(held: list[int], counted: list[int], dead: list[int], last_put: int) -> None:
+    """ValueError unless the items on lease and the counted dead letters are in order, put,
+    and the counted ones dead letters."""
+    for seqs in (held, counted):
+        if seqs and (seqs != sorted(set(seqs)) or seqs[0] == 0 or seqs[-1] > last_put):
+            raise ValueError("leased seqs out of order, or beyond the last put")
+    if not set(counted) <= set(dead):
+        raise ValueError("a delivery count for an item that is not a dead letter")
 
 
 def checkpoint_bound(disk_bytes: int, segments: int) -> int:

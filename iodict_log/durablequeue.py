@@ -38,9 +38,18 @@ in the same object, and otherwise looks at the log again after a back-off
 that grows from 1 ms to 50 ms, so an idle consumer costs ~20 cheap syscalls
 a second and a put in another process is seen within ~50 ms.
 
+``lease()`` delivers without consuming: the item stays on disk until its
+lease is acked, and comes back if it is released, its holder dies or its
+``lease_timeout`` passes (leases.py says how, holders.py how a death is seen).
+A get or a lease delivers the oldest ready item, a held item that came back
+before any item never delivered; an item delivered ``max_deliveries`` times
+goes to the dead letters instead of out again. The C core's get only runs
+while no item is held (``_held`` empty), so it never has to judge leases.
+
 After ``os.fork()`` the child replaces the queue's mutex and conditions:
 another thread of the parent may have held the mutex at the fork, and no
-thread of the child would ever release it.
+thread of the child would ever release it. It also forgets the leases this
+object took in the parent: they stay the parent's (holders.py).
 """
 
 from __future__ import annotations
@@ -54,8 +63,10 @@ import weakref
 from typing import Any, Callable, Iterable
 
 from . import fileops
-from .errors import CorruptionError, CorruptionWarning, IODictLogError
-from .format import FLAG_BATCH, FLAG_PICKLE, OP_DEAD, OP_PUT, OP_TAKE, SEQ
+from .errors import CorruptionError, CorruptionWarning, IODictLogError, LeaseExpiredError
+from .format import FLAG_BATCH, FLAG_PICKLE, LEASE, OP_DEAD, OP_LEASE, OP_PUT, OP_RELEASE, OP_TAKE, RELEASE, SEQ
+from .holders import Holders
+from .leases import LeasedItems
 from .log import Entry, Log, LogHandle, check_options
 from .native import core
 from .objectlock import make_lock
@@ -92,6 +103,10 @@ class DurableQueue(LogHandle, queue.Queue):
     deadline (so an unbounded queue's put may raise queue.Full). An item that
     cannot be decoded goes to ``dead_letters()`` (with a RuntimeWarning)
     instead of blocking the queue.
+
+    ``lease()`` hands an item out until it is acked: ``lease_timeout``
+    (seconds) bounds how long a lease lasts without ``extend()``, and an item
+    delivered ``max_deliveries`` times without an ack becomes a dead letter.
     """
 
     def __init__(
@@ -105,23 +120,34 @@ class DurableQueue(LogHandle, queue.Queue):
         serializer: str = "pickle",
         segment_bytes: int = 64 * 2**20,
         max_open_segments: int = 32,
+        lease_timeout: float | None = None,
+        max_deliveries: int | None = None,
     ) -> None:
         check_options(sync, segment_bytes, max_open_segments)
         if not isinstance(maxsize, int) or isinstance(maxsize, bool):
             raise TypeError(f"maxsize must be an int, not {type(maxsize).__name__!r}")
+        if lease_timeout is not None:
+            _check_seconds("lease_timeout", lease_timeout, zero=False)
+        if max_deliveries is not None and (type(max_deliveries) is not int or max_deliveries < 1):
+            raise ValueError(f"max_deliveries must be None or an int >= 1, not {max_deliveries!r}")
+        self.lease_timeout = lease_timeout
+        self.max_deliveries = max_deliveries
         super().__init__(maxsize)
         self.path = fileops.store_path(path)
         self.semaphore = semaphore
         self._lock = make_lock(lock, self)
         self._serializer = Serializer(serializer)
         self._pending = PendingItems(self.path)
+        self._leases = LeasedItems(self._pending, Holders(self.path))
+        self._held = self._leases.held  # (what the C core's get looks at: it runs only while empty)
+        self._lent: set[tuple[int, int]] = set()  # (id, delivery) of the leases this object holds
         self._gotten = 0  # items this object handed out and task_done() has not matched yet
         self._puts = 0  # bumped by every local put, so a waiting get never misses one
         self._waiting = 0  # threads waiting in _wait(): a put notifies only if there are any
         self._log: Log | None = None
         self._log = Log(
             self.path,
-            self._pending,
+            self._leases,
             sync=sync,
             segment_bytes=segment_bytes,
             checkpoints=True,
@@ -140,6 +166,7 @@ class DurableQueue(LogHandle, queue.Queue):
         self.not_full = threading.Condition(self.mutex)
         self.all_tasks_done = threading.Condition(self.mutex)
         self._waiting = 0  # (the parent's waiting threads are not in the child)
+        self._lent.clear()  # (the parent's leases: its close releases them, not ours)
 
     def _try_put(self, encoded: list[tuple[int, bytes]], deadline: float | None) -> bool:
         """Append the items as one write if they fit under maxsize."""
@@ -156,7 +183,7 @@ class DurableQueue(LogHandle, queue.Queue):
                 self.not_empty.notify_all()
 
     def _append_puts(self, log: Log, encoded: list[tuple[int, bytes]]) -> bool:
-        if 0 < self.maxsize < len(self._pending) + len(encoded):
+        if 0 < self.maxsize < len(self._leases) + len(encoded):
             return False
         if len(encoded) == 1:
             flags, stored = encoded[0]
@@ -168,8 +195,11 @@ class DurableQueue(LogHandle, queue.Queue):
             self._pending.add(seq, loc)
         return True
 
-    def _try_take(self, deadline: float | None, hand: Callable[[Any], None] | None = None) -> tuple[bool, Any]:
-        """(True, item) after taking the oldest item, or (False, None) if there is none.
+    def _try_take(
+        self, deadline: float | None, hand: Callable[[Any], None] | None = None, lease: bool = False
+    ) -> tuple[bool, Any]:
+        """(True, item) after taking the oldest item, or (False, None) if there is none;
+        with ``lease``, (True, a Lease of it) after leasing it instead.
 
         With ``hand``, the item is passed to it before it is taken, holding the
         lock: if ``hand`` raises, the item stays. Waiting for the file lock past
@@ -179,26 +209,31 @@ class DurableQueue(LogHandle, queue.Queue):
             log = self._open_log()
             log.file_lock.deadline = deadline
             try:
-                found, item = self._take(log, hand)
+                found, item = self._take(log, hand, lease)
             finally:
                 log.file_lock.deadline = None
         if found and self.maxsize > 0:
             self._notify_not_full()
         return found, item
 
-    def _take(self, log: Log, hand: Callable[[Any], None] | None) -> tuple[bool, Any]:
-        pending = self._pending
-        if not len(pending):
+    def _take(self, log: Log, hand: Callable[[Any], None] | None, lease: bool) -> tuple[bool, Any]:
+        leases = self._leases
+        leases.reclaim()
+        if not len(leases):
             log.refresh()  # without the file lock: an idle poll stays cheap
-            if not len(pending):
+            leases.reclaim()
+            if not len(leases):
                 return False, None
         with log.file_lock:
             while True:
                 log.refresh()
-                head = pending.head()
-                if head is None:
+                leases.reclaim()
+                seq, loc, delivered = self._oldest_ready()
+                if not seq:
                     return False, None
-                seq, loc = head
+                if self.max_deliveries is not None and delivered >= self.max_deliveries:
+                    self._settle(log, OP_DEAD, seq)  # (delivered enough: a dead letter, not out again)
+                    continue
                 try:
                     flags, stored = log.read_value(loc)
                 except CorruptionError as exc:
@@ -221,17 +256,81 @@ class DurableQueue(LogHandle, queue.Queue):
                     continue
                 if hand is not None:
                     hand(item)
+                if lease:
+                    return True, self._lend(log, seq, delivered + 1, item)
                 self._settle(log, OP_TAKE, seq)
                 return True, item
 
+    def _oldest_ready(self) -> tuple[int, int, int]:
+        """(seq, location, deliveries so far) of the oldest item ready for delivery: a held
+        item that came back, else the oldest never delivered; (0, 0, 0) if there is none."""
+        back, head = self._leases.first_back(), self._pending.head()
+        if back is not None and (head is None or back[0] < head[0]):
+            return back[0], back[1].loc, back[1].deliveries
+        return (head[0], head[1], 0) if head is not None else (0, 0, 0)
+
     def _settle(self, log: Log, op: int, seq: int) -> None:
-        """Record that the ready item ``seq`` was taken (OP_TAKE) or is dead (OP_DEAD)."""
+        """Record that the ready or held item ``seq`` was taken (OP_TAKE: got, acked, or
+        damaged) or is dead (OP_DEAD)."""
         log.append_one(op, 0, SEQ.pack(seq), b"", log.birthtime())
-        if op == OP_TAKE:
+        if seq in self._held:
+            self._leases.settle_held(seq, op == OP_DEAD)
+        elif op == OP_TAKE:
             self._pending.remove(seq)
         else:
             self._pending.bury(seq)
         self._release_consumed(log)
+
+    # --- leases -------------------------------------------------------------------
+
+    def _lend(self, log: Log, seq: int, delivery: int, item: Any) -> Lease:
+        """Append the LEASE of ``seq``'s delivery number ``delivery``, held by this process."""
+        holder = self._leases.holders.own()
+        expiry = _expiry(self.lease_timeout)
+        log.append_one(OP_LEASE, 0, SEQ.pack(seq), LEASE.pack(holder, expiry, delivery), log.birthtime())
+        self._leases.leased(seq, holder, expiry, delivery)
+        self._lent.add((seq, delivery))
+        return Lease(self, item, seq, delivery, holder)
+
+    def _current(self, lease: Lease) -> None:
+        """LeaseExpiredError unless ``lease`` is still its item's lease (on caught-up state)."""
+        entry = self._held.get(lease.id)
+        if (
+            entry is None
+            or entry.back
+            or entry.holder != lease._holder
+            or entry.deliveries != lease.deliveries
+            or (entry.until and entry.until <= time.time_ns())
+        ):
+            self._lent.discard((lease.id, lease.deliveries))
+            raise LeaseExpiredError(
+                f"{self.path}: the lease of item {lease.id} (delivery {lease.deliveries}) has come back "
+                "(timed out, released, acked, or judged its holder's death); nothing was changed"
+            )
+
+    def _end_lease(self, lease: Lease, op: int, due: int = 0) -> None:
+        def end(log: Log) -> None:
+            self._current(lease)
+            if op == OP_TAKE:
+                self._settle(log, OP_TAKE, lease.id)
+            else:
+                log.append_one(OP_RELEASE, 0, SEQ.pack(lease.id), RELEASE.pack(due), log.birthtime())
+                self._leases.released(lease.id, due)
+            self._lent.discard((lease.id, lease.deliveries))
+
+        self._write(end)
+        if op == OP_RELEASE and not due:
+            self._announce_puts()  # (ready again at once: wake this object's waiting consumers)
+
+    def _extend_lease(self, lease: Lease, seconds: float | None) -> None:
+        def extend(log: Log) -> None:
+            self._current(lease)
+            expiry = _expiry(seconds if seconds is not None else self.lease_timeout)
+            value = LEASE.pack(lease._holder, expiry, lease.deliveries)
+            log.append_one(OP_LEASE, 0, SEQ.pack(lease.id), value, log.birthtime())
+            self._leases.leased(lease.id, lease._holder, expiry, lease.deliveries)
+
+        self._write(extend)
 
     def _notify_not_full(self) -> None:
         with self.not_full:
@@ -244,7 +343,7 @@ class DurableQueue(LogHandle, queue.Queue):
         if self._pending.other_frames:
             return
         try:
-            log.release_before(self._pending.oldest())
+            log.release_before(self._leases.oldest())
         except OSError as exc:
             warnings.warn(f"{self.path}: could not delete consumed segments yet: {exc}", ResourceWarning, stacklevel=6)
 
@@ -315,15 +414,26 @@ class DurableQueue(LogHandle, queue.Queue):
             item = _get_one(self)
             if item is not NotImplemented:
                 return item
+        item = self._deliver(block, timeout, False)
+        with self.mutex:  # (the lock of all_tasks_done)
+            self._gotten += 1
+        return item
+
+    def lease(self, block: bool = True, timeout: float | None = None) -> Lease:
+        """Deliver the oldest item on lease, without consuming it; wait for one (or raise
+        queue.Empty). ``ack()`` the Lease when done; until then the item comes back if
+        it is released, this process dies, or ``lease_timeout`` passes."""
+        lease: Lease = self._deliver(block, timeout, True)
+        return lease
+
+    def _deliver(self, block: bool, timeout: float | None, lease: bool) -> Any:
         deadline = self._deadline(block, timeout)
         delay = 0.001
         try:
             while True:
                 seen = self._puts
-                found, item = self._try_take(deadline)
+                found, item = self._try_take(deadline, lease=lease)
                 if found:
-                    with self.mutex:  # (the lock of all_tasks_done)
-                        self._gotten += 1
                     return item
                 if not block:
                     raise queue.Empty
@@ -332,8 +442,12 @@ class DurableQueue(LogHandle, queue.Queue):
             raise queue.Empty from None
 
     def qsize(self) -> int:
-        """Items ready for delivery (put, neither taken nor dead), in every process's view."""
-        return self._read(lambda log: len(self._pending))
+        """Items ready for delivery (never delivered, or back from a lease), in every process's view."""
+        return self._read(self._ready)
+
+    def _ready(self, log: Log) -> int:
+        self._leases.reclaim()
+        return len(self._leases)
 
     def empty(self) -> bool:
         return self.qsize() == 0
@@ -375,7 +489,7 @@ class DurableQueue(LogHandle, queue.Queue):
                 value: tuple[int, bytes] | CorruptionError = log.read_value(loc)
             except CorruptionError as exc:
                 value = exc
-            letters.append(DeadLetter(seq, value, self._serializer))
+            letters.append(DeadLetter(seq, value, self._serializer, self._leases.deliveries.get(seq, 1)))
         return letters
 
     def retry_dead_letters(self) -> int:
@@ -410,18 +524,28 @@ class DurableQueue(LogHandle, queue.Queue):
                 self._pending.add(seq, loc)
                 count += 1
             else:
-                self._pending.remove(SEQ.unpack(key)[0])
+                seq = SEQ.unpack(key)[0]
+                self._pending.remove(seq)
+                self._leases.deliveries.pop(seq, None)
         self._release_consumed(log)
         return count
 
     def _before_close(self, log: Log) -> None:
-        """Leave a checkpoint of the queue's state, so that the next open need not replay the
-        backlog. Best effort (a cache): skipped if the write lock is not free in CLOSE_WAIT."""
+        """Hand back the leases this object holds (no one could ack them now), and leave a
+        checkpoint of the queue's state, so that the next open need not replay the backlog.
+        Best effort: skipped if the write lock is not free in CLOSE_WAIT (the leases then
+        come back when this process ends, or their lease_timeout passes)."""
         lock = log.file_lock
         lock.deadline = time.monotonic() + CLOSE_WAIT
         try:
             with lock:
                 log.refresh()
+                for seq, delivery in sorted(self._lent):
+                    entry = self._held.get(seq)
+                    if entry is not None and entry.deliveries == delivery and entry.holder and not entry.back:
+                        log.append_one(OP_RELEASE, 0, SEQ.pack(seq), RELEASE.pack(0), log.birthtime())
+                        self._leases.released(seq, 0)
+                self._lent.clear()
                 log.checkpoint(if_changed=True)
         except (OSError, IODictLogError):  # (LockTimeoutError too: the next open scans instead)
             pass
@@ -429,16 +553,85 @@ class DurableQueue(LogHandle, queue.Queue):
             lock.deadline = None
 
     def stats(self) -> dict:
-        """items (ready), dead (letters), segments, disk_bytes, corrupt_records, state_from_checkpoint."""
+        """items and ready (ready for delivery), leased (out on lease), delayed (released with a
+        delay not over yet), dead (letters), segments, disk_bytes, corrupt_records,
+        state_from_checkpoint."""
         return self._read(self._stats)
 
     def _stats(self, log: Log) -> dict:
         stats = log.stats()
+        ready = self._ready(log)
+        leased, delayed = self._leases.counts()
         return {
-            "items": len(self._pending),
+            "items": ready,
+            "ready": ready,
+            "leased": leased,
+            "delayed": delayed,
             "dead": len(self._pending.dead),
             "segments": stats["segments"],
             "disk_bytes": stats["disk_bytes"],
             "corrupt_records": stats["corrupt_records"] + self._pending.damaged,
             "state_from_checkpoint": log.from_checkpoint,  # opened (or last reloaded) from CHECKPOINT
         }
+
+
+def _check_seconds(name: str, value: object, *, zero: bool) -> float:
+    """``value`` as seconds, or TypeError/ValueError naming ``name`` (before anything is written)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__!r}")
+    if not (value >= 0 if zero else value > 0) or value == float("inf"):
+        raise ValueError(f"{name} must be a {'non-negative' if zero else 'positive'} finite number, not {value!r}")
+    return float(value)
+
+
+def _expiry(seconds: float | None) -> int:
+    """The wall-clock time (ns) a lease taken or extended now for ``seconds`` expires; 0: never."""
+    return 0 if seconds is None else time.time_ns() + int(seconds * 1e9)
+
+
+class Lease:
+    """An item delivered by ``DurableQueue.lease()``: ``item``, ``id`` (its PUT's seq, the same
+    in every process), ``deliveries`` (1 on the first). ``ack()`` when done; ``release()``
+    to hand it back. As a context manager: acked when the block ends, released if it raises."""
+
+    __slots__ = ("item", "id", "deliveries", "_queue", "_holder")
+
+    def __init__(self, queue: DurableQueue, item: Any, seq: int, deliveries: int, holder: int) -> None:
+        self.item = item
+        self.id = seq
+        self.deliveries = deliveries
+        self._queue = queue
+        self._holder = holder
+
+    def ack(self) -> None:
+        """Done: the item never comes back. LeaseExpiredError (changing nothing) if it has."""
+        self._queue._end_lease(self, OP_TAKE)
+
+    def release(self, delay: float = 0.0) -> None:
+        """Not done: deliverable again after ``delay`` seconds, in its FIFO place."""
+        due = time.time_ns() + int(_check_seconds("delay", delay, zero=True) * 1e9) if delay else 0
+        self._queue._end_lease(self, OP_RELEASE, due)
+
+    def extend(self, seconds: float | None = None) -> None:
+        """Restart the lease's clock: it now expires ``seconds`` (default: the queue's
+        lease_timeout; none if that is None) from now."""
+        if seconds is not None:
+            _check_seconds("seconds", seconds, zero=False)
+        self._queue._extend_lease(self, seconds)
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if (self.id, self.deliveries) not in self._queue._lent:
+            return  # (acked or released in the block already)
+        if kind is None:
+            self.ack()
+            return
+        try:
+            self.release()
+        except LeaseExpiredError:
+            pass  # (back already: the block's own error is the one to see)
+
+    def __repr__(self) -> str:
+        return f"<Lease id={self.id} deliveries={self.deliveries}>"

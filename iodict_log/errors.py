@@ -34,5 +34,10 @@ class LockTimeoutError(IODictLogError, TimeoutError):
     process holds it: stopped, slow, or in a long repair)."""
 
 
+class LeaseExpiredError(IODictLogError):
+    """A lease was acked, released or extended after it came back (its lease_timeout passed,
+    it was released or acked already, or its holder was judged dead); nothing was changed."""
+
+
 class CorruptionWarning(UserWarning):
     """Damaged records were skipped while reading a store."""

@@ -89,9 +89,14 @@ OP_SEAL = 5  # last frame of a segment: readers move on to the next one
 OP_PUT = 16  # queue: key empty, value the item
 OP_TAKE = 17  # queue: key the u64 seq of the PUT taken, value empty
 OP_DEAD = 18  # queue: key the u64 seq of a PUT moved to the dead letters, value empty
-KNOWN_OPS = frozenset({OP_SET, OP_DELETE, OP_BATCH_BEGIN, OP_BATCH_COMMIT, OP_SEAL, OP_PUT, OP_TAKE, OP_DEAD})
-DATA_OPS = frozenset({OP_SET, OP_DELETE, OP_PUT, OP_TAKE, OP_DEAD})
+OP_LEASE = 19  # queue: key the u64 seq of a PUT delivered on lease (or its lease extended), value LEASE
+OP_RELEASE = 20  # queue: key the u64 seq of a leased PUT handed back, value RELEASE
+QUEUE_OPS = frozenset({OP_PUT, OP_TAKE, OP_DEAD, OP_LEASE, OP_RELEASE})
+KNOWN_OPS = frozenset({OP_SET, OP_DELETE, OP_BATCH_BEGIN, OP_BATCH_COMMIT, OP_SEAL}) | QUEUE_OPS
+DATA_OPS = frozenset({OP_SET, OP_DELETE}) | QUEUE_OPS
 SEQ = struct.Struct("<Q")
+LEASE = struct.Struct("<QQI")  # holder (its token), expiry (ns since the epoch; 0: none), delivery (1, 2, ...)
+RELEASE = struct.Struct("<Q")  # when the item may be delivered again (ns since the epoch; 0: at once)
 
 # Flag bits.
 FLAG_LZ4 = 0x01  # stored value is an lz4 block of the serialized value

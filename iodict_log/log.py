@@ -74,12 +74,10 @@ from .format import (
     KIND_COMPACTED,
     KIND_LOG,
     MAX_SEQ,
-    OP_DEAD,
     OP_DELETE,
-    OP_PUT,
     OP_SEAL,
     OP_SET,
-    OP_TAKE,
+    QUEUE_OPS,
     SEGMENT_HEADER_SIZE,
     STORE_DICT,
     STORE_QUEUE,
@@ -96,6 +94,7 @@ from .format import (
     frame_value,
 )
 from .hintfile import HINT_NAME, HINT_TMP_NAME, publish_hint, read_hint, stage_hint
+from .holders import HOLDERS_DIR
 from .index import (
     LENGTH_MASK,
     MAX_OFFSET,
@@ -140,7 +139,7 @@ Entry = tuple[int, int, bytes, bytes, int]
 # The ``kind`` argument, and what CURRENT records; which kind each data op belongs to.
 STORE_KINDS = {None: STORE_UNKNOWN, "dict": STORE_DICT, "queue": STORE_QUEUE}
 _HOLDS = {STORE_DICT: "dict records", STORE_QUEUE: "queue items", STORE_DICT | STORE_QUEUE: "dict and queue records"}
-_OP_KIND = {OP_SET: STORE_DICT, OP_DELETE: STORE_DICT, OP_PUT: STORE_QUEUE, OP_TAKE: STORE_QUEUE, OP_DEAD: STORE_QUEUE}
+_OP_KIND = {OP_SET: STORE_DICT, OP_DELETE: STORE_DICT, **dict.fromkeys(QUEUE_OPS, STORE_QUEUE)}
 
 _open_logs: weakref.WeakSet[Log] = weakref.WeakSet()
 
@@ -198,7 +197,7 @@ def check_options(sync: object, segment_bytes: object, max_open_segments: object
 def _is_store_file(name: str) -> bool:
     return (
         name in (MANIFEST_NAME, MANIFEST_NAME + ".tmp", LOCK_NAME, HINT_NAME, HINT_TMP_NAME)
-        or name in (CHECKPOINT_NAME, CHECKPOINT_TMP_NAME)
+        or name in (CHECKPOINT_NAME, CHECKPOINT_TMP_NAME, HOLDERS_DIR)
         or parse_segment_name(name) is not None
         or is_compaction_file(name)
     )

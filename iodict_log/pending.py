@@ -23,10 +23,11 @@ backlog (the window refilled with nothing beyond it) makes it exact again, so
 records lost to damage since a checkpoint cannot leave it wrong for long.
 
 ``oldest()`` is the earliest PUT still needed, before which every segment
-holds only consumed items (what ``DurableQueue`` reclaims). ``snapshot()`` and
-``restore()`` are the state in a checkpoint (checkpoint.py): the counts, the
-first ready item, the dead letters and ``_gone``; a restored window is empty
-and fills from the log on first use.
+holds only consumed items (what ``DurableQueue`` reclaims). ``state()`` and
+``load()`` are the state in a checkpoint (checkpoint.py): the counts, the
+first ready item, the dead letters and ``_gone``; a loaded window is empty
+and fills from the log on first use. Items on lease are ``LeasedItems``'s
+(leases.py), the consumer the log feeds, which hands this one the rest.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from __future__ import annotations
 import collections
 import warnings
 from itertools import repeat
-from typing import Any, Sequence
+from typing import Any
 
-from .checkpoint import QueueState, decode_state, encode_state
+from .checkpoint import QueueState
 from .errors import CorruptionError, CorruptionWarning
 from .format import OP_DEAD, OP_PUT, OP_TAKE, SEQ, Frame
 from .index import LENGTH_MASK, SLOT_MASK, SLOT_SHIFT, frame_location
@@ -167,10 +168,11 @@ class PendingItems:
             first = self._first()
         return first
 
-    def remove(self, seq: int, stop: int | None = None) -> None:
-        """Forget the PUT with this seq, ready or dead (nothing if it is neither: a PUT
-        in a segment deleted as consumed, or one that never was). ``stop``: where in
-        the log the TAKE is, when it is being replayed (what may be read back)."""
+    def remove(self, seq: int, stop: int | None = None) -> int | None:
+        """Forget the PUT with this seq, ready or dead, and return its location (None if it
+        is neither, or lies beyond the window: a PUT in a segment deleted as consumed, or
+        one that never was). ``stop``: where in the log the TAKE is, when it is being
+        replayed (what may be read back)."""
         loc = self._ready.pop(seq, None)
         if loc is not None:
             self._count -= 1
@@ -179,11 +181,11 @@ class PendingItems:
         else:
             loc = self.dead.pop(seq, None)
             if loc is None:
-                self._leave_beyond(seq, False, stop)
-                return
+                return self._leave_beyond(seq, False, stop)
             if seq == self._oldest_dead:
                 self._oldest_dead = None
         self.live_bytes -= loc & LENGTH_MASK
+        return loc
 
     def bury(self, seq: int, stop: int | None = None) -> None:
         """Move the ready item ``seq`` to the dead letters (nothing if it is not ready)."""
@@ -196,28 +198,39 @@ class PendingItems:
         if self._oldest_dead is not None and seq < self._oldest_dead:
             self._oldest_dead = seq
 
-    def _leave_beyond(self, seq: int, buried: bool, stop: int | None) -> None:
-        """A TAKE (or DEAD) of ``seq``, not in the window: an item beyond it, or none."""
+    def bury_taken(self, seq: int, loc: int) -> None:
+        """Make the item ``seq`` at ``loc``, taken already (on lease), a dead letter."""
+        self.dead[seq] = loc
+        self.live_bytes += loc & LENGTH_MASK
+        if self._oldest_dead is not None and seq < self._oldest_dead:
+            self._oldest_dead = seq
+
+    def _leave_beyond(self, seq: int, buried: bool, stop: int | None) -> int | None:
+        """A TAKE (or DEAD) of ``seq``, not in the window: an item beyond it, or none.
+        Its location if it was read back into the window for it (a TAKE)."""
         spill = self._spill
         if spill is None or not spill[0] <= seq <= self._last_put:
-            return  # (consumed long ago, or never put)
+            return None  # (consumed long ago, or never put)
         known = self._gone.get(seq)
         if known is not None:
             if known == BURIED and not buried:
                 self._gone[seq] = TAKEN  # (a dead letter beyond the window, retried elsewhere)
-            return
+            return None
         if not self._ready or len(self._gone) >= WINDOW:
             # The FIFO case: the window ran dry, so read the next items back and take it
             # there. Or the window was left behind by the log (its head damaged since this
             # process read it, which other processes skip): read it back from the log too.
             self._reread(stop)
             if seq in self._ready:
-                (self.bury if buried else self.remove)(seq, stop)
-                return
+                if buried:
+                    self.bury(seq, stop)
+                    return None
+                return self.remove(seq, stop)
             if self._spill is None or seq < self._spill[0]:
-                return  # (read back, and not an item: damaged since, or never one)
+                return None  # (read back, and not an item: damaged since, or never one)
         self._gone[seq] = BURIED if buried else TAKEN
         self._count -= 1
+        return None
 
     def _reread(self, stop: int | None) -> None:
         """Refill the window from the log, from its first item if it has one."""
@@ -313,7 +326,7 @@ class PendingItems:
 
     # --- checkpoints (checkpoint.py) ----------------------------------------------
 
-    def snapshot(self, first_slot: int) -> bytes | None:
+    def state(self, first_slot: int) -> QueueState | None:
         """The state for a checkpoint, its locations' slots counted from ``first_slot``
         (the first live segment: positions in CURRENT); None while this process has
         damage to report (a checkpoint would hide it from the next open)."""
@@ -333,12 +346,10 @@ class PendingItems:
             [(seq, loc - shift) for seq, loc in sorted(self.dead.items())],
             sorted(gone.items()) if first is not None else [],
         )
-        return encode_state(state)
+        return state
 
-    def restore(self, payload: bytes, sizes: Sequence[int]) -> None:
-        """Load a checkpoint's state over segments of the covered ``sizes``; ValueError,
-        changing nothing, if it is not a valid one."""
-        state = decode_state(payload, sizes)
+    def load(self, state: QueueState) -> None:
+        """Take a checkpoint's state (decoded and checked: checkpoint.decode_state)."""
         self.reset()
         self._count = state.ready
         self.live_bytes = state.live_bytes
@@ -351,15 +362,18 @@ class PendingItems:
 
 
 class DeadLetter:
-    """An item moved aside because it could not be decoded: ``id`` (its PUT's seq, the
-    same in every process), ``item`` (decoded on access: raises the error for as long as
-    it still cannot be decoded) and ``deliveries`` (how often it was handed out: 1)."""
+    """An item moved aside, because it could not be decoded or was delivered max_deliveries
+    times: ``id`` (its PUT's seq, the same in every process), ``item`` (decoded on access:
+    raises the error for as long as it still cannot be decoded) and ``deliveries`` (how
+    often it was handed out)."""
 
     __slots__ = ("id", "deliveries", "_value", "_serializer")
 
-    def __init__(self, seq: int, value: tuple[int, bytes] | CorruptionError, serializer: Serializer) -> None:
+    def __init__(
+        self, seq: int, value: tuple[int, bytes] | CorruptionError, serializer: Serializer, deliveries: int = 1
+    ) -> None:
         self.id = seq
-        self.deliveries = 1
+        self.deliveries = deliveries
         self._value = value
         self._serializer = serializer
 

@@ -281,7 +281,7 @@ def test_a_checkpoint_state_with_items_taken_from_the_middle_of_the_window_keeps
     for seq in range(1, 11):
         pending.add(seq, pack(seq))
     pending.remove(5)
-    state = decode_state(pending.snapshot(0), [2**20])
+    state = decode_state(encode_state(pending.state(0)), [2**20])
     assert state.ready == 9 and state.first == (1, pack(1)) and state.gone == [(5, pending_module.PASSED)]
 
 

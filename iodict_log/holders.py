@@ -1,0 +1,163 @@
+"""Lease holders: one per process and store, alive exactly as long as its process.
+
+Theory of operation
+-------------------
+A lease names its holder by a token, a random 63-bit number other than 0. A
+process that takes its first lease on a store becomes a holder there: it
+creates ``holders/<token as 16 hex digits>.tmp``, takes a POSIX record lock
+(``fcntl(F_SETLK, F_WRLCK)``) on the whole file, and renames it to its final
+name, so that no one ever sees the final name unlocked while its holder lives.
+It keeps the descriptor open, never closing it, for as long as it lives.
+
+Whether another holder lives is one non-blocking try of the same lock on its
+file. The kernel drops a POSIX lock when its process dies, however it dies
+(``SIGKILL``, the OOM killer, a crash), so the try fails exactly while the
+holder lives: no PIDs, no heartbeats, no clock. A try that succeeds means the
+holder is dead: the taker deletes the file and closes it (which drops its own
+lock). A missing file means dead too. A holder found alive is believed alive
+for CHECK_EVERY seconds before it is tried again, so a dead holder's leases
+come back within about that long after a live consumer next looks.
+
+POSIX locks belong to a process, not to a descriptor, which fixes three rules:
+
+- A process never tries the lock of its own holder file (it would get it, and
+  closing that descriptor would drop its lock): its own token is known alive,
+  and one holder serves every object of the process on that store (``_mine``).
+- A forked child holds none of its parent's locks. It forgets the parent's
+  holder (an ``after_in_child`` hook) and becomes a holder of its own on its
+  first lease. The parent's leases stay the parent's: they come back when the
+  parent dies, whatever its children do.
+- Holders in other PID namespaces (containers sharing the store's directory)
+  are judged the same way: the lock lives on the file's inode in the one
+  kernel, whatever PIDs each namespace sees. Machines sharing a network file
+  system are not supported (the store is for local disks; lock semantics over
+  NFS vary).
+
+A holder that lost its lock another way (someone deleted its file) is judged
+dead by the others, and its leases come back: they are then refused to it as
+expired (LeaseExpiredError), so no item is acked twice. Joining also sweeps
+the files of dead holders that held no lease when they died.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import threading
+import time
+
+from . import fileops
+
+HOLDERS_DIR = "holders"
+CHECK_EVERY = 0.25  # seconds a holder found alive is believed alive before it is tried again
+_BUSY = (errno.EAGAIN, errno.EACCES)  # what F_SETLK answers when another process holds the lock
+
+
+class _Mine:
+    """This process's holders, by store directory (tokens and their locked descriptors)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.tokens: dict[str, int] = {}
+        self.fds: dict[str, int] = {}
+
+    def forget(self) -> None:
+        """In a forked child: the parent's locks are not ours (closing our copies drops nothing)."""
+        for fd in self.fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.lock = threading.Lock()
+        self.tokens.clear()
+        self.fds.clear()
+
+
+_mine = _Mine()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_mine.forget)
+
+
+def holder_name(token: int) -> str:
+    return f"{token:016x}"
+
+
+class Holders:
+    """One store's holders as this process sees them: its own token, and who lives."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = os.path.join(directory, HOLDERS_DIR)
+        self._alive_until: dict[int, float] = {}  # token -> time.monotonic() it is believed alive until
+
+    def own(self) -> int:
+        """This process's token on the store, becoming a holder first if it is not one."""
+        token = _mine.tokens.get(self.directory)
+        if token is not None:
+            return token
+        with _mine.lock:
+            token = _mine.tokens.get(self.directory)
+            if token is None:
+                token = self._join()
+        return token
+
+    def mine(self, token: int) -> bool:
+        return _mine.tokens.get(self.directory) == token
+
+    def _join(self) -> int:
+        os.makedirs(self.directory, mode=0o755, exist_ok=True)
+        token = int.from_bytes(os.urandom(8), "little") >> 1 or 1
+        final = os.path.join(self.directory, holder_name(token))
+        tmp = final + ".tmp"
+        fd = fileops.create_new(tmp)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (a new file: no one else has it)
+            fileops.replace(tmp, final)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.set_inheritable(fd, False)
+        _mine.tokens[self.directory], _mine.fds[self.directory] = token, fd
+        self._sweep(token)
+        return token
+
+    def _sweep(self, token: int) -> None:
+        """Delete the files of holders that died holding nothing anyone asked about."""
+        for name in os.listdir(self.directory):
+            if len(name) == 16 and name != holder_name(token):
+                try:
+                    self.alive(int(name, 16))
+                except ValueError:
+                    pass  # (not a holder's name)
+
+    def alive(self, token: int) -> bool:
+        """Whether the holder ``token`` lives (believed for CHECK_EVERY after it was seen alive)."""
+        if self.mine(token):
+            return True
+        now = time.monotonic()
+        if self._alive_until.get(token, 0.0) > now:
+            return True
+        path = os.path.join(self.directory, holder_name(token))
+        try:
+            fd = os.open(path, os.O_RDWR | fileops.NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            self._alive_until.pop(token, None)
+            return False
+        except OSError:
+            return True  # (not ours to judge: no access. The lease_timeout, if any, still holds)
+        try:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in _BUSY:
+                    return True
+                self._alive_until[token] = now + CHECK_EVERY
+                return True
+            try:
+                os.unlink(path)  # dead: its file goes (we hold its lock, so no one else judges it now)
+            except OSError:
+                pass
+            self._alive_until.pop(token, None)
+            return False
+        finally:
+            os.close(fd)
