@@ -18,8 +18,9 @@ import warnings
 from typing import Any, Callable, Iterable, NoReturn, Sequence, TypeVar
 
 from . import __version__, native
-from .errors import CorruptionWarning, IODictLogError
-from .inspection import Census, dump_line, open_log, require_store, verify
+from .durablequeue import DurableQueue
+from .errors import CorruptionError, CorruptionWarning, IODictLogError
+from .inspection import Census, dump_line, open_log, require_store, shown_value, verify
 from .iodict import IODict
 from .repair import repair
 
@@ -126,23 +127,28 @@ def _progress(label: str) -> Callable[[int, int], None] | None:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    census = Census()
+    census = Census(args.path)
     log = open_log(args.path, census)
     try:
         stats = log.stats()
     finally:
         log.close()
-    live = census.keys.live_bytes + census.items.live_bytes
+    items = census.items
+    items.reclaim()  # (which leases came back: their holders dead, or their time up)
+    leased, delayed = items.counts()
+    live = census.keys.live_bytes + items.pending.live_bytes + items.live_bytes
     report = {
         "path": args.path,
         "keys": len(census.keys),
-        "queue_items": len(census.items),
-        "dead_letters": len(census.items.dead),
+        "queue_items": len(items),
+        "queue_leased": leased,
+        "queue_delayed": delayed,
+        "dead_letters": len(items.pending.dead),
         "segments": stats["segments"],
         "disk_bytes": stats["disk_bytes"],
         "live_bytes": live,
         "dead_bytes": stats["disk_bytes"] - live,
-        "corrupt_records": stats["corrupt_records"] + census.items.damaged,
+        "corrupt_records": stats["corrupt_records"] + items.pending.damaged,
         "last_seq": stats["last_seq"],
     }
     if args.json:
@@ -198,7 +204,7 @@ def _repair(args: argparse.Namespace) -> int:
 def _dump(args: argparse.Namespace) -> int:
     if args.start < 0:
         raise _UsageError("--start must be 0 or more")
-    log = open_log(args.path, Census())
+    log = open_log(args.path, Census(args.path))
     try:
         frames = log.frames(args.start)
     finally:
@@ -211,6 +217,29 @@ def _dump(args: argparse.Namespace) -> int:
     if refused:
         print(f'iodict-log dump: {refused} record(s) could not be shown (see their "error")', file=sys.stderr)
     return 1 if refused or args.warned else 0
+
+
+def _dead_letters(args: argparse.Namespace) -> int:
+    if args.retry:
+        require_store(args.path)
+        with DurableQueue(args.path) as queue:  # (a dict store is refused: IODictLogError)
+            count = queue.retry_dead_letters()
+        print(f"{count:,} dead letter(s) put back at the end of the queue")
+        return 0
+    census = Census(args.path)
+    log = open_log(args.path, census)
+    try:
+        items = census.items
+        for seq, loc in items.pending.dead_letters():
+            letter: dict[str, Any] = {"id": seq, "deliveries": items.deliveries.get(seq, 1)}
+            try:
+                letter["value"] = shown_value(*log.read_value(loc))
+            except (CorruptionError, ValueError, RecursionError) as exc:
+                letter["error"] = f"cannot be shown: {exc}"
+            print(json.dumps(letter, allow_nan=False))
+    finally:
+        log.close()
+    return 1 if args.warned else 0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -311,6 +340,19 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("path", help="the store directory")
     dump.add_argument("--start", type=int, default=0, metavar="SEQ", help="first sequence number to show")
     dump.set_defaults(run=_dump)
+
+    dead = _command(
+        sub,
+        "dead-letters",
+        "list a queue's dead letters as JSON lines, or put them back (--retry)",
+        "List the items of a queue store that could not be decoded or were delivered\n"
+        "max_deliveries times, oldest first, one JSON line each: id, deliveries and the\n"
+        "value as dump shows it (a pickle is never unpickled). With --retry, put them all\n"
+        "back at the end of the queue, in one atomic batch.",
+    )
+    dead.add_argument("path", help="the store directory")
+    dead.add_argument("--retry", action="store_true", help="put every dead letter back at the end of the queue")
+    dead.set_defaults(run=_dead_letters)
     return parser
 
 

@@ -35,12 +35,16 @@ from .format import (
     FLAG_PICKLE,
     KIND_COMPACTED,
     KIND_LOG,
+    LEASE,
     OP_DEAD,
     OP_DELETE,
+    OP_LEASE,
     OP_PUT,
+    OP_RELEASE,
     OP_SEAL,
     OP_SET,
     OP_TAKE,
+    RELEASE,
     SEGMENT_HEADER,
     SEGMENT_HEADER_SIZE,
     SEQ,
@@ -50,7 +54,9 @@ from .format import (
     decode_segment_header,
     stored_value,
 )
+from .holders import Holders
 from .index import MAX_OFFSET, KeyIndex
+from .leases import LeasedItems
 from .log import Log
 from .manifest import MANIFEST_NAME, read_manifest
 from .pending import PendingItems
@@ -187,14 +193,25 @@ def _recover_salt(data: bytes, candidates: Iterable[int]) -> int | None:
     return None
 
 
-_OPS = {OP_SET: "set", OP_DELETE: "delete", OP_PUT: "put", OP_TAKE: "take", OP_DEAD: "dead"}
+_OPS = {
+    OP_SET: "set",
+    OP_DELETE: "delete",
+    OP_PUT: "put",
+    OP_TAKE: "take",
+    OP_DEAD: "dead",
+    OP_LEASE: "lease",
+    OP_RELEASE: "release",
+}
+_NAMING_A_PUT = {OP_TAKE: 0, OP_DEAD: 0, OP_LEASE: LEASE.size, OP_RELEASE: RELEASE.size}  # op -> value size
 
 
 def refusal(frame: Frame) -> str | None:
     """Why a reader refuses this checksum-valid record, or None. Never unpickles."""
     op = frame.op
-    if op in (OP_TAKE, OP_DEAD) and len(frame.key) != SEQ.size:
+    if op in _NAMING_A_PUT and len(frame.key) != SEQ.size:
         return f"{op_name(op)} record's key is {len(frame.key)} bytes, not {SEQ.size}"
+    if op in _NAMING_A_PUT and len(frame.value) != _NAMING_A_PUT[op]:
+        return f"{op_name(op)} record's value is {len(frame.value)} bytes, not {_NAMING_A_PUT[op]}"
     try:
         if op in (OP_SET, OP_DELETE):
             decode_key(frame.key)  # (exactly a storable key's bytes, or CorruptionError)
@@ -358,9 +375,9 @@ class Census:
     (or both), so it keeps both indexes.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, path: str) -> None:
         self.keys = KeyIndex(decode_key)
-        self.items = PendingItems()
+        self.items = LeasedItems(PendingItems(), Holders(path))
 
     def attach(self, log: Any) -> None:
         self.items.attach(log)  # (a long backlog is read back from the log)
@@ -396,20 +413,31 @@ def dump_line(frame: Frame) -> tuple[str, str | None]:
     try:
         if op in (OP_SET, OP_DELETE):
             record["key"] = to_json(decode_key(frame.key))
-        if op in (OP_TAKE, OP_DEAD):
-            if len(frame.key) != SEQ.size:
-                raise CorruptionError(f"{op_name(op)} record's key is {len(frame.key)} bytes, not {SEQ.size}")
-            record["taken"] = SEQ.unpack(frame.key)[0]
+        if op in _NAMING_A_PUT:
+            why = refusal(frame)
+            if why is not None:
+                raise CorruptionError(why)
+            record["taken"] = SEQ.unpack(frame.key)[0]  # (the seq of the PUT it names)
+        if op == OP_LEASE:
+            record["holder"], expiry, record["delivery"] = LEASE.unpack(frame.value)
+            record["expires"] = expiry / 1e9 if expiry else None
+        if op == OP_RELEASE:
+            due = RELEASE.unpack(frame.value)[0]
+            record["due"] = due / 1e9 if due else None
         if op in (OP_SET, OP_PUT):
-            if frame.flags & FLAG_PICKLE:  # never unpickled here
-                record["value"] = {"$pickle": base64.b64encode(stored_value(frame.flags, frame.value)).decode()}
-            else:
-                record["value"] = to_json(_MSGPACK.decode(frame.flags, frame.value))
+            record["value"] = shown_value(frame.flags, frame.value)
         return json.dumps(record, allow_nan=False), None
     except (CorruptionError, ValueError, RecursionError) as exc:  # (to_json: ValueError past MAX_DUMP_DEPTH)
         record.pop("value", None)
         record["error"] = reason = f"cannot be shown: {exc}"
         return json.dumps(record, allow_nan=False), reason
+
+
+def shown_value(flags: int, stored: bytes) -> Any:
+    """A stored value as strict JSON (to_json), a pickle as its base64 (never unpickled)."""
+    if flags & FLAG_PICKLE:
+        return {"$pickle": base64.b64encode(stored_value(flags, stored)).decode()}
+    return to_json(_MSGPACK.decode(flags, stored))
 
 
 def op_name(op: int) -> str:
