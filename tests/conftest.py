@@ -30,6 +30,8 @@ PURE_TOO = (
     "test_native_lock.py",
     "test_backlog.py",
     "test_open_files.py",
+    "test_leases.py",
+    "test_lease_processes.py",
 )
 
 collect_ignore = [] if importlib.util.find_spec("iodict_log._native") else list(NATIVE_TESTS)

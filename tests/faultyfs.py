@@ -28,7 +28,7 @@ from collections import Counter
 from iodict_log import fileops
 
 PRIMITIVES = ("open_fd", "write", "fsync", "fdatasync", "ftruncate", "truncate", "replace", "unlink")
-UNTRACKED = ("LOCK", "COMPACT.LOCK")  # lock files hold no data; they are left as they are
+UNTRACKED = ("LOCK", "COMPACT.LOCK", "holders")  # lock files (and lease holders' ones) hold no data: left as they are
 TAILS = ("drop", "prefix", "zeros", "garbage")
 LANDS = ("none", "half", "whole")
 

@@ -18,7 +18,7 @@ import warnings
 import pytest
 from faultyfs import TAILS, FaultyFS, PowerLoss
 
-from iodict_log import DurableQueue, IODict
+from iodict_log import DurableQueue, IODict, holders
 
 SMALL = 4096
 SWEEP = pytest.mark.timeout(900)  # a power cut at every call: a minute alone, several under a loaded CI
@@ -186,6 +186,51 @@ def test_sync_true_queue_keeps_every_acknowledged_put_and_get_through_a_power_lo
             extra = in_flight[0][1] if in_flight[0][0] == "put_many" else [in_flight[0][1]]
             allowed.append(expected + extra)
         assert items in allowed, f"power loss at call {cut}: {items} not in {allowed}"
+
+
+def lease_workload(path, sync, acked: list, in_flight: list) -> None:
+    """Puts, leases, acks and releases, rolling through small segments."""
+    q = DurableQueue(path, sync=sync, segment_bytes=SMALL)
+    n = 0
+    held = []
+    for _ in range(8):
+        for _ in range(6):
+            in_flight[:] = [("put", n)]
+            q.put(["item", n, "x" * 60])
+            acked.append(("put", n))
+            n += 1
+        for _ in range(4):
+            in_flight[:] = [("lease", None)]
+            held.append(q.lease(block=False))
+            acked.append(("lease", held[-1].item[1]))
+        for end in ("ack", "release", "ack"):
+            lease = held.pop(0)
+            in_flight[:] = [(end, lease.item[1])]
+            lease.ack() if end == "ack" else lease.release()
+            acked.append((end, lease.item[1]))
+    in_flight.clear()
+    q.close()
+
+
+@SWEEP
+def test_sync_true_leases_lose_no_item_and_bring_back_no_acked_one_through_a_power_loss(tmp_path, monkeypatch):
+    total = count_calls(tmp_path, lease_workload)
+    assert total > 150
+    for cut in cut_points(total):
+        path, acked, in_flight = power_loss_run(tmp_path, monkeypatch, lease_workload, True, cut, None, cut)
+        holders._mine.forget()  # every holder died with the power: their leases come back
+        unacked = {arg for op, arg in acked if op == "put"} - {arg for op, arg in acked if op == "ack"}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with DurableQueue(path, segment_bytes=SMALL) as q:
+                items = {q.get_nowait()[1] for _ in range(q.qsize())}
+                assert q.stats()["leased"] == q.stats()["delayed"] == 0
+        allowed = [unacked]
+        if in_flight and in_flight[0][0] == "put":
+            allowed.append(unacked | {in_flight[0][1]})
+        elif in_flight and in_flight[0][0] == "ack":
+            allowed.append(unacked - {in_flight[0][1]})
+        assert items in allowed, f"power loss at call {cut}: {sorted(items)} not in {allowed}"
 
 
 FAILURES = [

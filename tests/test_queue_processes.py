@@ -14,119 +14,14 @@ import os
 import random
 import select
 import signal
-import subprocess
-import sys
 import threading
 import time
 import types
 from pathlib import Path
-from typing import Callable
 
-from helpers import drain
+from helpers import Team, drain, next_line, pump, wait_exit
 
 from iodict_log import DurableQueue
-
-# --- children and their output ---------------------------------------------------
-
-
-class Child:
-    """A Python child process whose stdout the test reads line by line, never blocking."""
-
-    def __init__(self, name: str, code: str, args: list, cwd: Path) -> None:
-        self.name = name
-        self.err_path = cwd / f"{name}.stderr"
-        with open(self.err_path, "wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", code, *map(str, args)],
-                cwd=cwd,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=err,
-            )
-        self.fd = self.proc.stdout.fileno()
-        os.set_blocking(self.fd, False)
-        self.lines: list[str] = []  # complete lines only: a line cut short by a kill is not a report
-        self.partial = b""
-        self.eof = False
-        self.cursor = 0  # for next_line()
-
-    def feed(self) -> None:
-        """Read what is available (call when select() says the pipe is readable)."""
-        try:
-            data = os.read(self.fd, 1 << 16)
-        except BlockingIOError:
-            return
-        if not data:
-            self.eof = True
-            return
-        *complete, self.partial = (self.partial + data).split(b"\n")
-        self.lines.extend(line.decode() for line in complete)
-
-    def send(self, text: str) -> None:
-        self.proc.stdin.write(text.encode())
-        self.proc.stdin.flush()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-
-    def describe(self) -> str:
-        try:
-            err = self.err_path.read_text(errors="replace")[-2000:]
-        except OSError:
-            err = "?"
-        return f"{self.name}: returncode={self.proc.poll()} last lines={self.lines[-3:]} stderr={err!r}"
-
-
-class Team:
-    """The children of one test; leaving the ``with`` block SIGKILLs whatever still runs."""
-
-    def __init__(self, cwd: Path) -> None:
-        self.cwd = cwd
-        self.children: list[Child] = []
-
-    def spawn(self, name: str, code: str, *args: object) -> Child:
-        child = Child(name, code, list(args), self.cwd)
-        self.children.append(child)
-        return child
-
-    def __enter__(self) -> Team:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for child in self.children:
-            child.kill()
-        for child in self.children:
-            try:
-                child.proc.wait(timeout=10)
-            finally:
-                child.proc.stdout.close()
-                child.proc.stdin.close()
-
-
-def pump(children: list[Child], until: Callable[[], bool], deadline: float, what: str) -> None:
-    """Read the children's output until ``until()`` holds; fail at ``deadline`` (monotonic)."""
-    while not until():
-        open_ = {child.fd: child for child in children if not child.eof}
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not open_:
-            state = "timed out" if open_ else "every child closed its output"
-            raise AssertionError(f"{state} waiting for {what}:\n" + "\n".join(c.describe() for c in children))
-        readable, _, _ = select.select(list(open_), [], [], min(remaining, 1.0))
-        for fd in readable:
-            open_[fd].feed()
-
-
-def next_line(child: Child, deadline: float) -> str:
-    pump([child], lambda: len(child.lines) > child.cursor, deadline, f"a line from {child.name}")
-    child.cursor += 1
-    return child.lines[child.cursor - 1]
-
-
-def wait_exit(child: Child, deadline: float) -> int:
-    """Read the child's output to its end, then its exit status."""
-    pump([child], lambda: child.eof, deadline, f"{child.name} to exit")
-    return child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
 
 
 def segment_files(path: Path) -> list[str]:

@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""DurableQueue speed: puts/s and gets/s in one process, and items/s end to end with
-2 producer and 2 consumer processes on one queue.
+"""DurableQueue speed: puts/s, gets/s and lease + ack/s in one process (the last two
+in turns, in the same run, and their ratio), items/s end to end with 2 producer and 2
+consumer processes on one queue, and how soon a SIGKILLed holder's lease is delivered
+to a live consumer (median and worst of --kills kills).
 
-    python tools/bench_queue.py [--items 100000] [--repeat 3]
+    python tools/bench_queue.py [--items 100000] [--repeat 3] [--kills 20]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -45,19 +48,63 @@ print(got, flush=True)
 """
 
 
-def one_process(path: str, n: int) -> tuple[float, float]:
+HOLDER = """
+import sys
+from iodict_log import DurableQueue
+q = DurableQueue(sys.argv[1])
+lease = q.lease()
+print("leased", flush=True)
+sys.stdin.readline()
+"""
+
+
+def one_process(path: str, n: int) -> tuple[float, float, float]:
+    """(puts/s, gets/s, lease + ack/s), getting and leasing in alternating blocks."""
     q = DurableQueue(path)
     value = b"v" * 100
     started = time.perf_counter()
     for _ in range(n):
         q.put(value)
     t_put = time.perf_counter() - started
-    started = time.perf_counter()
-    for _ in range(n):
-        q.get()
-    t_get = time.perf_counter() - started
+    q.put_many([value] * n)
+    t_get = t_lease = 0.0
+    block = 1000
+    for _ in range(n // block):
+        started = time.perf_counter()
+        for _ in range(block):
+            q.get()
+        t_get += time.perf_counter() - started
+        started = time.perf_counter()
+        for _ in range(block):
+            q.lease().ack()
+        t_lease += time.perf_counter() - started
     q.close()
-    return n / t_put, n / t_get
+    done = n // block * block
+    return n / t_put, done / t_get, done / t_lease
+
+
+def redelivery(path: str, kills: int) -> list[float]:
+    """Seconds from a SIGKILL of a lease's holder to a live consumer's lease of the item."""
+    q = DurableQueue(path)
+    q.put(b"job")
+    waits = []
+    for _ in range(kills):
+        holder = subprocess.Popen([sys.executable, "-c", HOLDER, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            assert holder.stdout.readline().strip() == b"leased"
+            holder.send_signal(signal.SIGKILL)
+            holder.wait()
+            killed = time.perf_counter()
+            lease = q.lease(timeout=30)
+            waits.append(time.perf_counter() - killed)
+            lease.release()
+        finally:
+            holder.kill()
+            holder.wait()
+            holder.stdin.close()
+            holder.stdout.close()
+    q.close()
+    return waits
 
 
 def two_by_two(path: str, n: int) -> float:
@@ -98,17 +145,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--kills", type=int, default=20)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         single = [one_process(os.path.join(tmp, f"one-{r}"), args.items) for r in range(args.repeat)]
         multi = [two_by_two(os.path.join(tmp, f"multi-{r}"), args.items) for r in range(args.repeat)]
-    puts, gets = (statistics.median(x) for x in zip(*single))
+        waits = redelivery(os.path.join(tmp, "kills"), args.kills)
+    puts, gets, leases = (statistics.median(x) for x in zip(*single))
+    ratio = statistics.median(lease / get for _, get, lease in single)
     print(f"DurableQueue, {args.items:,} items of 100 bytes, sync=False, median of {args.repeat}")
     print("| figure | items/s |")
     print("|---|---:|")
     print(f"| put, one process | {puts:,.0f} |")
     print(f"| get, one process | {gets:,.0f} |")
+    print(f"| lease + ack, one process | {leases:,.0f} ({ratio:.2f}x get; target >= 0.5x) |")
     print(f"| end to end, 2 producer + 2 consumer processes | {statistics.median(multi):,.0f} |")
+    print(
+        f"\nA SIGKILLed holder's lease delivered to a live consumer, {len(waits)} kills: "
+        f"median {statistics.median(waits):.3f} s, worst {max(waits):.3f} s (target <= 1 s)"
+    )
 
 
 if __name__ == "__main__":

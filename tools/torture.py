@@ -9,8 +9,9 @@ Rounds, until the time is up (a round in progress finishes). In each round:
 1. P worker processes (real processes, ``python tools/torture.py --worker``)
    share one ``IODict`` and one ``DurableQueue`` directory and make random
    calls on them: set, get, del, pop, setdefault, update batches, clear,
-   compact, iteration and reopen on the dict; put, put_many and get on the
-   queue. Each round draws its own options (segment sizes, ``sync`` mode,
+   compact, iteration and reopen on the dict; put, put_many, get and lease
+   (then ack) on the queue, so a worker killed between its lease and its ack
+   leaves a lease that must come back. Each round draws its own options (segment sizes, ``sync`` mode,
    automatic compaction threshold or none). Some calls run under an injected
    write fault (``inject_enospc``). Each worker journals every call before it
    starts and after it returns (tools/torture_oracle.py).
@@ -174,7 +175,8 @@ OPS = (
     ("shared_get", 2),
     ("put", 8),
     ("put_many", 3),
-    ("qget", 22),
+    ("qget", 14),
+    ("qlease", 8),
     ("iterate", 0.4),
     ("compact", 0.3),
     ("reopen", 0.3),
@@ -182,7 +184,7 @@ OPS = (
 )
 _NAMES = [name for name, _ in OPS]
 _WEIGHTS = [w for _, w in OPS]
-WRITES = {"set", "del", "pop", "setdefault", "update", "clear", "compact", "put", "put_many", "qget"}
+WRITES = {"set", "del", "pop", "setdefault", "update", "clear", "compact", "put", "put_many", "qget", "qlease"}
 
 
 MAX_THREADS = 3  # threads per worker process; thread t of slot s owns key space s * MAX_THREADS + t
@@ -305,7 +307,7 @@ class Worker:
         name, args, call = self.prepare(choice, opno)
         fault = None
         if name in WRITES and rng.random() < self.cfg["fault_rate"]:
-            target = self.cfg["queue"] if name in ("put", "put_many", "qget") else self.cfg["dict"]
+            target = self.cfg["queue"] if name in ("put", "put_many", "qget", "qlease") else self.cfg["dict"]
             fault = inject_enospc(target, rng)
             args["fault"] = fault.limit
         gate = self.stores.gate
@@ -402,8 +404,22 @@ class Worker:
             if choice == "put":
                 return "put", {"items": iids}, lambda: self.q.put(oracle.make_item(iids[0]))
             return "put_many", {"items": iids}, lambda: self.q.put_many([oracle.make_item(i) for i in iids])
-        assert choice == "qget"
         block = rng.random() < 0.3
+        if choice == "qlease":
+
+            def qlease() -> Any:
+                try:
+                    lease = self.q.lease(timeout=0.02) if block else self.q.lease(block=False)
+                except queue.Empty:
+                    return None
+                iid = oracle.iid_of(lease.item)
+                leased = iid if iid is not None else {"bad": repr(lease.item)[:300]}
+                self.journal.write(e="l", i=opno, t=time.monotonic(), r=leased)  # out on lease, not acked yet
+                lease.ack()
+                return leased
+
+            return "qlease", {"block": block}, qlease
+        assert choice == "qget"
 
         def qget() -> Any:
             try:
