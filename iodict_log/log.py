@@ -129,7 +129,7 @@ LOCK_NAME = "LOCK"
 HINT_AFTER_RECORDS = 10_000
 # Rescanning a record costs about this many times what moving one index entry does.
 _RESCAN_COST = 10
-READ_CHUNK = 2**20  # bytes read_frames() reads at a time (a chunk's unfinished tail is read again: see _chunks_between)
+READ_CHUNK = 2**18  # bytes read_frames() reads at a time
 _REPLAY_BATCH = 16384  # compacted records an iterator reads back at a time, segment by segment
 T = TypeVar("T")
 H = TypeVar("H", bound="LogHandle")
