@@ -106,6 +106,14 @@ static PyObject *new_frame(const uint8_t *buf, const Header *h) {
     return frame;
 }
 
+/* What the walk collects of a frame: the Frame, or (puts) its (seq, location), the
+ * buffer lying at offset `at` of segment `slot` (Scan.put_locations). */
+static PyObject *new_item(const uint8_t *buf, const Header *h, int puts, unsigned long long slot, Py_ssize_t at) {
+    if (!puts) return new_frame(buf, h);
+    return new_pair(PyLong_FromUnsignedLongLong(h->seq),
+                    pack_location(h->birthtime, (unsigned)slot, (uint64_t)(at + h->offset), (uint64_t)h->length));
+}
+
 static PyObject *new_damage(Py_ssize_t offset, Py_ssize_t length) {
     PyObject *damage = Damage_type->tp_alloc(Damage_type, 3);
     if (damage == NULL) return NULL;
@@ -334,36 +342,47 @@ static int append_new(PyObject *list, PyObject *item) {
     return failed;
 }
 
-/* scan(buf, salt, start, complete, damage, last_seq, last_birthtime)
+/* scan(buf, salt, start, complete, damage, last_seq, last_birthtime[, slot, at])
  *   -> (frames, end, last_seq, last_birthtime, resume)
  *
  * Scan._frames from start, appending damage regions to the list `damage`. It stops
  * just after a SEAL, with resume the offset to go on from and end as Scan has it
  * while the SEAL is yielded (a consumer may stop there: Log._scan does), and after
  * WALK_FRAMES frames, outside a batch (so a 64 MiB segment is never all Frames at
- * once); at the end of the buffer resume is None. */
+ * once); at the end of the buffer resume is None. Given slot and at (the buffer lying
+ * at offset `at` of segment `slot`), frames are only the PUTs, each as (seq, location)
+ * (Scan.put_locations): the same walk and checks, without building Frames. */
 #define WALK_FRAMES 1024
 static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    Py_ssize_t pos, end, resume = -1;
+    Py_ssize_t pos, end, resume = -1, at = 0;
     uint32_t salt;
-    unsigned long long last_seq, last_birthtime;
+    unsigned long long last_seq, last_birthtime, slot = 0;
     Py_buffer view;
     Header h;
     if (!ready()) return NULL;
-    if (nargs != 7 || !PyList_Check(args[4]))
-        return PyErr_Format(PyExc_TypeError, "scan(buf, salt, start, complete, damage, last_seq, last_birthtime)");
+    if ((nargs != 7 && nargs != 9) || !PyList_Check(args[4]))
+        return PyErr_Format(PyExc_TypeError,
+                            "scan(buf, salt, start, complete, damage, last_seq, last_birthtime[, slot, at])");
     PyObject *damage = args[4];
+    int puts = nargs == 9; /* only the PUTs, as (seq, location) */
     int complete = PyObject_IsTrue(args[3]);
     if (complete < 0 || salt_of(args[1], &salt) < 0 || position(args[2], &pos) < 0) return NULL;
     last_seq = PyLong_AsUnsignedLongLong(args[5]);
     last_birthtime = PyLong_AsUnsignedLongLong(args[6]);
+    if (puts) {
+        slot = PyLong_AsUnsignedLongLong(args[7]);
+        at = PyLong_AsSsize_t(args[8]);
+    }
     if (PyErr_Occurred()) return NULL;
     if (pos < 0) return PyErr_Format(PyExc_ValueError, "start must be >= 0");
+    if (slot > 0xFFFF || at < 0 || at > 0xFFFFFFFF) return PyErr_Format(PyExc_OverflowError, "slot or at out of range");
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
     const uint8_t *buf = view.buf;
     Py_ssize_t n = view.len;
     PyObject *out = NULL, *frames = PyList_New(0), *batch_damage = PyList_New(0);
     PyObject *batch = NULL; /* members of a batch not yet known to be whole (NULL: no batch) */
+    Py_ssize_t members = 0, members_end = 0;    /* how many (PUTs or not), where the last ends */
+    unsigned long long members_seq = 0, members_birthtime = 0; /* their highest */
     if (frames == NULL || batch_damage == NULL) goto done;
     end = pos;
     while (pos < n) {
@@ -378,12 +397,18 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         pos += h.length;
         if (h.flags & FLAG_BATCH && data_op(h.op)) {
             if (batch == NULL && (batch = PyList_New(0)) == NULL) goto done; /* its BEGIN was damaged */
-            if (append_new(batch, new_frame(buf, &h)) < 0) goto done;
+            if ((!puts || h.op == OP_PUT) && append_new(batch, new_item(buf, &h, puts, slot, at)) < 0) goto done;
+            members++;
+            members_end = pos;
+            if (h.seq > members_seq) members_seq = h.seq;
+            if (h.birthtime > members_birthtime) members_birthtime = h.birthtime;
             continue;
         }
         if (batch != NULL) { /* something valid follows the batch: it was written whole */
             if (move_all(frames, batch) < 0 || move_all(damage, batch_damage) < 0) goto done;
             Py_CLEAR(batch);
+            members = 0;
+            members_seq = members_birthtime = 0;
             end = h.offset;
         }
         if (h.op == OP_BATCH_BEGIN) {
@@ -393,7 +418,7 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         if (h.seq > last_seq) last_seq = h.seq;
         if (h.birthtime > last_birthtime) last_birthtime = h.birthtime;
         if (h.op != OP_BATCH_COMMIT) {
-            if (append_new(frames, new_frame(buf, &h)) < 0) goto done;
+            if ((!puts || h.op == OP_PUT) && append_new(frames, new_item(buf, &h, puts, slot, at)) < 0) goto done;
             if (h.op == OP_SEAL) {
                 resume = pos;
                 break;
@@ -405,17 +430,11 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
             break;
         }
     }
-    if (resume < 0 && batch != NULL && PyList_GET_SIZE(batch) && complete) {
+    if (resume < 0 && members && complete) {
         /* A finished segment was sealed after this batch: its intact members stand. */
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(batch); i++) {
-            PyObject *member = PyList_GET_ITEM(batch, i);
-            unsigned long long seq = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(member, 4));
-            unsigned long long birthtime = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(member, 5));
-            if (seq > last_seq) last_seq = seq;
-            if (birthtime > last_birthtime) last_birthtime = birthtime;
-            if (i == PyList_GET_SIZE(batch) - 1)
-                end = PyLong_AsSsize_t(PyTuple_GET_ITEM(member, 0)) + PyLong_AsSsize_t(PyTuple_GET_ITEM(member, 1));
-        }
+        if (members_seq > last_seq) last_seq = members_seq;
+        if (members_birthtime > last_birthtime) last_birthtime = members_birthtime;
+        end = members_end;
         if (move_all(frames, batch) < 0 || move_all(damage, batch_damage) < 0) goto done;
     }
     out = resume < 0 ? Py_BuildValue("(OnKKO)", frames, end, last_seq, last_birthtime, Py_None)

@@ -295,20 +295,38 @@ class Scan:
 
     def __iter__(self) -> Iterator[Frame]:
         yield from self._frames() if self._walk is None else self._walked(self._walk)
+        self._check_end()
+
+    def put_locations(self, slot: int, at: int) -> list[tuple[int, int]]:
+        """(seq, location) of the PUT frames the walk yields, the buffer lying at offset
+        ``at`` of segment ``slot``: the same walk, checks, ``end`` and ``damage``, without
+        building Frames in C (how a queue reads its backlog back: Log.read_frames)."""
+        if not (0 <= slot < 2**16 and 0 <= at < 2**32):  # (a location's fields)
+            raise OverflowError("slot or at out of range")
+        if self._walk is not None:
+            puts = list(self._walked(self._walk, slot, at))
+            self._check_end()
+            return puts
+        from .index import pack_location  # (index imports this module)
+
+        return [(f.seq, pack_location(f.birthtime_ns, slot, at + f.offset, f.length)) for f in self if f.op == OP_PUT]
+
+    def _check_end(self) -> None:
         if self.complete and self.tail:
             self.damage.append(Damage(self.end, self.tail, "damaged end of a finished segment"))
 
     # The C core's walk (_format.c: _frames and _resync in one call); None: walk in Python.
     _walk: Callable[..., tuple] | None = None if core is None else core.scan
 
-    def _walked(self, walk: Callable[..., tuple]) -> Iterator[Frame]:
+    def _walked(self, walk: Callable[..., tuple], *where: int) -> Iterator:
         """_frames, walked in C a chunk at a time: up to the next SEAL, so that a consumer
         stopping at a SEAL (Log._scan) finds ``end`` and the rest as _frames leaves them,
-        or up to about a thousand frames, so that a segment is never all Frames at once."""
+        or up to about a thousand frames, so that a segment is never all Frames at once.
+        ``where``: (slot, at) for put_locations' pairs instead of Frames."""
         resume: int | None = self.start
         while resume is not None:
             frames, self.end, self.last_seq, self.last_birthtime, resume = walk(
-                self.buf, self.salt, resume, self.complete, self.damage, self.last_seq, self.last_birthtime
+                self.buf, self.salt, resume, self.complete, self.damage, self.last_seq, self.last_birthtime, *where
             )
             yield from frames
             if resume is not None:

@@ -44,12 +44,6 @@ def pack_location(birthtime_ns: int, slot: int, offset: int, length: int) -> int
     return (((birthtime_ns << SLOT_BITS | slot) << OFFSET_BITS | offset) << LENGTH_BITS) | length
 
 
-def frame_location(frame: Frame, base: int) -> int:
-    """The location of ``frame`` from a chunk whose own start is at the location ``base``
-    (slot and offset only: Log.read_frames)."""
-    return frame.birthtime_ns << BIRTH_SHIFT | base + (frame.offset << OFFSET_SHIFT) | frame.length
-
-
 def location_birthtime(loc: int) -> int:
     return loc >> BIRTH_SHIFT
 

@@ -1051,11 +1051,12 @@ class Log:
             raise CorruptionError(f"{segment.path}: record at offset {offset} fails its checksum")
         return found
 
-    def read_frames(self, loc: int, stop: int | None = None) -> Iterator[tuple[list[Frame], int]]:
-        """The committed frames from the one at ``loc`` on, up to the location ``stop``
-        (None: all this process has applied), a chunk at a time: how a consumer that keeps
-        positions instead of every location reads records back (PendingItems). Each chunk
-        is (frames, base): a frame's location is ``frame_location(frame, base)``.
+    def read_frames(self, loc: int, stop: int | None = None) -> Iterator[list[tuple[int, int]]]:
+        """The committed PUT frames from the one at ``loc`` on, up to the location ``stop``
+        (None: all this process has applied), as (seq, location), a chunk at a time: how a
+        consumer that keeps positions instead of every location reads records back
+        (PendingItems). Each frame's CRCs are checked as a scan checks them
+        (Scan.put_locations), without building Frames.
 
         ``loc`` must be a frame this process indexed (or a checkpoint vouched for).
         Damage is warned about and counted unless it was already (by the scan that
@@ -1073,7 +1074,7 @@ class Log:
                 yield from self._chunks_between(slot, segment, offset, end)
             slot, offset = slot + 1, SEGMENT_HEADER_SIZE
 
-    def _chunks_between(self, slot: int, segment: Segment, pos: int, end: int) -> Iterator[tuple[list[Frame], int]]:
+    def _chunks_between(self, slot: int, segment: Segment, pos: int, end: int) -> Iterator[list[tuple[int, int]]]:
         """read_frames within one segment, from ``pos`` to ``end``, READ_CHUNK bytes at a time."""
         chunk = READ_CHUNK
         while pos < end:
@@ -1087,9 +1088,9 @@ class Log:
                 return
             final = pos + length == end
             scan = Scan(buf, segment.salt, complete=final)
-            frames = list(scan)
+            puts = scan.put_locations(slot, pos)
             self._report_damage(segment, slot, pos, scan.damage)
-            yield frames, slot << SLOT_SHIFT | pos << OFFSET_SHIFT
+            yield puts
             if final:
                 return
             if scan.end:

@@ -34,13 +34,12 @@ from __future__ import annotations
 
 import collections
 import warnings
-from itertools import repeat
 from typing import Any
 
 from .checkpoint import QueueState
 from .errors import CorruptionError, CorruptionWarning
 from .format import OP_DEAD, OP_PUT, OP_TAKE, SEQ, Frame
-from .index import LENGTH_MASK, SLOT_MASK, SLOT_SHIFT, frame_location
+from .index import LENGTH_MASK, SLOT_MASK, SLOT_SHIFT
 from .serialize import Serializer
 
 WINDOW = 4096  # ready items held in memory (about 150 bytes each); the rest are read back from the log
@@ -259,22 +258,20 @@ class PendingItems:
         self._spill = None
         ready, order, gone, dead = self._ready, self._order, self._gone, self.dead
         room = WINDOW - len(ready)
-        for frames, base in self._log.read_frames(loc, stop):
+        for found in self._log.read_frames(loc, stop):
             # A chunk's items in a few C-speed passes: the window takes the first ``room``
             # of those neither dead nor taken out of order; those passed over up to there
             # have their fate settled, the rest stay noted for the next refill.
-            puts = [f for f in frames if f.op == OP_PUT and f.seq >= seq and f.seq not in dead]
-            keep = [f for f in puts if f.seq not in gone] if gone else puts
+            puts = [put for put in found if put[0] >= seq and put[0] not in dead]
+            keep = [put for put in puts if put[0] not in gone] if gone else puts
             if len(keep) > room:
-                beyond = keep[room]
-                self._spill = (beyond.seq, frame_location(beyond, base))
+                self._spill = keep[room]
                 del keep[room:]
             if gone:
                 until = self._spill[0] if self._spill is not None else None
-                self._pass_over([f for f in puts if f.seq in gone and (until is None or f.seq < until)], base)
-            seqs = [f.seq for f in keep]
-            ready.update(zip(seqs, map(frame_location, keep, repeat(base))))
-            order.extend(seqs)
+                self._pass_over([put for put in puts if put[0] in gone and (until is None or put[0] < until)])
+            ready.update(keep)
+            order.extend([put[0] for put in keep])
             room -= len(keep)
             if self._spill is not None:
                 return
@@ -284,15 +281,15 @@ class PendingItems:
         self._count = len(ready)
         self.live_bytes = sum(at & LENGTH_MASK for at in ready.values()) + sum(at & LENGTH_MASK for at in dead.values())
 
-    def _pass_over(self, frames: list[Frame], base: int) -> None:
+    def _pass_over(self, puts: list[tuple[int, int]]) -> None:
         """Settle the items beyond the window taken out of order, as the window reaches them."""
-        for frame in frames:
-            fate = self._gone.pop(frame.seq, None)  # (None: a duplicated frame, settled already)
+        for seq, loc in puts:
+            fate = self._gone.pop(seq, None)  # (None: a duplicated frame, settled already)
             if fate == BURIED:
-                self.dead[frame.seq] = frame_location(frame, base)
+                self.dead[seq] = loc
                 self._oldest_dead = None
             elif fate == TAKEN:
-                self.live_bytes -= frame.length
+                self.live_bytes -= loc & LENGTH_MASK
 
     def oldest(self) -> int | None:
         """Location of the oldest PUT still needed (a ready item or a dead letter), or None.
@@ -317,11 +314,11 @@ class PendingItems:
     def _find_buried(self) -> None:
         """Locate the PUTs that DEAD records named beyond the window (never in a FIFO queue)."""
         gone = self._gone
-        for frames, base in self._log.read_frames(self._spill[1], None):  # type: ignore[index]
-            for frame in frames:
-                if frame.op == OP_PUT and gone.get(frame.seq) == BURIED:
-                    del gone[frame.seq]
-                    self.dead[frame.seq] = frame_location(frame, base)
+        for puts in self._log.read_frames(self._spill[1], None):  # type: ignore[index]
+            for seq, loc in puts:
+                if gone.get(seq) == BURIED:
+                    del gone[seq]
+                    self.dead[seq] = loc
                     self._oldest_dead = None
 
     # --- checkpoints (checkpoint.py) ----------------------------------------------

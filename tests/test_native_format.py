@@ -26,6 +26,7 @@ from iodict_log import _native  # type: ignore[attr-defined]
 from iodict_log.format import (
     FLAG_BATCH,
     HEADER_SIZE,
+    OP_PUT,
     OP_SEAL,
     OP_SET,
     Damage,
@@ -86,12 +87,33 @@ def scan_results(cls, buf, start: int, complete: bool, until_seal: bool = False)
     return frames, s.end, s.tail, s.damage, s.last_seq, s.last_birthtime
 
 
+def put_results(cls, buf, start: int, complete: bool, slot: int, at: int) -> tuple:
+    s = cls(buf, SALT, start, complete=complete)
+    puts = s.put_locations(slot, at)
+    assert all(type(d) is Damage for d in s.damage)
+    return puts, s.end, s.tail, s.damage, s.last_seq, s.last_birthtime
+
+
 def same_scans(buf: bytes, start: int = 0) -> None:
-    """Scan in C and in Python, complete or not, read whole or up to the first SEAL."""
+    """Scan in C and in Python, complete or not, read whole or up to the first SEAL; and
+    put_locations, which must be the PUTs of the whole walk, with its ``end`` and damage."""
     for complete in (False, True):
         for until_seal in (False, True):
             expected = scan_results(PyScan, buf, start, complete, until_seal)
             assert scan_results(CScan, buf, start, complete, until_seal) == expected
+        frames, *state = scan_results(PyScan, buf, start, complete)
+        for slot, at in ((0, 0), (3, 4096), (2**16 - 1, 2**32 - 1 - len(buf))):
+            puts = [(f.seq, pack_location(f.birthtime_ns, slot, at + f.offset, f.length)) for f in frames]
+            expected = ([put for put, f in zip(puts, frames) if f.op == OP_PUT], *state)
+            assert put_results(PyScan, buf, start, complete, slot, at) == expected
+            assert put_results(CScan, buf, start, complete, slot, at) == expected
+
+
+@pytest.mark.parametrize("slot, at", [(-1, 0), (2**16, 0), (0, -1), (0, 2**32)])
+def test_put_locations_refuse_a_place_no_location_holds(slot, at):
+    for cls in (PyScan, CScan):
+        with pytest.raises(OverflowError):
+            cls(b"", SALT).put_locations(slot, at)
 
 
 def same_locations(raw: bytes, sizes: list[int]) -> None:

@@ -11,8 +11,9 @@
    read past a bytes object is caught, ``ASAN_OPTIONS=detect_leaks=0`` for
    CPython's own noise): random inputs through every C decoder beside its Python
    twin (tools/fuzz_atheris.py's mode 8: decode_frame, header_length, frame_value,
-   the scan, decode_locations), plus encode_frame, encode_batch and index_dict on
-   good and bad arguments, for the given seconds or iterations.
+   the scan, the scan's PUT locations, decode_locations), plus encode_frame,
+   encode_batch, index_dict and the scan's PUT locations on good and bad arguments,
+   for the given seconds or iterations.
 3. Leaks (child process, the plain build): each C function, on its success and
    its error paths, called many times, the fast paths on a live store and queue
    too; the process's allocated blocks (sys.getallocatedblocks) and RSS must not
@@ -97,6 +98,8 @@ while done < iterations and time.monotonic() < deadline:
     batch = (entries, bits(62), bits(63), bits(63), bits(31), rng.randrange(2**16), bits(32))
     got, expected = outcome(_native.encode_batch, *batch), outcome(py_encode_batch, *batch)
     assert got == expected or (got[0] == expected[0] == "raises"), (batch, got, expected)
+    where = [any_int(), any_int()] if rng.random() < 0.5 else [rng.randrange(2**16), rng.randrange(2**32)]
+    assert outcome(_native.scan, data, 7, rng.randrange(len(data) + 1), True, [], 0, 0, *where)[0] in ("ok", "raises")
     keys = [rng.randbytes(2) for _ in range(rng.randrange(50))]
     assert _native.index_dict(keys, list(range(len(keys)))) == dict(zip(keys, range(len(keys))))
     done += 1
@@ -120,6 +123,8 @@ def rss():
 frame = encode_frame(1, 0, 1, 1, b"key", b"value" * 40, salt=SALT)
 batch = encode_frame(3, 0, 2, 2, b"", COUNT.pack(1), salt=SALT) + encode_frame(1, 4, 3, 3, b"m", b"x", salt=SALT)
 segment = (frame + b"\xd1\x0cjunk" + batch + encode_frame(5, 0, 9, 9, b"", b"", salt=SALT) + frame[:-3]) * 20
+put, put_member = (encode_frame(16, flags, 4, 4, b"", b"item" * 20, salt=SALT) for flags in (0, 4))
+puts = (put + b"\xd1\x0cjunk" + batch[:40] + put_member + put + frame[:-3]) * 20  # (batch[:40]: its BEGIN)
 locations = b"".join(pack_location(1000 + i, 0, 36 * i, 36).to_bytes(LOCATION_SIZE, "little") for i in range(50))
 bad_locations = locations[:LOCATION_SIZE * 3] + pack_location(1, 0, 0, 36).to_bytes(LOCATION_SIZE, "little")
 entries = [(1, 0, b"k%d" % i, b"v" * i, 10**18 + i) for i in range(20)]
@@ -136,10 +141,10 @@ def swallow(fn, *args, **kwargs):
     except Exception:
         pass
 
-def scan(buf, complete):
+def scan(buf, complete, *where):
     resume, damage = 0, []
     while resume is not None:
-        resume = _native.scan(buf, SALT, resume, complete, damage, 0, 0)[4]
+        resume = _native.scan(buf, SALT, resume, complete, damage, 0, 0, *where)[4]
 
 CALLS = {
     "encode_frame": lambda: _native.encode_frame(1, 0, 1, 1, b"key", b"value", salt=SALT),
@@ -154,6 +159,8 @@ CALLS = {
     "scan": lambda: scan(bytearray(segment), False),
     "scan, complete": lambda: scan(segment, True),
     "scan, refused": lambda: swallow(_native.scan, segment, SALT, -1, False, [], 0, 0),
+    "scan, PUT locations": lambda: scan(bytearray(puts), True, 3, 4096),
+    "scan, PUT locations refused": lambda: swallow(_native.scan, segment, SALT, 0, False, [], 0, 0, 2**16, 0),
     "encode_batch": lambda: _native.encode_batch(entries, 1, 2, 3, 100, 1, SALT),
     "encode_batch, refused mid-way": lambda: swallow(
         _native.encode_batch, entries + [(1, 0, bytearray(b"k"), None, 1)], 1, 2, 3, 0, 0, SALT
@@ -195,6 +202,7 @@ for buf in (bytearray(segment), bytearray(frame), bytearray(locations)):
                      (_native.header_length, (buf, 0, SALT)), (_native.decode_locations, (buf, [10**6]))):
         swallow(fn, *args)
     swallow(_native.scan, buf, SALT, 0, True, [], 0, 0)
+    swallow(_native.scan, buf, SALT, 0, True, [], 0, 0, 1, 0)
     buf.extend(b"x")  # (BufferError if a view of it was not released)
 sys.exit(f"leaks in: {failed}" if failed else 0)
 """
