@@ -108,7 +108,7 @@ while True:
 
 def test_workers_sigkilled_at_random_moments_leave_every_item_acked_exactly_once(tmp_path):
     path = tmp_path / "q"
-    items = 600
+    items, rounds = 300, 25
     with opened(path) as q:
         q.put_many(range(items))
     rng = random.Random(11)
@@ -118,8 +118,11 @@ def test_workers_sigkilled_at_random_moments_leave_every_item_acked_exactly_once
         workers = [team.spawn(f"w{i}", WORKER, path, i) for i in range(3)]
         deadline = time.monotonic() + 240
         with opened(path) as q:
-            while q.qsize() or q.stats()["leased"]:
+            while kills < rounds or q.qsize() or q.stats()["leased"]:
                 assert time.monotonic() < deadline, "the items were not all acked in time"
+                if kills < rounds:  # (more work each round, so that every kill lands mid-stream)
+                    q.put_many(range(items, items + 30))
+                    items += 30
                 victim = rng.randrange(len(workers))
                 time.sleep(rng.uniform(0.02, 0.15))  # a random moment: not a synchronisation
                 workers[victim].kill()
@@ -134,7 +137,7 @@ def test_workers_sigkilled_at_random_moments_leave_every_item_acked_exactly_once
             for line in worker.lines:
                 _, item, _ = line.split()
                 acked[int(item)] += 1
-    assert kills >= 10
+    assert kills >= rounds
     assert max(acked.values()) == 1, "an item was acked twice"
     # Every item was taken exactly once in the log (an ack killed before it printed is
     # there but not reported: at most one per kill), and nothing is left over.
