@@ -575,12 +575,16 @@ class DurableQueue(LogHandle, queue.Queue):
         }
 
 
+MAX_SECONDS = 10**9  # the longest lease_timeout, delay or extension (~31 years): its time fits a record
+
+
 def _check_seconds(name: str, value: object, *, zero: bool) -> float:
     """``value`` as seconds, or TypeError/ValueError naming ``name`` (before anything is written)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__!r}")
-    if not (value >= 0 if zero else value > 0) or value == float("inf"):
-        raise ValueError(f"{name} must be a {'non-negative' if zero else 'positive'} finite number, not {value!r}")
+    if not (value >= 0 if zero else value > 0) or not value <= MAX_SECONDS:
+        kind = "non-negative" if zero else "positive"
+        raise ValueError(f"{name} must be a {kind} number of seconds up to {MAX_SECONDS:,}, not {value!r}")
     return float(value)
 
 

@@ -21,8 +21,10 @@ come back within about that long after a live consumer next looks.
 POSIX locks belong to a process, not to a descriptor, which fixes three rules:
 
 - A process never tries the lock of its own holder file (it would get it, and
-  closing that descriptor would drop its lock): its own token is known alive,
-  and one holder serves every object of the process on that store (``_mine``).
+  closing that descriptor would drop its lock): one holder serves every object
+  of the process on that store, however its path is spelled (``_mine``, by the
+  holders directory's device and inode), and a file that is one of its own
+  (same device and inode) is known alive without being opened.
 - A forked child holds none of its parent's locks. It forgets the parent's
   holder (an ``after_in_child`` hook) and becomes a holder of its own on its
   first lease. The parent's leases stay the parent's: they come back when the
@@ -55,12 +57,14 @@ _BUSY = (errno.EAGAIN, errno.EACCES)  # what F_SETLK answers when another proces
 
 
 class _Mine:
-    """This process's holders, by store directory (tokens and their locked descriptors)."""
+    """This process's holders, by the holders directory's (device, inode): tokens, their
+    locked descriptors, and the (device, inode) of the files those lock."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.tokens: dict[str, int] = {}
-        self.fds: dict[str, int] = {}
+        self.tokens: dict[tuple[int, int], int] = {}
+        self.fds: dict[tuple[int, int], int] = {}
+        self.files: set[tuple[int, int]] = set()
 
     def forget(self) -> None:
         """In a forked child: the parent's locks are not ours (closing our copies drops nothing)."""
@@ -72,6 +76,7 @@ class _Mine:
         self.lock = threading.Lock()
         self.tokens.clear()
         self.fds.clear()
+        self.files.clear()
 
 
 _mine = _Mine()
@@ -89,23 +94,24 @@ class Holders:
     def __init__(self, directory: str) -> None:
         self.directory = os.path.join(directory, HOLDERS_DIR)
         self._alive_until: dict[int, float] = {}  # token -> time.monotonic() it is believed alive until
+        self._key: tuple[int, int] | None = None  # the directory's (device, inode), once it exists
 
     def own(self) -> int:
         """This process's token on the store, becoming a holder first if it is not one."""
-        token = _mine.tokens.get(self.directory)
+        if self._key is None:
+            os.makedirs(self.directory, mode=0o755, exist_ok=True)
+            info = os.stat(self.directory)
+            self._key = (info.st_dev, info.st_ino)
+        token = _mine.tokens.get(self._key)
         if token is not None:
             return token
         with _mine.lock:
-            token = _mine.tokens.get(self.directory)
+            token = _mine.tokens.get(self._key)
             if token is None:
-                token = self._join()
+                token = self._join(self._key)
         return token
 
-    def mine(self, token: int) -> bool:
-        return _mine.tokens.get(self.directory) == token
-
-    def _join(self) -> int:
-        os.makedirs(self.directory, mode=0o755, exist_ok=True)
+    def _join(self, key: tuple[int, int]) -> int:
         token = int.from_bytes(os.urandom(8), "little") >> 1 or 1
         final = os.path.join(self.directory, holder_name(token))
         tmp = final + ".tmp"
@@ -117,7 +123,9 @@ class Holders:
             os.close(fd)
             raise
         os.set_inheritable(fd, False)
-        _mine.tokens[self.directory], _mine.fds[self.directory] = token, fd
+        info = os.fstat(fd)
+        _mine.files.add((info.st_dev, info.st_ino))
+        _mine.tokens[key], _mine.fds[key] = token, fd
         self._sweep(token)
         return token
 
@@ -132,12 +140,19 @@ class Holders:
 
     def alive(self, token: int) -> bool:
         """Whether the holder ``token`` lives (believed for CHECK_EVERY after it was seen alive)."""
-        if self.mine(token):
-            return True
         now = time.monotonic()
         if self._alive_until.get(token, 0.0) > now:
             return True
         path = os.path.join(self.directory, holder_name(token))
+        try:
+            info = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            self._alive_until.pop(token, None)
+            return False
+        except OSError:
+            return True  # (not ours to judge)
+        if (info.st_dev, info.st_ino) in _mine.files:
+            return True  # ours: never opened here, as closing it would drop our lock
         try:
             fd = os.open(path, os.O_RDWR | fileops.NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:

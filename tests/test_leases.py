@@ -142,6 +142,7 @@ def test_the_with_block_acks_on_success_and_releases_on_error(store_path):
         ({"lease_timeout": -1}, ValueError),
         ({"lease_timeout": float("nan")}, ValueError),
         ({"lease_timeout": "5"}, TypeError),
+        ({"lease_timeout": 1e11}, ValueError),  # (its expiry would not fit a record)
         ({"max_deliveries": 0}, ValueError),
         ({"max_deliveries": 1.5}, ValueError),
         ({"max_deliveries": True}, ValueError),
@@ -158,9 +159,11 @@ def test_bad_delays_and_a_closed_queue_are_refused_before_anything_is_written(st
     q.put("a")
     lease = q.lease()
     before = q.stats()["disk_bytes"]
-    for bad in (-1, float("inf"), float("nan")):
+    for bad in (-1, float("inf"), float("nan"), 1e11):
         with pytest.raises(ValueError):
             lease.release(bad)
+    with pytest.raises(ValueError):
+        lease.extend(1e11)
     with pytest.raises(TypeError):
         lease.release("1")
     with pytest.raises(ValueError):
@@ -236,3 +239,27 @@ def test_the_tool_shows_leases_and_lists_and_retries_dead_letters(store_path, ca
         assert "1 dead letter(s) put back" in capsys.readouterr().out
         assert q.get(block=False) == {"job": 1}
         leased.ack()
+
+
+def test_one_process_is_one_holder_however_it_spells_the_path(tmp_path, capsys):
+    # Two spellings of one store in one process must not make it judge its own lease dead
+    # (trying its own lock file would succeed, and closing it would drop the lock).
+    real = tmp_path / "q"
+    link = tmp_path / "link"
+    q = opened(str(real))
+    link.symlink_to(real)
+    q.put_many(["a", "b"])
+    held = q.lease()
+    via_link = opened(str(link))
+    assert via_link.lease(block=False).item == "b"
+    os.chdir(tmp_path)
+    try:
+        assert main(["stats", "q", "--json"]) == 0  # (a third spelling, in the holding process)
+    finally:
+        os.chdir("/")
+    assert json.loads(capsys.readouterr().out)["queue_leased"] == 2
+    with pytest.raises(queue.Empty):
+        opened(str(real)).lease(block=False)
+    held.ack()
+    via_link.close()
+    q.close()
