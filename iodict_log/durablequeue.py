@@ -286,22 +286,23 @@ class DurableQueue(LogHandle, queue.Queue):
     def _lend(self, log: Log, seq: int, delivery: int, item: Any) -> Lease:
         """Append the LEASE of ``seq``'s delivery number ``delivery``, held by this process."""
         holder = self._leases.holders.own()
-        expiry = _expiry(self.lease_timeout)
-        log.append_one(OP_LEASE, 0, SEQ.pack(seq), LEASE.pack(holder, expiry, delivery), log.birthtime())
-        self._leases.leased(seq, holder, expiry, delivery)
+        self._append_lease(log, seq, holder, _expiry(self.lease_timeout), delivery)
         self._lent.add((seq, delivery))
         return Lease(self, item, seq, delivery, holder)
 
+    def _append_lease(self, log: Log, seq: int, holder: int, expiry: int, delivery: int) -> None:
+        """A LEASE of ``seq``: a delivery, or an extension of one (the same ``delivery``)."""
+        log.append_one(OP_LEASE, 0, SEQ.pack(seq), LEASE.pack(holder, expiry, delivery), log.birthtime())
+        self._leases.leased(seq, holder, expiry, delivery)
+
+    def _append_release(self, log: Log, seq: int, due: int) -> None:
+        """A RELEASE of the held item ``seq``: deliverable again from ``due`` (ns; 0: at once)."""
+        log.append_one(OP_RELEASE, 0, SEQ.pack(seq), RELEASE.pack(due), log.birthtime())
+        self._leases.released(seq, due)
+
     def _current(self, lease: Lease) -> None:
         """LeaseExpiredError unless ``lease`` is still its item's lease (on caught-up state)."""
-        entry = self._held.get(lease.id)
-        if (
-            entry is None
-            or entry.back
-            or entry.holder != lease._holder
-            or entry.deliveries != lease.deliveries
-            or (entry.until and entry.until <= time.time_ns())
-        ):
+        if not self._leases.is_current(lease.id, lease._holder, lease.deliveries):
             self._lent.discard((lease.id, lease.deliveries))
             raise LeaseExpiredError(
                 f"{self.path}: the lease of item {lease.id} (delivery {lease.deliveries}) has come back "
@@ -314,8 +315,7 @@ class DurableQueue(LogHandle, queue.Queue):
             if op == OP_TAKE:
                 self._settle(log, OP_TAKE, lease.id)
             else:
-                log.append_one(OP_RELEASE, 0, SEQ.pack(lease.id), RELEASE.pack(due), log.birthtime())
-                self._leases.released(lease.id, due)
+                self._append_release(log, lease.id, due)
             self._lent.discard((lease.id, lease.deliveries))
 
         self._write(end)
@@ -326,9 +326,7 @@ class DurableQueue(LogHandle, queue.Queue):
         def extend(log: Log) -> None:
             self._current(lease)
             expiry = _expiry(seconds if seconds is not None else self.lease_timeout)
-            value = LEASE.pack(lease._holder, expiry, lease.deliveries)
-            log.append_one(OP_LEASE, 0, SEQ.pack(lease.id), value, log.birthtime())
-            self._leases.leased(lease.id, lease._holder, expiry, lease.deliveries)
+            self._append_lease(log, lease.id, lease._holder, expiry, lease.deliveries)
 
         self._write(extend)
 
@@ -540,11 +538,10 @@ class DurableQueue(LogHandle, queue.Queue):
         try:
             with lock:
                 log.refresh()
+                holder = self._leases.holders.own() if self._lent else 0
                 for seq, delivery in sorted(self._lent):
-                    entry = self._held.get(seq)
-                    if entry is not None and entry.deliveries == delivery and entry.holder and not entry.back:
-                        log.append_one(OP_RELEASE, 0, SEQ.pack(seq), RELEASE.pack(0), log.birthtime())
-                        self._leases.released(seq, 0)
+                    if self._leases.is_current(seq, holder, delivery):
+                        self._append_release(log, seq, 0)
                 self._lent.clear()
                 log.checkpoint(if_changed=True)
         except (OSError, IODictLogError):  # (LockTimeoutError too: the next open scans instead)

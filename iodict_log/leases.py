@@ -216,6 +216,18 @@ class LeasedItems:
             heapq.heappop(heap)  # (settled or leased again since)
         return None
 
+    def is_current(self, seq: int, holder: int, delivery: int) -> bool:
+        """Whether ``holder``'s lease of delivery ``delivery`` is still ``seq``'s: neither
+        acked, released, delivered again, expired, nor judged back."""
+        entry = self.held.get(seq)
+        return (
+            entry is not None
+            and not entry.back
+            and entry.holder == holder
+            and entry.deliveries == delivery
+            and not (entry.until and entry.until <= time.time_ns())
+        )
+
     def __len__(self) -> int:
         """Items ready for delivery: never delivered, or back."""
         return len(self.pending) + self.back_count

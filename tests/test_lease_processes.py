@@ -5,13 +5,15 @@ its parent's alive, and workers killed at random moments leave every item acked 
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import queue
 import random
 import time
+from typing import Iterator
 
 import pytest
-from helpers import Team, next_line, wait_exit, wait_pid
+from helpers import Child, Team, next_line, wait_exit, wait_pid
 
 from iodict_log import DurableQueue
 from iodict_log.format import OP_PUT, OP_TAKE
@@ -33,19 +35,25 @@ def opened(path) -> DurableQueue:
     return DurableQueue(path, serializer="msgpack")
 
 
-def test_a_sigkilled_holders_lease_comes_back_to_a_live_consumer_within_about_a_second(tmp_path):
-    path = tmp_path / "q"
-    with opened(path) as q:
+@contextlib.contextmanager
+def held_by_a_child(tmp_path) -> Iterator[tuple[DurableQueue, Child]]:
+    """A queue of one job, and a child process that holds it on lease (HOLD)."""
+    with opened(tmp_path / "q") as q:
         q.put("job")
         with Team(tmp_path) as team:
-            holder = team.spawn("holder", HOLD, path)
+            holder = team.spawn("holder", HOLD, tmp_path / "q")
             assert next_line(holder, time.monotonic() + 30) == "leased job"
-            with pytest.raises(queue.Empty):
-                q.lease(block=False)
-            holder.kill()
-            killed = time.monotonic()
-            lease = q.lease(timeout=30)
-            waited = time.monotonic() - killed
+            yield q, holder
+
+
+def test_a_sigkilled_holders_lease_comes_back_to_a_live_consumer_within_about_a_second(tmp_path):
+    with held_by_a_child(tmp_path) as (q, holder):
+        with pytest.raises(queue.Empty):
+            q.lease(block=False)
+        holder.kill()
+        killed = time.monotonic()
+        lease = q.lease(timeout=30)
+        waited = time.monotonic() - killed
         assert (lease.item, lease.deliveries) == ("job", 2)
         # "About a second": a dead holder is tried every 0.25 s; the bound leaves room
         # for a slow machine, the median is what tools/bench_queue.py reports.
@@ -54,17 +62,12 @@ def test_a_sigkilled_holders_lease_comes_back_to_a_live_consumer_within_about_a_
 
 
 def test_a_slow_but_live_holder_keeps_its_lease_and_can_ack_it(tmp_path):
-    path = tmp_path / "q"
-    with opened(path) as q:
-        q.put("job")
-        with Team(tmp_path) as team:
-            holder = team.spawn("holder", HOLD, path)
-            assert next_line(holder, time.monotonic() + 30) == "leased job"
-            with pytest.raises(queue.Empty):
-                q.lease(timeout=2.0)  # eight times the holder check: it is alive each time
-            holder.send("ack\n")
-            assert next_line(holder, time.monotonic() + 30) == "acked"
-            assert wait_exit(holder, time.monotonic() + 30) == 0
+    with held_by_a_child(tmp_path) as (q, holder):
+        with pytest.raises(queue.Empty):
+            q.lease(timeout=2.0)  # eight times the holder check: it is alive each time
+        holder.send("ack\n")
+        assert next_line(holder, time.monotonic() + 30) == "acked"
+        assert wait_exit(holder, time.monotonic() + 30) == 0
         assert q.stats()["leased"] == 0 and q.qsize() == 0
 
 

@@ -166,6 +166,16 @@ def queue_workload(path, sync, acked: list, in_flight: list) -> None:
     q.close()
 
 
+def queued_numbers(path) -> tuple[list, dict]:
+    """The numbers of the items a reopened queue delivers, in order (a damaged tail may be
+    warned about), and its stats() once they are got."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with DurableQueue(path, segment_bytes=SMALL) as q:
+            numbers = [q.get_nowait()[1] for _ in range(q.qsize())]
+            return numbers, q.stats()
+
+
 @SWEEP
 def test_sync_true_queue_keeps_every_acknowledged_put_and_get_through_a_power_loss(tmp_path, monkeypatch):
     total = count_calls(tmp_path, queue_workload)
@@ -175,10 +185,7 @@ def test_sync_true_queue_keeps_every_acknowledged_put_and_get_through_a_power_lo
         put = [n for op, arg in acked for n in ([arg] if op == "put" else arg if op == "put_many" else [])]
         got = [arg for op, arg in acked if op == "get"]
         expected = [n for n in put if n not in got]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with DurableQueue(path, segment_bytes=SMALL) as q:
-                items = [q.get_nowait()[1] for _ in range(q.qsize())]
+        items, _ = queued_numbers(path)
         allowed = [expected]
         if in_flight and in_flight[0][0] == "get":
             allowed.append(expected[1:])  # the get in flight may have taken its item
@@ -220,11 +227,9 @@ def test_sync_true_leases_lose_no_item_and_bring_back_no_acked_one_through_a_pow
         path, acked, in_flight = power_loss_run(tmp_path, monkeypatch, lease_workload, True, cut, None, cut)
         holders._mine.forget()  # every holder died with the power: their leases come back
         unacked = {arg for op, arg in acked if op == "put"} - {arg for op, arg in acked if op == "ack"}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with DurableQueue(path, segment_bytes=SMALL) as q:
-                items = {q.get_nowait()[1] for _ in range(q.qsize())}
-                assert q.stats()["leased"] == q.stats()["delayed"] == 0
+        numbers, stats = queued_numbers(path)
+        items = set(numbers)
+        assert stats["leased"] == stats["delayed"] == 0
         allowed = [unacked]
         if in_flight and in_flight[0][0] == "put":
             allowed.append(unacked | {in_flight[0][1]})
