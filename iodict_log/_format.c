@@ -342,14 +342,15 @@ static int append_new(PyObject *list, PyObject *item) {
     return failed;
 }
 
-/* scan(buf, salt, start, complete, damage, last_seq, last_birthtime[, slot, at])
+/* scan(buf, salt, start, complete, committed, damage, last_seq, last_birthtime[, slot, at])
  *   -> (frames, end, last_seq, last_birthtime, resume)
  *
  * Scan._frames from start, appending damage regions to the list `damage`. It stops
  * just after a SEAL, with resume the offset to go on from and end as Scan has it
  * while the SEAL is yielded (a consumer may stop there: Log._scan does), and after
  * WALK_FRAMES frames, outside a batch (so a 64 MiB segment is never all Frames at
- * once); at the end of the buffer resume is None. Given slot and at (the buffer lying
+ * once); at the end of the buffer resume is None. With committed, batch members are
+ * frames like any other (Scan's committed). Given slot and at (the buffer lying
  * at offset `at` of segment `slot`), frames are only the PUTs, each as (seq, location)
  * (Scan.put_locations): the same walk and checks, without building Frames. */
 #define WALK_FRAMES 1024
@@ -360,18 +361,19 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     Py_buffer view;
     Header h;
     if (!ready()) return NULL;
-    if ((nargs != 7 && nargs != 9) || !PyList_Check(args[4]))
+    if ((nargs != 8 && nargs != 10) || !PyList_Check(args[5]))
         return PyErr_Format(PyExc_TypeError,
-                            "scan(buf, salt, start, complete, damage, last_seq, last_birthtime[, slot, at])");
-    PyObject *damage = args[4];
-    int puts = nargs == 9; /* only the PUTs, as (seq, location) */
-    int complete = PyObject_IsTrue(args[3]);
-    if (complete < 0 || salt_of(args[1], &salt) < 0 || position(args[2], &pos) < 0) return NULL;
-    last_seq = PyLong_AsUnsignedLongLong(args[5]);
-    last_birthtime = PyLong_AsUnsignedLongLong(args[6]);
+                            "scan(buf, salt, start, complete, committed, damage, last_seq, last_birthtime[, slot, at])");
+    PyObject *damage = args[5];
+    int puts = nargs == 10; /* only the PUTs, as (seq, location) */
+    int complete = PyObject_IsTrue(args[3]), committed = PyObject_IsTrue(args[4]);
+    if (complete < 0 || committed < 0 || salt_of(args[1], &salt) < 0 || position(args[2], &pos) < 0) return NULL;
+    int held = !committed; /* (whether batch members wait for their COMMIT) */
+    last_seq = PyLong_AsUnsignedLongLong(args[6]);
+    last_birthtime = PyLong_AsUnsignedLongLong(args[7]);
     if (puts) {
-        slot = PyLong_AsUnsignedLongLong(args[7]);
-        at = PyLong_AsSsize_t(args[8]);
+        slot = PyLong_AsUnsignedLongLong(args[8]);
+        at = PyLong_AsSsize_t(args[9]);
     }
     if (PyErr_Occurred()) return NULL;
     if (pos < 0) return PyErr_Format(PyExc_ValueError, "start must be >= 0");
@@ -395,7 +397,7 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
             continue;
         }
         pos += h.length;
-        if (h.flags & FLAG_BATCH && data_op(h.op)) {
+        if (held && h.flags & FLAG_BATCH && data_op(h.op)) {
             if (batch == NULL && (batch = PyList_New(0)) == NULL) goto done; /* its BEGIN was damaged */
             if ((!puts || h.op == OP_PUT) && append_new(batch, new_item(buf, &h, puts, slot, at)) < 0) goto done;
             members++;
@@ -411,13 +413,13 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
             members_seq = members_birthtime = 0;
             end = h.offset;
         }
-        if (h.op == OP_BATCH_BEGIN) {
+        if (held && h.op == OP_BATCH_BEGIN) {
             if ((batch = PyList_New(0)) == NULL) goto done;
             continue;
         }
         if (h.seq > last_seq) last_seq = h.seq;
         if (h.birthtime > last_birthtime) last_birthtime = h.birthtime;
-        if (h.op != OP_BATCH_COMMIT) {
+        if (h.op != OP_BATCH_BEGIN && h.op != OP_BATCH_COMMIT) {
             if ((!puts || h.op == OP_PUT) && append_new(frames, new_item(buf, &h, puts, slot, at)) < 0) goto done;
             if (h.op == OP_SEAL) {
                 resume = pos;

@@ -43,8 +43,9 @@ lease is acked, and comes back if it is released, its holder dies or its
 ``lease_timeout`` passes (leases.py says how, holders.py how a death is seen).
 A get or a lease delivers the oldest ready item, a held item that came back
 before any item never delivered; an item delivered ``max_deliveries`` times
-goes to the dead letters instead of out again. The C core's get only runs
-while no item is held (``_held`` empty), so it never has to judge leases.
+goes to the dead letters instead of out again. The C core's get and lease
+deliver only the oldest never-delivered item, after ``LeasedItems.reclaim``
+has judged that no held item is back first; its ack only a current lease.
 
 After ``os.fork()`` the child replaces the queue's mutex and conditions:
 another thread of the parent may have held the mutex at the fork, and no
@@ -75,9 +76,11 @@ from .serialize import Serializer
 
 MAX_POLL = 0.05  # seconds between looks at the log while blocked
 CLOSE_WAIT = 0.5  # seconds close() waits for the write lock to leave a checkpoint
-# The C core's put and get of one item, with no deadline (_durablequeue.c): they answer
-# NotImplemented, having changed nothing, whenever the Python path below must run.
-_put_one, _get_one = (core.queue_put, core.queue_get) if core is not None else (None, None)
+# The C core's put, get and lease of one item with no deadline, and ack (_durablequeue.c):
+# they answer NotImplemented, having changed nothing, whenever the Python path below must run.
+_put_one, _get_one, _lease_one, _ack_one = (
+    (core.queue_put, core.queue_get, core.queue_lease, core.queue_ack) if core is not None else (None,) * 4
+)
 
 
 _queues: weakref.WeakValueDictionary[int, DurableQueue] = weakref.WeakValueDictionary()  # by id(): may be unhashable
@@ -421,7 +424,11 @@ class DurableQueue(LogHandle, queue.Queue):
         """Deliver the oldest item on lease, without consuming it; wait for one (or raise
         queue.Empty). ``ack()`` the Lease when done; until then the item comes back if
         it is released, this process dies, or ``lease_timeout`` passes."""
-        lease: Lease = self._deliver(block, timeout, True)
+        if _lease_one is not None and block and timeout is None:
+            lease = _lease_one(self, Lease)
+            if lease is not NotImplemented:
+                return lease  # type: ignore[no-any-return]
+        lease = self._deliver(block, timeout, True)
         return lease
 
     def _deliver(self, block: bool, timeout: float | None, lease: bool) -> Any:
@@ -606,7 +613,8 @@ class Lease:
 
     def ack(self) -> None:
         """Done: the item never comes back. LeaseExpiredError (changing nothing) if it has."""
-        self._queue._end_lease(self, OP_TAKE)
+        if _ack_one is None or _ack_one(self._queue, self) is NotImplemented:
+            self._queue._end_lease(self, OP_TAKE)
 
     def release(self, delay: float = 0.0) -> None:
         """Not done: deliverable again after ``delay`` seconds, in its FIFO place."""

@@ -277,13 +277,19 @@ class Scan:
       whose checksums hold.
     - ``last_seq`` and ``last_birthtime`` are the highest of the committed
       frames, batch markers included (a COMMIT has its batch's highest seq).
+
+    ``committed``: the buffer lies where this process has applied the log
+    already (Log.read_frames reading a queue's backlog back), so every batch in
+    it was found whole once: its members are yielded as they come, like any
+    frame, instead of being held back until its COMMIT is read too.
     """
 
-    def __init__(self, buf: bytes, salt: int, start: int = 0, complete: bool = False) -> None:
+    def __init__(self, buf: bytes, salt: int, start: int = 0, complete: bool = False, committed: bool = False) -> None:
         self.buf = buf
         self.salt = salt
         self.start = start
         self.complete = complete  # a finished segment: it cannot end in an unfinished append
+        self.committed = committed
         self.end = start
         self.damage: list[Damage] = []
         self.last_seq = 0
@@ -326,7 +332,15 @@ class Scan:
         resume: int | None = self.start
         while resume is not None:
             frames, self.end, self.last_seq, self.last_birthtime, resume = walk(
-                self.buf, self.salt, resume, self.complete, self.damage, self.last_seq, self.last_birthtime, *where
+                self.buf,
+                self.salt,
+                resume,
+                self.complete,
+                self.committed,
+                self.damage,
+                self.last_seq,
+                self.last_birthtime,
+                *where,
             )
             yield from frames
             if resume is not None:
@@ -336,6 +350,7 @@ class Scan:
         buf, pos, salt = self.buf, self.start, self.salt
         batch: list[Frame] | None = None  # members of a batch not yet known to be whole
         batch_damage: list[Damage] = []  # damage met inside it: part of the tail if the batch is
+        held = not self.committed  # (whether batch members wait for their COMMIT)
         while pos < len(buf):
             frame = py_decode_frame(buf, pos, salt)
             if frame is None:
@@ -351,7 +366,7 @@ class Scan:
                     batch_damage.append(region)
                 continue
             pos += frame.length
-            if frame.flags & FLAG_BATCH and frame.op in DATA_OPS:
+            if held and frame.flags & FLAG_BATCH and frame.op in DATA_OPS:
                 if batch is None:
                     batch = []  # its BEGIN was damaged
                 batch.append(frame)
@@ -361,14 +376,14 @@ class Scan:
                 self.damage += batch_damage
                 batch, batch_damage = None, []
                 self.end = frame.offset
-            if frame.op == OP_BATCH_BEGIN:
+            if held and frame.op == OP_BATCH_BEGIN:
                 batch = []
                 continue
             if frame.seq > self.last_seq:
                 self.last_seq = frame.seq
             if frame.birthtime_ns > self.last_birthtime:
                 self.last_birthtime = frame.birthtime_ns
-            if frame.op != OP_BATCH_COMMIT:
+            if frame.op not in (OP_BATCH_BEGIN, OP_BATCH_COMMIT):
                 yield frame
             self.end = pos
         if batch and self.complete:

@@ -1056,7 +1056,9 @@ class Log:
         (None: all this process has applied), as (seq, location), a chunk at a time: how a
         consumer that keeps positions instead of every location reads records back
         (PendingItems). Each frame's CRCs are checked as a scan checks them
-        (Scan.put_locations), without building Frames.
+        (Scan.put_locations), without building Frames, and a batch's members count as they
+        come: this process found the batch whole when it applied it (Scan's ``committed``),
+        so a read back from the middle of a large batch need not reach its COMMIT.
 
         ``loc`` must be a frame this process indexed (or a checkpoint vouched for).
         Damage is warned about and counted unless it was already (by the scan that
@@ -1087,7 +1089,7 @@ class Log:
                 self._report_damage(segment, slot, pos, [Damage(0, end - pos, str(exc))])
                 return
             final = pos + length == end
-            scan = Scan(buf, segment.salt, complete=final)
+            scan = Scan(buf, segment.salt, complete=final, committed=True)  # (all applied: batches whole)
             puts = scan.put_locations(slot, pos)
             self._report_damage(segment, slot, pos, scan.damage)
             yield puts

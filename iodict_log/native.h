@@ -57,6 +57,7 @@ static inline PyObject *Py_XNewRef(PyObject *obj) {
 #define OP_SEAL 5
 #define OP_PUT 16
 #define OP_TAKE 17
+#define OP_LEASE 19
 #define FLAG_LZ4 0x01
 #define FLAG_PICKLE 0x02
 #define FLAG_BATCH 0x04
@@ -109,7 +110,7 @@ int append_end(Appender *a); /* count the change, give the lock: 0 or -1 */
 extern PyMethodDef iodict_methods[];
 int iodict_init(PyObject *module);
 
-/* _durablequeue.c: durablequeue.py's hot paths (put, get). */
+/* _durablequeue.c: durablequeue.py's hot paths (put, get, lease, ack). */
 extern PyMethodDef durablequeue_methods[];
 int durablequeue_init(PyObject *module);
 

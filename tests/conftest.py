@@ -17,7 +17,7 @@ import os
 
 import pytest
 
-NATIVE_TESTS = ("test_native_format.py", "test_native_iodict.py")
+NATIVE_TESTS = ("test_native_format.py", "test_native_iodict.py", "test_native_queue.py")
 PURE_TOO = (
     "test_build.py",
     "test_format.py",

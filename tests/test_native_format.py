@@ -12,6 +12,7 @@ mode and tools/fuzz_asan.py run for longer.
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import struct
 import zlib
@@ -76,8 +77,8 @@ def same_decoders(buf: bytes, salt: int) -> None:
             assert _native.frame_value(piece, salt) == py_frame_value(piece, salt)
 
 
-def scan_results(cls, buf, start: int, complete: bool, until_seal: bool = False) -> tuple:
-    s = cls(buf, SALT, start, complete=complete)
+def scan_results(cls, buf, start: int, complete: bool, until_seal: bool = False, committed: bool = False) -> tuple:
+    s = cls(buf, SALT, start, complete=complete, committed=committed)
     frames = []
     for frame in s:
         frames.append(frame)
@@ -87,26 +88,27 @@ def scan_results(cls, buf, start: int, complete: bool, until_seal: bool = False)
     return frames, s.end, s.tail, s.damage, s.last_seq, s.last_birthtime
 
 
-def put_results(cls, buf, start: int, complete: bool, slot: int, at: int) -> tuple:
-    s = cls(buf, SALT, start, complete=complete)
+def put_results(cls, buf, start: int, complete: bool, slot: int, at: int, committed: bool = False) -> tuple:
+    s = cls(buf, SALT, start, complete=complete, committed=committed)
     puts = s.put_locations(slot, at)
     assert all(type(d) is Damage for d in s.damage)
     return puts, s.end, s.tail, s.damage, s.last_seq, s.last_birthtime
 
 
 def same_scans(buf: bytes, start: int = 0) -> None:
-    """Scan in C and in Python, complete or not, read whole or up to the first SEAL; and
-    put_locations, which must be the PUTs of the whole walk, with its ``end`` and damage."""
-    for complete in (False, True):
+    """Scan in C and in Python, complete or not, committed or not, read whole or up to the
+    first SEAL; and put_locations, which must be the PUTs of the whole walk, with its
+    ``end`` and damage."""
+    for complete, committed in itertools.product((False, True), repeat=2):
         for until_seal in (False, True):
-            expected = scan_results(PyScan, buf, start, complete, until_seal)
-            assert scan_results(CScan, buf, start, complete, until_seal) == expected
-        frames, *state = scan_results(PyScan, buf, start, complete)
+            expected = scan_results(PyScan, buf, start, complete, until_seal, committed)
+            assert scan_results(CScan, buf, start, complete, until_seal, committed) == expected
+        frames, *state = scan_results(PyScan, buf, start, complete, committed=committed)
         for slot, at in ((0, 0), (3, 4096), (2**16 - 1, 2**32 - 1 - len(buf))):
             puts = [(f.seq, pack_location(f.birthtime_ns, slot, at + f.offset, f.length)) for f in frames]
             expected = ([put for put, f in zip(puts, frames) if f.op == OP_PUT], *state)
-            assert put_results(PyScan, buf, start, complete, slot, at) == expected
-            assert put_results(CScan, buf, start, complete, slot, at) == expected
+            assert put_results(PyScan, buf, start, complete, slot, at, committed) == expected
+            assert put_results(CScan, buf, start, complete, slot, at, committed) == expected
 
 
 @pytest.mark.parametrize("slot, at", [(-1, 0), (2**16, 0), (0, -1), (0, 2**32)])

@@ -99,7 +99,8 @@ while done < iterations and time.monotonic() < deadline:
     got, expected = outcome(_native.encode_batch, *batch), outcome(py_encode_batch, *batch)
     assert got == expected or (got[0] == expected[0] == "raises"), (batch, got, expected)
     where = [any_int(), any_int()] if rng.random() < 0.5 else [rng.randrange(2**16), rng.randrange(2**32)]
-    assert outcome(_native.scan, data, 7, rng.randrange(len(data) + 1), True, [], 0, 0, *where)[0] in ("ok", "raises")
+    walk = (data, 7, rng.randrange(len(data) + 1), True, rng.random() < 0.5, [], 0, 0, *where)
+    assert outcome(_native.scan, *walk)[0] in ("ok", "raises")
     keys = [rng.randbytes(2) for _ in range(rng.randrange(50))]
     assert _native.index_dict(keys, list(range(len(keys)))) == dict(zip(keys, range(len(keys))))
     done += 1
@@ -134,6 +135,9 @@ store = iodict_log.IODict(tempfile.mkdtemp() + "/s", auto_compact=False)
 queue = iodict_log.DurableQueue(tempfile.mkdtemp() + "/q")
 store["seed"] = queue.put(0)  # (the first call of each catches up in Python)
 pairs = [(f"u{i}", "v" * i) for i in range(10)]
+queue.put(1)
+acked, held = queue.lease(), []
+acked.ack()  # (acked: a second ack is refused, LeaseExpiredError)
 
 def swallow(fn, *args, **kwargs):
     try:
@@ -141,10 +145,10 @@ def swallow(fn, *args, **kwargs):
     except Exception:
         pass
 
-def scan(buf, complete, *where):
+def scan(buf, complete, *where, committed=False):
     resume, damage = 0, []
     while resume is not None:
-        resume = _native.scan(buf, SALT, resume, complete, damage, 0, 0, *where)[4]
+        resume = _native.scan(buf, SALT, resume, complete, committed, damage, 0, 0, *where)[4]
 
 CALLS = {
     "encode_frame": lambda: _native.encode_frame(1, 0, 1, 1, b"key", b"value", salt=SALT),
@@ -158,9 +162,10 @@ CALLS = {
     "header_length": lambda: _native.header_length(memoryview(segment), 0, SALT),
     "scan": lambda: scan(bytearray(segment), False),
     "scan, complete": lambda: scan(segment, True),
-    "scan, refused": lambda: swallow(_native.scan, segment, SALT, -1, False, [], 0, 0),
+    "scan, refused": lambda: swallow(_native.scan, segment, SALT, -1, False, False, [], 0, 0),
     "scan, PUT locations": lambda: scan(bytearray(puts), True, 3, 4096),
-    "scan, PUT locations refused": lambda: swallow(_native.scan, segment, SALT, 0, False, [], 0, 0, 2**16, 0),
+    "scan, committed PUT locations": lambda: scan(bytearray(puts), False, 3, 4096, committed=True),
+    "scan, PUT locations refused": lambda: swallow(_native.scan, segment, SALT, 0, False, False, [], 0, 0, 2**16, 0),
     "encode_batch": lambda: _native.encode_batch(entries, 1, 2, 3, 100, 1, SALT),
     "encode_batch, refused mid-way": lambda: swallow(
         _native.encode_batch, entries + [(1, 0, bytearray(b"k"), None, 1)], 1, 2, 3, 0, 0, SALT
@@ -182,6 +187,10 @@ CALLS = {
     "d.update(pairs)": lambda: store.update(pairs),
     "d.records()": lambda: list(itertools.islice(store.records(), 20)),
     "q.put(item), q.get()": lambda: (queue.put("x" * 30), queue.get()),
+    "q.lease(), lease.ack()": lambda: (queue.put("x" * 30), queue.lease().ack()),
+    "q.lease() while one is held": lambda: (queue.put("y"), queue.put("z"), held.append(queue.lease()), queue.get(),
+                                            held.pop().ack()),
+    "lease.ack(), refused": lambda: swallow(acked.ack),
 }
 failed = []
 for name, call in CALLS.items():
@@ -201,8 +210,8 @@ for buf in (bytearray(segment), bytearray(frame), bytearray(locations)):
     for fn, args in ((_native.decode_frame, (buf, 0, SALT)), (_native.frame_value, (buf, SALT)),
                      (_native.header_length, (buf, 0, SALT)), (_native.decode_locations, (buf, [10**6]))):
         swallow(fn, *args)
-    swallow(_native.scan, buf, SALT, 0, True, [], 0, 0)
-    swallow(_native.scan, buf, SALT, 0, True, [], 0, 0, 1, 0)
+    swallow(_native.scan, buf, SALT, 0, True, False, [], 0, 0)
+    swallow(_native.scan, buf, SALT, 0, True, True, [], 0, 0, 1, 0)
     buf.extend(b"x")  # (BufferError if a view of it was not released)
 sys.exit(f"leaks in: {failed}" if failed else 0)
 """
