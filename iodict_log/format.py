@@ -204,22 +204,31 @@ def _checked_header(buf: bytes, pos: int, salt: int) -> tuple | None:
     return fields
 
 
-def decode_frame(buf: bytes, pos: int, salt: int) -> Frame | None:
-    """The frame at ``pos`` if it is whole and both checksums match, else None."""
+def _checked_frame(buf: bytes, pos: int, salt: int) -> tuple | None:
+    """The header fields of the frame at ``pos`` if it is whole and both checksums
+    match, else None (decode_frame's checks, without building the Frame)."""
     fields = _checked_header(buf, pos, salt)
     if fields is None:
         return None
     _, _, dcrc, op, flags, klen, vlen, seq, birthtime = fields
+    stop = pos + HEADER_SIZE + klen + vlen
+    if stop > len(buf) or op not in KNOWN_OPS or flags & ~KNOWN_FLAGS or (seq | birthtime) > MAX_SEQ:
+        return None
+    if zlib.crc32(buf[pos + HEADER_SIZE : stop], salt) != dcrc:  # (key and value: one CRC, as the two chained)
+        return None
+    return fields
+
+
+def decode_frame(buf: bytes, pos: int, salt: int) -> Frame | None:
+    """The frame at ``pos`` if it is whole and both checksums match, else None."""
+    fields = _checked_frame(buf, pos, salt)
+    if fields is None:
+        return None
+    _, _, _, op, flags, klen, vlen, seq, birthtime = fields
     start = pos + HEADER_SIZE
     middle = start + klen
     stop = middle + vlen
-    if stop > len(buf) or op not in KNOWN_OPS or flags & ~KNOWN_FLAGS or (seq | birthtime) > MAX_SEQ:
-        return None
-    key = buf[start:middle]
-    value = buf[middle:stop]
-    if zlib.crc32(value, zlib.crc32(key, salt)) != dcrc:
-        return None
-    return Frame(pos, stop - pos, op, flags, seq, birthtime, key, value)
+    return Frame(pos, stop - pos, op, flags, seq, birthtime, buf[start:middle], buf[middle:stop])
 
 
 def frame_value(buf: bytes, salt: int) -> tuple[int, bytes] | None:
@@ -315,7 +324,36 @@ class Scan:
             return puts
         from .index import pack_location  # (index imports this module)
 
-        return [(f.seq, pack_location(f.birthtime_ns, slot, at + f.offset, f.length)) for f in self if f.op == OP_PUT]
+        puts, pos = self._committed_puts(slot, at) if self.committed else ([], self.start)
+        rest = (f for f in self._frames(pos) if f.op == OP_PUT)
+        puts += [(f.seq, pack_location(f.birthtime_ns, slot, at + f.offset, f.length)) for f in rest]
+        self._check_end()
+        return puts
+
+    def _committed_puts(self, slot: int, at: int) -> tuple[list[tuple[int, int]], int]:
+        """put_locations of a committed walk, up to the first frame that fails its checks
+        (where _frames goes on, with its resync and damage): the PUTs' pairs, and where
+        it stopped. In Python the Frames are most of a walk's cost, and a committed walk
+        needs none: no batch holds its members back, so every frame counts alone."""
+        from .index import pack_location  # (index imports this module)
+
+        buf, pos, salt, n = self.buf, self.start, self.salt, len(self.buf)
+        puts: list[tuple[int, int]] = []
+        while pos < n:
+            fields = _checked_frame(buf, pos, salt)
+            if fields is None:
+                break
+            _, _, _, op, _, klen, vlen, seq, birthtime = fields
+            length = HEADER_SIZE + klen + vlen
+            if op == OP_PUT:
+                puts.append((seq, pack_location(birthtime, slot, at + pos, length)))
+            pos += length
+            self.end = pos
+            if seq > self.last_seq:
+                self.last_seq = seq
+            if birthtime > self.last_birthtime:
+                self.last_birthtime = birthtime
+        return puts, pos
 
     def _check_end(self) -> None:
         if self.complete and self.tail:
@@ -346,8 +384,9 @@ class Scan:
             if resume is not None:
                 self.end = resume
 
-    def _frames(self) -> Iterator[Frame]:
-        buf, pos, salt = self.buf, self.start, self.salt
+    def _frames(self, start: int | None = None) -> Iterator[Frame]:
+        """The walk, from ``start`` (default: the scan's) with the state the scan has."""
+        buf, pos, salt = self.buf, self.start if start is None else start, self.salt
         batch: list[Frame] | None = None  # members of a batch not yet known to be whole
         batch_damage: list[Damage] = []  # damage met inside it: part of the tail if the batch is
         held = not self.committed  # (whether batch members wait for their COMMIT)

@@ -129,6 +129,7 @@ HINT_AFTER_RECORDS = 10_000
 # Rescanning a record costs about this many times what moving one index entry does.
 _RESCAN_COST = 10
 READ_CHUNK = 2**18  # bytes read_frames() reads at a time
+MIN_CHUNK = 2**14  # the least it reads at a time, however few PUTs are wanted
 _REPLAY_BATCH = 16384  # compacted records an iterator reads back at a time, segment by segment
 T = TypeVar("T")
 H = TypeVar("H", bound="LogHandle")
@@ -1051,7 +1052,7 @@ class Log:
             raise CorruptionError(f"{segment.path}: record at offset {offset} fails its checksum")
         return found
 
-    def read_frames(self, loc: int, stop: int | None = None) -> Iterator[list[tuple[int, int]]]:
+    def read_frames(self, loc: int, stop: int | None = None, want: int = 0) -> Iterator[list[tuple[int, int]]]:
         """The committed PUT frames from the one at ``loc`` on, up to the location ``stop``
         (None: all this process has applied), as (seq, location), a chunk at a time: how a
         consumer that keeps positions instead of every location reads records back
@@ -1059,6 +1060,9 @@ class Log:
         (Scan.put_locations), without building Frames, and a batch's members count as they
         come: this process found the batch whole when it applied it (Scan's ``committed``),
         so a read back from the middle of a large batch need not reach its COMMIT.
+        ``want``: about how many PUTs the caller will take before it stops (0: all); the
+        reads are sized for them from the length of the frame at ``loc``, so that little
+        is read and checked beyond them.
 
         ``loc`` must be a frame this process indexed (or a checkpoint vouched for).
         Damage is warned about and counted unless it was already (by the scan that
@@ -1069,17 +1073,24 @@ class Log:
             last, stop_offset = len(self._segments) - 1, self._end
         else:
             last, stop_offset = (stop >> SLOT_SHIFT) & SLOT_MASK, (stop >> OFFSET_SHIFT) & OFFSET_MASK
+        left = [want or -1, loc & LENGTH_MASK]  # (PUTs still wanted, -1: all; a frame's length)
         while slot <= last:
             segment = self._segments[slot]
             if segment is not None:
                 end = stop_offset if slot == last else segment.size()
-                yield from self._chunks_between(slot, segment, offset, end)
+                yield from self._chunks_between(slot, segment, offset, end, left)
             slot, offset = slot + 1, SEGMENT_HEADER_SIZE
 
-    def _chunks_between(self, slot: int, segment: Segment, pos: int, end: int) -> Iterator[list[tuple[int, int]]]:
-        """read_frames within one segment, from ``pos`` to ``end``, READ_CHUNK bytes at a time."""
-        chunk = READ_CHUNK
+    def _chunks_between(
+        self, slot: int, segment: Segment, pos: int, end: int, left: list[int]
+    ) -> Iterator[list[tuple[int, int]]]:
+        """read_frames within one segment, from ``pos`` to ``end``: READ_CHUNK bytes at a
+        time, or fewer while ``left`` says how many PUTs are still wanted."""
+        chunk = 0
         while pos < end:
+            if not chunk:  # (the size for what is still wanted, in frames like the first)
+                wanted, frame = left
+                chunk = READ_CHUNK if wanted <= 0 else max(MIN_CHUNK, min(READ_CHUNK, (wanted + 1) * frame))
             length = min(chunk, end - pos)
             try:
                 buf = segment.read(pos, length)
@@ -1092,13 +1103,15 @@ class Log:
             scan = Scan(buf, segment.salt, complete=final, committed=True)  # (all applied: batches whole)
             puts = scan.put_locations(slot, pos)
             self._report_damage(segment, slot, pos, scan.damage)
+            if left[0] > 0:
+                left[0] = max(left[0] - len(puts), 0) or -1
             yield puts
             if final:
                 return
             if scan.end:
-                pos, chunk = pos + scan.end, READ_CHUNK
+                pos, chunk = pos + scan.end, 0
             else:
-                chunk *= 2  # (one frame, or one batch, larger than the chunk)
+                chunk = length * 2  # (one frame, or one batch, larger than the chunk)
 
     def _report_damage(self, segment: Segment, slot: int, base: int, damage: list[Damage]) -> None:
         """Warn about and count the damage regions (offsets from ``base``) not reported yet:

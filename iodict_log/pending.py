@@ -258,7 +258,7 @@ class PendingItems:
         self._spill = None
         ready, order, gone, dead = self._ready, self._order, self._gone, self.dead
         room = WINDOW - len(ready)
-        for found in self._log.read_frames(loc, stop):
+        for found in self._log.read_frames(loc, stop, room):
             # A chunk's items in a few C-speed passes: the window takes the first ``room``
             # of those neither dead nor taken out of order; those passed over up to there
             # have their fate settled, the rest stay noted for the next refill.
