@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, NoReturn, Sequence, TypeVar
 from . import __version__, native
 from .durablequeue import DurableQueue
 from .errors import CorruptionError, CorruptionWarning, IODictLogError
+from .fileops import store_path
 from .inspection import Census, dump_line, open_log, require_store, shown_value, verify
 from .iodict import IODict
 from .repair import repair
@@ -360,6 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.warned = 0
+    if getattr(args, "path", None):
+        args.path = store_path(args.path)  # (``~`` expanded, as IODict and DurableQueue do)
 
     def show(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
         args.warned += 1
