@@ -244,6 +244,11 @@ def _dead_letters(args: argparse.Namespace) -> int:
     return 1 if args.warned else 0
 
 
+def _printable(path: str) -> str:
+    """A path as it can be printed: bytes of a name that are not UTF-8 as \\x escapes."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _import_iodict(args: argparse.Namespace) -> int:
     try:
         summary = import_iodict(
@@ -252,11 +257,11 @@ def _import_iodict(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
     for path, reason in summary.skipped:
-        print(f"skipped: {path}: {reason}")
+        print(f"skipped: {_printable(path)}: {reason}")
     unit = "queue items" if args.queue else "keys"
     print(
-        f"{args.old}: {summary.imported:,} {unit} imported into {args.new} ({summary.mode} mode, "
-        f"{summary.seconds:.2f} s); {len(summary.skipped):,} file(s) skipped"
+        f"{_printable(args.old)}: {summary.imported:,} {unit} imported into {_printable(args.new)} "
+        f"({summary.mode} mode, {summary.seconds:.2f} s); {len(summary.skipped):,} file(s) skipped"
     )
     if args.msgpack and summary.kept_pickled:
         print(

@@ -47,15 +47,15 @@ from typing import Any, Callable, Iterator, NamedTuple
 from . import fileops
 from .durablequeue import DurableQueue
 from .format import FLAG_PICKLE, OP_SET, compress_value
-from .index import index_key
 from .iodict import IODict
-from .log import Log
+from .log import Entry, Log
 from .manifest import MANIFEST_NAME
 from .serialize import Serializer, encode_canonical_key
 
 BATCH_KEYS = 1000  # keys per batch written
 BATCH_BYTES = 4 * 2**20  # stored bytes per batch written, at most (one value may be larger)
 KEEP_BYTES = 256 * 2**20  # values kept in memory from the scan, at most; the others are read a second time
+_DOUBLE = struct.Struct(">d")  # iodict's user.birthtime
 _EMPTY_KEY_NAME = hashlib.sha3_224(b"").hexdigest()  # xattr mode's file for the key "" (never given user.key)
 
 
@@ -141,14 +141,9 @@ def _birthtime(fd: int) -> float:
     """As iodict's _get_create_time: user.birthtime, else st_birthtime, else ctime."""
     raw = _xattr(fd, "user.birthtime")
     if raw is not None and len(raw) == 8:
-        return struct.unpack(">d", raw)[0]
+        return _DOUBLE.unpack(raw)[0]
     stat = os.fstat(fd)
     return getattr(stat, "st_birthtime", stat.st_ctime)
-
-
-def _ns(seconds: float) -> int:
-    """A birthtime in whole microseconds, as a store keeps them (Log.birthtime)."""
-    return int(seconds * 1e6) * 1000
 
 
 def _scan(old: str, skipped: list[Skipped]) -> tuple[str, list[_Entry]]:
@@ -184,6 +179,11 @@ def _scan(old: str, skipped: list[Skipped]) -> tuple[str, list[_Entry]]:
                 skipped.append(Skipped(entry.path, "its user.key is not UTF-8"))
                 continue
         elif not xattr_mode:
+            try:
+                name.encode()
+            except UnicodeEncodeError:  # (os.scandir's stand-in for bytes that are not UTF-8)
+                skipped.append(Skipped(entry.path, "its name, the key, is not UTF-8"))
+                continue
             entry.key = name
         elif name == _EMPTY_KEY_NAME:
             entry.key = ""
@@ -287,29 +287,28 @@ def _batches(
         progress(len(entries), len(entries))
 
 
-def _append_sets(log: Log, store: IODict, batch: list[tuple[bytes, Any, int, bytes, int]]) -> None:
-    """Append (key bytes, index key, flags, stored, birthtime) sets, each keeping its birthtime
-    (strictly increasing, as every birthtime in a store is)."""
-    entries = []
-    for key_bytes, _, flags, stored, birthtime in batch:
-        birthtime = max(birthtime, log.last_birthtime + 1000)
-        log.last_birthtime = birthtime
-        entries.append((OP_SET, flags, key_bytes, stored, birthtime))
-    locations = [log.append_one(*entries[0])] if len(entries) == 1 else [loc for _, loc in log.append_batch(entries)]
-    for (_, key, *_), loc in zip(batch, locations):
-        store._index.set(key, loc)
+def _append_sets(log: Log, store: IODict, batch: list[tuple[_Entry, int, bytes]]) -> None:
+    """Append a batch of sets, each key keeping its birthtime in whole microseconds (nudged
+    up where needed: every birthtime in a store is later than the one before)."""
+    records: list[Entry] = []
+    last = log.last_birthtime
+    for entry, flags, stored in batch:
+        birthtime = int(entry.birthtime * 1e6) * 1000
+        last = birthtime if birthtime > last else last + 1000
+        records.append((OP_SET, flags, encode_canonical_key(entry.key), stored, last))
+    log.last_birthtime = last
+    locations = [log.append_one(*records[0])] if len(records) == 1 else [loc for _, loc in log.append_batch(records)]
+    index = store._index
+    for (entry, _, _), loc in zip(batch, locations):
+        index.set(entry.key, loc)  # (a str key: its own index key)
 
 
 def _write_dict(path: str, batches: Iterator[list[tuple[_Entry, int, bytes]]]) -> int:
     written = 0
     with IODict(path, serializer="pickle", auto_compact=False) as store:
         for batch in batches:
-            sets = [
-                (encode_canonical_key(entry.key), index_key(entry.key), flags, stored, _ns(entry.birthtime))
-                for entry, flags, stored in batch
-            ]
-            store._write(_append_sets, store, sets)
-            written += len(sets)
+            store._write(_append_sets, store, batch)
+            written += len(batch)
     return written
 
 

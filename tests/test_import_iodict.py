@@ -150,6 +150,19 @@ def test_a_plain_mode_directory_imports_names_as_keys_in_ctime_order(tmp_path, n
         assert all(abs(new.birthtime(key) - born[key]) < 1e-3 for key in keys)
 
 
+def test_a_plain_mode_name_that_is_not_utf8_is_skipped_and_shown_escaped(tmp_path, no_xattrs, capsys):
+    write_old(tmp_path / "old", {"good": 1})
+    bad = os.path.join(os.fsencode(tmp_path / "old"), b"bad-\xff")  # (a name no str key gives)
+    with open(bad, "wb") as file:
+        file.write(pickle.dumps(2))
+    assert main(["import-iodict", str(tmp_path / "old"), str(tmp_path / "new")]) == 1
+    out = capsys.readouterr().out
+    assert "bad-\\xff: its name, the key, is not UTF-8" in out and "1 keys imported" in out
+    no_xattrs()
+    with IODict(tmp_path / "new", serializer="pickle") as new:
+        assert dict(new) == {"good": 1}
+
+
 def test_a_plain_mode_directory_copied_to_a_file_system_with_xattrs_is_still_plain(tmp_path, no_xattrs):
     write_old(tmp_path / "old", {"a": 1, "b": 2})
     no_xattrs()  # (the import runs where xattrs work; the files carry none)
