@@ -13,9 +13,10 @@ iodict kept one file per key holding the pickled value, in one of two modes:
   ``str``, as iodict gave them), the birthtime the file's ctime.
 
 The directory's mode is xattr if it or any of its files carries iodict's
-xattrs. Keys are read first (names and xattrs only), sorted by birthtime as
-iodict ordered them, then the values are read and written in that order in
-batches, each key keeping its birthtime (nudged up by a microsecond where two
+xattrs. Each file is opened once to read its key, birthtime and value (values
+are kept up to KEEP_BYTES in all, the rest read again later); the keys are
+sorted by birthtime as iodict ordered them, and written in that order in
+batches, each keeping its birthtime (nudged up by a microsecond where two
 tie). An iodict DurableQueue directory was an IODict of uuid4 keys; imported
 with ``queue=True`` its values become a DurableQueue's items in the same order.
 
