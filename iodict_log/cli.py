@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterable, NoReturn, Sequence, TypeVar
 from . import __version__, native
 from .durablequeue import DurableQueue
 from .errors import CorruptionError, CorruptionWarning, IODictLogError
+from .fileops import store_path
+from .importer import import_iodict
 from .inspection import Census, dump_line, open_log, require_store, shown_value, verify
 from .iodict import IODict
 from .repair import repair
@@ -242,6 +244,35 @@ def _dead_letters(args: argparse.Namespace) -> int:
     return 1 if args.warned else 0
 
 
+def _printable(path: str) -> str:
+    """A path as it can be printed: bytes of a name that are not UTF-8 as \\x escapes."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _import_iodict(args: argparse.Namespace) -> int:
+    try:
+        summary = import_iodict(
+            args.old, args.new, queue=args.queue, msgpack=args.msgpack, progress=_progress("import-iodict")
+        )
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    for path, reason in summary.skipped:
+        print(f"skipped: {_printable(path)}: {reason}")
+    unit = "queue items" if args.queue else "keys"
+    print(
+        f"{_printable(args.old)}: {summary.imported:,} {unit} imported into {_printable(args.new)} "
+        f"({summary.mode} mode, {summary.seconds:.2f} s); {len(summary.skipped):,} file(s) skipped"
+    )
+    if args.msgpack and summary.kept_pickled:
+        print(
+            f"note: {summary.kept_pickled:,} value(s) msgpack cannot hold kept as pickles: open the store with "
+            "serializer='pickle'"
+        )
+    elif not args.msgpack and not args.queue:
+        print("note: the values are pickles: open the store with IODict(path, serializer='pickle')")
+    return 1 if summary.skipped else 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line on stderr (and exit status 2)."""
 
@@ -353,6 +384,27 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("path", help="the store directory")
     dead.add_argument("--retry", action="store_true", help="put every dead letter back at the end of the queue")
     dead.set_defaults(run=_dead_letters)
+
+    port = _command(
+        sub,
+        "import-iodict",
+        "copy an iodict 0.0.8 directory into a new store, in order",
+        "Read an iodict 0.0.8 directory (xattr or plain mode) and write its keys and\n"
+        "values, in birthtime order, into a new store at NEW_DIR; OLD_DIR is not\n"
+        "changed. Values stay pickles (open with serializer='pickle') unless --msgpack\n"
+        "converts those msgpack holds. Each file that cannot be read is listed.",
+        "exit status: 0 every file imported; 1 some file skipped (each listed); 2 bad\n"
+        "arguments (NEW_DIR exists and is not empty, OLD_DIR is not a directory)",
+    )
+    port.add_argument("old", metavar="OLD_DIR", help="the iodict directory")
+    port.add_argument("new", metavar="NEW_DIR", help="where to write the new store (new or empty)")
+    port.add_argument("--queue", action="store_true", help="OLD_DIR is an iodict DurableQueue: write a DurableQueue")
+    port.add_argument(
+        "--msgpack",
+        action="store_true",
+        help="store values msgpack holds as msgpack (unpickles values naming classes: trusted data only)",
+    )
+    port.set_defaults(run=_import_iodict)
     return parser
 
 
@@ -360,6 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.warned = 0
+    if getattr(args, "path", None):
+        args.path = store_path(args.path)  # (``~`` expanded, as IODict and DurableQueue do)
 
     def show(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
         args.warned += 1

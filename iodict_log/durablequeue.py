@@ -55,6 +55,7 @@ object took in the parent: they stay the parent's (holders.py).
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import threading
@@ -98,7 +99,10 @@ if hasattr(os, "register_at_fork"):
 class DurableQueue(LogHandle, queue.Queue):
     """A ``queue.Queue`` kept on disk at ``path``: FIFO, crash-safe, shared by processes.
 
-    ``semaphore`` is accepted for compatibility with iodict and not needed.
+    ``semaphore`` is accepted for compatibility with iodict and not needed; so is
+    a semaphore (or ``multiprocessing.Semaphore``) as the third positional
+    argument, where iodict took it. A pickled queue reopens ``path`` with the same
+    options in whichever process unpickles it (``__reduce__``).
     Items are pickled by default (queue items are arbitrary objects; only
     open queues you trust), or stored with ``serializer="msgpack"``.
     ``block=False`` and ``timeout`` bound the wait for the store's write lock
@@ -127,14 +131,19 @@ class DurableQueue(LogHandle, queue.Queue):
         max_deliveries: int | None = None,
     ) -> None:
         check_options(sync, segment_bytes, max_open_segments)
-        if not isinstance(maxsize, int) or isinstance(maxsize, bool):
-            raise TypeError(f"maxsize must be an int, not {type(maxsize).__name__!r}")
+        maxsize, semaphore = _maxsize_and_semaphore(maxsize, semaphore)
         if lease_timeout is not None:
             _check_seconds("lease_timeout", lease_timeout, zero=False)
         if max_deliveries is not None and (type(max_deliveries) is not int or max_deliveries < 1):
             raise ValueError(f"max_deliveries must be None or an int >= 1, not {max_deliveries!r}")
         self.lease_timeout = lease_timeout
         self.max_deliveries = max_deliveries
+        self._options: dict[str, Any] = {  # what a pickle reopens it with, besides maxsize and the lease options
+            "sync": sync,
+            "serializer": serializer,
+            "segment_bytes": segment_bytes,
+            "max_open_segments": max_open_segments,
+        }
         super().__init__(maxsize)
         self.path = fileops.store_path(path)
         self.semaphore = semaphore
@@ -158,6 +167,19 @@ class DurableQueue(LogHandle, queue.Queue):
             max_open_segments=max_open_segments,
         )
         _queues[id(self)] = self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as "reopen this path with these options", so a queue can be passed to a
+        spawned process or a pool. The other process gets its own object: not this one's
+        lock or semaphore (it makes its own), leases or unfinished-task count."""
+        self._open_log()  # (StoreClosedError: a closed queue is not reopened elsewhere)
+        options = dict(
+            self._options,
+            maxsize=self.maxsize,
+            lease_timeout=self.lease_timeout,
+            max_deliveries=self.max_deliveries,
+        )
+        return (functools.partial(type(self), **options), (self.path,))
 
     # --- plumbing ---------------------------------------------------------------
 
@@ -580,6 +602,21 @@ class DurableQueue(LogHandle, queue.Queue):
 
 
 MAX_SECONDS = 10**9  # the longest lease_timeout, delay or extension (~31 years): its time fits a record
+
+
+def _maxsize_and_semaphore(maxsize: Any, semaphore: Any) -> tuple[int, Any]:
+    """(maxsize, semaphore) from the arguments. iodict's signature was (path, lock,
+    semaphore): as the third argument, an int is maxsize, None means 0, and a
+    semaphore or a semaphore factory (``multiprocessing.Semaphore``) is the semaphore."""
+    if maxsize is None:
+        return 0, semaphore
+    if isinstance(maxsize, int) and not isinstance(maxsize, bool):
+        return maxsize, semaphore
+    if hasattr(maxsize, "acquire") or callable(maxsize):
+        if semaphore is not None:
+            raise TypeError("DurableQueue() got a semaphore both as its third argument and as semaphore=")
+        return 0, maxsize
+    raise TypeError(f"maxsize must be an int (or, as in iodict, a semaphore), not {type(maxsize).__name__!r}")
 
 
 def _check_seconds(name: str, value: object, *, zero: bool) -> float:

@@ -2,6 +2,7 @@
 
 As in iodict: a class that inherits from ``queue.Queue`` (or a subclass) and
 ``FlushQueue`` and sets ``self.path``, ``self.lock`` and ``self.semaphore``
+(itself, or by calling ``FlushQueue.__init__(self, path, lock, semaphore)``)
 gets ``flush()`` and ``ingest()``. The parked items are a DurableQueue at
 ``path``: they survive the process ending, a flush is one atomic batch, and a
 damaged item is skipped with a warning instead of costing the items after it
@@ -35,6 +36,14 @@ class FlushQueue:
     get_nowait: Callable[[], Any]
     put_nowait: Callable[[Any], None]
     task_done: Callable[[], None]
+
+    def __init__(self, path: str | os.PathLike, lock: Any = None, semaphore: Any = None) -> None:
+        """Set path, lock and semaphore, as iodict's FlushQueue did: a host class may call
+        ``FlushQueue.__init__(self, path)`` instead of setting them. Like iodict's, it
+        does not initialise the queue: the host class does that."""
+        self.path = path
+        self.lock = lock
+        self.semaphore = semaphore
 
     def _parking(self) -> DurableQueue:
         """The parked items (IODictLogError, before anything moves, if ``path`` holds a dict store)."""

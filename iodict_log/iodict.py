@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -86,6 +87,13 @@ class IODict(LogHandle, MutableMapping):
             not isinstance(lock_timeout, (int, float)) or isinstance(lock_timeout, bool) or not lock_timeout >= 0
         ):
             raise ValueError(f"lock_timeout must be None or a number of seconds >= 0, not {lock_timeout!r}")
+        self._options: dict[str, Any] = {  # what a pickle reopens it with, besides the attributes set below
+            "sync": sync,
+            "serializer": serializer,
+            "compression": compression,
+            "segment_bytes": segment_bytes,
+            "max_open_segments": max_open_segments,
+        }
         self._serializer = Serializer(serializer)
         self._lock = make_lock(lock, self)
         self._compress = compression == "lz4"
@@ -109,6 +117,20 @@ class IODict(LogHandle, MutableMapping):
             kind="dict",
             max_open_segments=max_open_segments,
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as "reopen this path with these options", so a store can be passed to a
+        spawned process or a pool (and copy.copy() opens a second handle). The other
+        process makes its own lock: a lock passed here is not carried."""
+        self._open_log()  # (StoreClosedError: a closed store is not reopened elsewhere)
+        options = dict(
+            self._options,
+            auto_compact=self.auto_compact,
+            compact_ratio=self.compact_ratio,
+            compact_min_bytes=self.compact_min_bytes,
+            lock_timeout=self.lock_timeout,
+        )
+        return (functools.partial(type(self), **options), (self.path,))
 
     # --- plumbing -------------------------------------------------------------
 
