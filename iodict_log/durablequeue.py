@@ -665,6 +665,12 @@ class Lease:
             _check_seconds("seconds", seconds, zero=False)
         self._queue._extend_lease(self, seconds)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise TypeError(
+            "a Lease cannot be pickled: it belongs to the process that took it (which must ack or "
+            "release it); pass lease.item to other processes instead"
+        )
+
     def __enter__(self) -> Lease:
         return self
 

@@ -263,3 +263,18 @@ def test_one_process_is_one_holder_however_it_spells_the_path(tmp_path, capsys):
     held.ack()
     via_link.close()
     q.close()
+
+
+def test_a_lease_does_not_pickle_it_belongs_to_its_process(store_path):
+    # A pickled copy in another process could ack it while this one still holds it.
+    import copy
+    import pickle
+
+    with opened(store_path) as q:
+        q.put("a")
+        lease = q.lease()
+        for attempt in (pickle.dumps, copy.copy):
+            with pytest.raises(TypeError, match="belongs to the process"):
+                attempt(lease)
+        lease.ack()
+        assert q.stats()["leased"] == 0 and q.qsize() == 0
