@@ -114,18 +114,36 @@ class _UsageError(Exception):
     """A mistake in how the command was called: exit status 2."""
 
 
-def _progress(label: str) -> Callable[[int, int], None] | None:
-    """A one-line progress bar on stderr, only when stderr is a terminal."""
+def _progress(label: str, unit: str) -> Callable[[int, int], None] | None:
+    """A one-line progress bar on stderr, with the rate and the time left, only when
+    stderr is a terminal. ``unit``: what done and total count ("bytes" shows MB/s)."""
     if not sys.stderr.isatty():
         return None
+    started = time.monotonic()
 
     def show(done: int, total: int) -> None:
         share = done / total if total else 1.0
         bar = "#" * int(share * 30)
-        end = "\n" if done >= total else ""
-        print(f"\r{label} [{bar:<30}] {share:6.1%}", end=end, file=sys.stderr, flush=True)
+        elapsed = time.monotonic() - started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        speed = f"{rate / 1e6:,.1f} MB/s" if unit == "bytes" else f"{rate:,.0f} {unit}/s"
+        finished = done >= total
+        left = "done" if finished else f"{_duration((total - done) / rate)} left" if rate else "--:-- left"
+        print(
+            f"\r{label} [{bar:<30}] {share:6.1%}  {speed}  {left}\x1b[K",
+            end="\n" if finished else "",
+            file=sys.stderr,
+            flush=True,
+        )
 
     return show
+
+
+def _duration(seconds: float) -> str:
+    """m:ss, or h:mm:ss from an hour on."""
+    whole = int(seconds + 0.5)
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 def _stats(args: argparse.Namespace) -> int:
@@ -169,7 +187,7 @@ def _stats(args: argparse.Namespace) -> int:
 def _compact(args: argparse.Namespace) -> int:
     require_store(args.path)
     with IODict(args.path) as d:
-        summary = d.compact(_progress("compact"))
+        summary = d.compact(_progress("compact", "keys"))
     print(
         f"{args.path}: {summary['bytes_before']:,} bytes before, {summary['bytes_after']:,} after, "
         f"{summary['live_keys']:,} live keys, {summary['seconds']:.2f} s"
@@ -179,7 +197,7 @@ def _compact(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     damaged = 0
-    for finding in verify(args.path, _progress("verify")):
+    for finding in verify(args.path, _progress("verify", "bytes")):
         kind = "damaged" if finding.damage else "note"
         print(f"{kind}: {finding.path}: offset {finding.offset}: {finding.length} bytes: {finding.reason}")
         damaged += finding.damage
@@ -188,7 +206,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _repair(args: argparse.Namespace) -> int:
-    backup, dropped, notes = repair(args.path, args.backup, _progress("repair"))
+    backup, dropped, notes = repair(args.path, args.backup, _progress("repair", "bytes"))
     if backup is None and not dropped:
         print(f"{args.path}: nothing to repair")
         return 0
@@ -252,7 +270,7 @@ def _printable(path: str) -> str:
 def _import_iodict(args: argparse.Namespace) -> int:
     try:
         summary = import_iodict(
-            args.old, args.new, queue=args.queue, msgpack=args.msgpack, progress=_progress("import-iodict")
+            args.old, args.new, queue=args.queue, msgpack=args.msgpack, progress=_progress("import-iodict", "files")
         )
     except ValueError as exc:
         raise _UsageError(str(exc)) from None

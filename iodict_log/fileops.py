@@ -101,7 +101,7 @@ def write_file(path: str, data: bytes, *, sync: bool = True) -> None:
         os.close(fd)
 
 
-def write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | memoryview) -> None:
     """write() until everything is written (a write may be short)."""
     done = write(fd, data)
     if done != len(data):

@@ -418,10 +418,11 @@ class IODict(LogHandle, MutableMapping):
         compaction.remove_leftovers(self.path)
         self._catch_up()  # (as before the commit, below)
         plan = self._write(self._seal_for_compaction)
-        sources, live = plan.sources, plan.live
+        sources = plan.sources
+        live: Iterable[tuple[Any, int]] = plan.live
         try:
             if progress:
-                live = _reporting(live, len(live), progress)
+                live = _reporting(plan.live, len(plan.live), progress)
             out = compaction.SegmentWriter(self.path, KIND_COMPACTED, sources.salt, plan.segment_bytes)
             try:
                 moved = compaction.copy_live(sources, live, out, self._closing.is_set)
@@ -558,7 +559,7 @@ class _Plan(NamedTuple):
     segment_bytes: int
 
 
-def _reporting(items: Iterator[T], total: int, progress: Callable[[int, int], None]) -> Iterator[T]:
+def _reporting(items: Iterable[T], total: int, progress: Callable[[int, int], None]) -> Iterator[T]:
     """Pass ``items`` through, calling progress(done, total) every 10,000 and at the end."""
     done = 0
     for item in items:
@@ -591,11 +592,15 @@ def _pair(item: Any) -> tuple[Any, Any]:
 
 
 class _KeysView(KeysView):
+    _mapping: IODict  # (MappingView's, undeclared in typeshed)
+
     def __reversed__(self) -> Iterator[Any]:
         return reversed(self._mapping)
 
 
 class _ValuesView(ValuesView):
+    _mapping: IODict
+
     def __iter__(self) -> Iterator[Any]:
         return (value for _, value in self._mapping._iter_items())
 
@@ -604,6 +609,8 @@ class _ValuesView(ValuesView):
 
 
 class _ItemsView(ItemsView):
+    _mapping: IODict
+
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         return self._mapping._iter_items()
 

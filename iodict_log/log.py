@@ -388,7 +388,7 @@ class Log:
         segments = self._segments
         disk = sum(s.size() for s in segments if s is not None)  # (at open, none is None)
         hint = read_hint(self.directory, disk, len(segments))
-        if hint is None or not self._hint_covers(hint, segments):
+        if hint is None or not self._hint_covers(hint, [self._live(slot) for slot in range(len(segments))]):
             return None
         try:
             self._consumer.restore(hint.payload, [size for size, _ in hint.coverage])  # type: ignore[attr-defined]
@@ -590,7 +590,7 @@ class Log:
             self._reopen()
             self._catch_up(defer_reload)
         elif changes != self._changes or (lock._depth > 0 and (not lock._mutex or lock.owner_died)):
-            if os.lseek(self._segments[-1].fd, 0, os.SEEK_END) != self._end:  # (Segment.size(), inlined)
+            if os.lseek(self._active.fd, 0, os.SEEK_END) != self._end:  # (Segment.size(), inlined)
                 self._catch_up(defer_reload)
             if lock._depth > 0:
                 lock.owner_died = False
@@ -635,7 +635,7 @@ class Log:
 
     def _catch_up_once(self, defer_reload: bool) -> None:
         while True:
-            active = self._segments[-1]
+            active = self._active
             size = active.size()
             if size < self._end:  # cut back behind our back (repair): start over
                 with self.file_lock:
@@ -669,7 +669,7 @@ class Log:
         hold no whole frame are damage.
         """
         base = self._end
-        segment = self._segments[slot]
+        segment = self._live(slot)
         scan = Scan(buf, segment.salt, complete=complete)
         apply = self._consumer.apply if self._manifest.kind else self._classifying
         sealed = False
@@ -704,7 +704,7 @@ class Log:
 
     def _scan_complete(self, slot: int, start: int = SEGMENT_HEADER_SIZE) -> None:
         self._end = start
-        self._scan(slot, self._segments[slot].read_from(start), complete=True)
+        self._scan(slot, self._live(slot).read_from(start), complete=True)
 
     def _follow_seal(self) -> bool:
         """The last segment is sealed: move on to the next one; True if the index
@@ -720,6 +720,7 @@ class Log:
         if listed == kept:
             self._roll_after_seal()  # the roller died after sealing
             return False
+        assert manifest is not None  # (it lists more segments than this process keeps)
         self._open_after(manifest, len(kept))
         return False
 
@@ -770,13 +771,13 @@ class Log:
         if hint is None:
             return False
         kept_slots = [slot for slot, s in enumerate(self._segments) if s is not None]
-        kept = tuple(self._segments[slot].number for slot in kept_slots)
+        kept = tuple(self._live(slot).number for slot in kept_slots)
         copies = len(hint.coverage)
         if manifest.segments[copies : copies + len(kept)] != kept:
             return False
         consumer = self._consumer
         frame_bytes = consumer.live_bytes / max(len(consumer), 1)  # type: ignore[attr-defined, arg-type]
-        to_rescan = sum(self._segments[slot].size() for slot in kept_slots) / max(frame_bytes, 1)
+        to_rescan = sum(self._live(slot).size() for slot in kept_slots) / max(frame_bytes, 1)
         if to_rescan * _RESCAN_COST < len(consumer):  # type: ignore[arg-type]
             return False
         segments: list[Segment] = []
@@ -797,7 +798,7 @@ class Log:
             if isinstance(exc, ValueError):
                 return False
             raise
-        self._segments = segments + [self._segments[slot] for slot in kept_slots]
+        self._segments = [*segments, *(self._segments[slot] for slot in kept_slots)]
         self._first_live = 0
         self.hinted_seq = hint.last_seq
         if manifest.segments[copies + len(kept) :]:
@@ -831,6 +832,18 @@ class Log:
             self._first_live += 1
         self._count_sealed()
 
+    @property
+    def _active(self) -> Segment:
+        """The segment appends go to: the last slot, which is never dropped."""
+        return self._live(-1)
+
+    def _live(self, slot: int) -> Segment:
+        """The segment at ``slot``, which the caller knows was not dropped (Segment | None
+        narrowed for the type checker: a dropped slot here is a bug)."""
+        segment = self._segments[slot]
+        assert segment is not None, f"segment slot {slot} was dropped"
+        return segment
+
     # --- writing ------------------------------------------------------------
 
     def birthtime(self) -> int:
@@ -855,9 +868,8 @@ class Log:
         """
         if self._end >= self.segment_bytes or self._sync_error is not None:
             self._make_room()
-        segments = self._segments
-        slot = len(segments) - 1
-        active = segments[slot]
+        slot = len(self._segments) - 1
+        active = self._active
         seq = self.last_seq + 1
         data = encode_frame(op, flags, seq, birthtime_ns, key, value, salt=active.salt)
         end = self._end
@@ -869,7 +881,7 @@ class Log:
         """Append entries as one batch, in one write; their (seq, location)s. As append_one."""
         self._make_room()
         slot = len(self._segments) - 1
-        active = self._segments[slot]
+        active = self._active
         data, locs, seq = self._encode_batch(entries, slot, active.salt)
         if crashpoints.ARMED:
             crashpoints.tear("batch.half", active.fd, data)
@@ -913,7 +925,9 @@ class Log:
             # with close(). When the active segment changes the timer is dropped (the old
             # one still fires) so the next write schedules one for the new segment; a roll
             # fsyncs the sealed segment itself.
-            timer = threading.Timer(self.sync_interval, self._group_commit, (hand_to_thread(os.dup(active.fd)),))
+            interval = self.sync_interval
+            assert interval is not None  # (a group commit is scheduled only with one)
+            timer = threading.Timer(interval, self._group_commit, (hand_to_thread(os.dup(active.fd)),))
             timer.daemon = True
             timer.start()
             self._sync_timer = timer
@@ -966,8 +980,8 @@ class Log:
     def _seal(self) -> None:
         """Append the SEAL frame that tells every process to re-read CURRENT."""
         self.last_seq += 1
-        frame = encode_frame(OP_SEAL, 0, self.last_seq, self.birthtime(), b"", b"", salt=self._segments[-1].salt)
-        self._segments[-1].append(frame, self._end)
+        frame = encode_frame(OP_SEAL, 0, self.last_seq, self.birthtime(), b"", b"", salt=self._active.salt)
+        self._active.append(frame, self._end)
         self._end += len(frame)
 
     def _roll_after_seal(self) -> None:
@@ -1014,6 +1028,8 @@ class Log:
             return  # (the common case, checked on every get)
         doomed = [s.number for s in self._segments[:stop] if s is not None]
         manifest = read_manifest(self.directory)
+        if manifest is None:
+            raise CorruptionError(f"{self.directory}: {MANIFEST_NAME} is gone from an open store")
         manifest = manifest._replace(
             generation=manifest.generation + 1,
             segments=tuple(n for n in manifest.segments if n not in doomed),
@@ -1040,10 +1056,10 @@ class Log:
             found = _read_value(self, loc)
             if found is not None:
                 return found
-        segment = self._segments[(loc >> SLOT_SHIFT) & SLOT_MASK]  # (unpack_location, inlined: every get)
+        segment = self._live((loc >> SLOT_SHIFT) & SLOT_MASK)  # (unpack_location, inlined: every get)
         offset = (loc >> OFFSET_SHIFT) & OFFSET_MASK
-        if segment.fd < 0 and _read_value is not None:  # type: ignore[union-attr]  # (a live location's slot)
-            segment.reopen()  # type: ignore[union-attr]  # parked, and no mapping covers the record: the core maps it whole now
+        if segment.fd < 0 and _read_value is not None:
+            segment.reopen()  # parked, and no mapping covers the record: the core maps it whole now
             found = _read_value(self, loc)
             if found is not None:
                 return found
@@ -1155,7 +1171,7 @@ class Log:
         segments = {slot: (s.path, s.salt, s.number) for slot, s in sealed}
         # (Descriptors a compaction thread owns: a forked child, without that thread, closes them.)
         files = Readers(SOURCE_FILES, threaded=True)
-        return Sources(tuple(s.number for _, s in sealed), segments, self._segments[-1].salt, files)
+        return Sources(tuple(s.number for _, s in sealed), segments, self._active.salt, files)
 
     def commit_compaction(self, replaced: tuple[int, ...], written: list[Written], hint: bool) -> None:
         """Put the ``written`` segments in CURRENT in place of the ``replaced`` ones.
@@ -1176,7 +1192,7 @@ class Log:
         self._remove_leftovers(manifest.segments)
         numbers = install(directory, written, max(manifest.segments) + 1)
         active = (numbers[-1] if numbers else max(manifest.segments)) + 1
-        Segment.create(directory, active, KIND_LOG, self._segments[-1].salt).close()
+        Segment.create(directory, active, KIND_LOG, self._active.salt).close()
         if crashpoints.ARMED:
             crashpoints.reached("compaction.installed")
         before_seal = self._end
@@ -1211,10 +1227,11 @@ class Log:
             # (A hint would hide damage that opening should report; and once a queue
             # dropped segments, slots no longer match positions in CURRENT.)
             return False
-        sizes = [s.size() for s in segments[:-1]] + [self._end]
-        coverage = [(size, s.checksum(size)) for s, size in zip(segments, sizes)]
+        live = [self._live(slot) for slot in range(len(segments))]
+        sizes = [s.size() for s in live[:-1]] + [self._end]
+        coverage = [(size, s.checksum(size)) for s, size in zip(live, sizes)]
         payload = self._consumer.snapshot()  # type: ignore[attr-defined]
-        salt = segments[-1].salt
+        salt = live[-1].salt
         stage_hint(self.directory, Hint(salt, self.last_seq, self.last_birthtime, tuple(coverage), payload))
         return True
 
@@ -1243,7 +1260,7 @@ class Log:
 
     def sync(self) -> None:
         self._raise_sync_error()
-        self._segments[-1].sync()
+        self._active.sync()
 
     def close(self) -> None:
         """Close the files; with group commit, fsync first (its error propagates)."""

@@ -253,6 +253,7 @@ def test_repair_of_a_queue_keeps_the_other_items_in_order(tmp_path):
 def test_long_commands_show_a_progress_bar_on_a_terminal_only(tmp_path):
     import os
     import pty
+    import re
 
     make_store(tmp_path / "s")
     for command in ("verify", "compact"):
@@ -268,6 +269,7 @@ def test_long_commands_show_a_progress_bar_on_a_terminal_only(tmp_path):
         os.close(primary)
         assert result.returncode == 0
         assert f"{command} [" in shown and "100.0%" in shown
+        assert re.search(r"[\d,.]+ (MB|keys)/s  done", shown), shown  # (the rate, and the time left: done)
         piped = run(command, str(tmp_path / "s"))
         assert "[" not in piped.stderr  # not when stderr is a file or a pipe
 
@@ -319,3 +321,28 @@ def test_corruption_warnings_print_as_one_plain_line_each(tmp_path):
         assert len(warned) == 2 and "skipped" in warned[0], result.stderr
         assert "CorruptionWarning" not in result.stderr and "warnings.warn" not in result.stderr
         assert result.returncode == (1 if command == "dump" else 0)  # dump skipped damage
+
+
+def test_the_progress_line_shows_the_rate_and_the_time_left(monkeypatch):
+    import io
+
+    from iodict_log import cli
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    clock = [100.0]
+    monkeypatch.setattr(cli.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    show = cli._progress("verify", "bytes")
+    clock[0] += 10.0
+    show(40 * 10**6, 100 * 10**6)  # 4 MB/s: 60 MB more take 15 s
+    clock[0] += 5000.0
+    keys = cli._progress("compact", "keys")
+    clock[0] += 2.0
+    keys(1000, 7_201_000)  # 500 keys/s: 7,200,000 more take 4 hours
+    keys(7_201_000, 7_201_000)
+    shown = sys.stderr.getvalue()
+    assert "40.0%  4.0 MB/s  0:15 left" in shown
+    assert "500 keys/s  4:00:00 left" in shown and shown.endswith("done\x1b[K\n")
