@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
 """DurableQueue speed: puts/s, gets/s and lease + ack/s in one process (the last two
 in turns, in the same run, and their ratio), items/s end to end with 2 producer and 2
-consumer processes on one queue, and how soon a SIGKILLed holder's lease is delivered
-to a live consumer (median and worst of --kills kills).
+consumer processes on one queue, how soon a SIGKILLed holder's lease is delivered
+to a live consumer (median and worst of --kills kills), and how soon a put in another
+process wakes a waiting get(), blocking and with iodict_log.aio (--wakes puts each,
+at random moments up to 0.2 s into the wait).
 
-    python tools/bench_queue.py [--items 100000] [--repeat 3] [--kills 20]
+    python tools/bench_queue.py [--items 100000] [--repeat 3] [--kills 20] [--wakes 50]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import statistics
@@ -18,11 +21,11 @@ import sys
 import tempfile
 import time
 
-from iodict_log import DurableQueue
+from iodict_log import DurableQueue, aio
 
 PRODUCER = """
 import sys
-from iodict_log import DurableQueue
+from iodict_log import DurableQueue, aio
 q = DurableQueue(sys.argv[1])
 value = b"p" * 100
 print("ready", flush=True)
@@ -34,7 +37,7 @@ print("done", flush=True)
 
 CONSUMER = """
 import queue, sys
-from iodict_log import DurableQueue
+from iodict_log import DurableQueue, aio
 q = DurableQueue(sys.argv[1])
 print("ready", flush=True)
 sys.stdin.readline()
@@ -48,9 +51,20 @@ print(got, flush=True)
 """
 
 
+WAKER = """
+import random, sys, time
+from iodict_log import DurableQueue
+q = DurableQueue(sys.argv[1])
+print("ready", flush=True)
+for _ in sys.stdin:
+    time.sleep(random.uniform(0, 0.2))
+    q.put(time.time())
+"""
+
+
 HOLDER = """
 import sys
-from iodict_log import DurableQueue
+from iodict_log import DurableQueue, aio
 q = DurableQueue(sys.argv[1])
 lease = q.lease()
 print("leased", flush=True)
@@ -107,6 +121,42 @@ def redelivery(path: str, kills: int) -> list[float]:
     return waits
 
 
+def wake_ups(path: str, rounds: int, use_aio: bool) -> list[float]:
+    """Seconds from a put in another process to the return of the get() waiting for it."""
+    waker = subprocess.Popen([sys.executable, "-c", WAKER, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert waker.stdout.readline().strip() == b"ready"
+
+        def ask() -> None:
+            waker.stdin.write(b"go\n")
+            waker.stdin.flush()
+
+        if use_aio:
+
+            async def waits() -> list[float]:
+                async with aio.DurableQueue(path) as q:
+                    out = []
+                    for _ in range(rounds):
+                        ask()
+                        stamp = await q.get()
+                        out.append(time.time() - stamp)
+                    return out
+
+            return asyncio.run(waits())
+        with DurableQueue(path) as q:
+            out = []
+            for _ in range(rounds):
+                ask()
+                stamp = q.get()
+                out.append(time.time() - stamp)
+            return out
+    finally:
+        waker.kill()
+        waker.wait()
+        waker.stdin.close()
+        waker.stdout.close()
+
+
 def two_by_two(path: str, n: int) -> float:
     DurableQueue(path).close()
     per_producer = n // 2
@@ -146,11 +196,13 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--wakes", type=int, default=50)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         single = [one_process(os.path.join(tmp, f"one-{r}"), args.items) for r in range(args.repeat)]
         multi = [two_by_two(os.path.join(tmp, f"multi-{r}"), args.items) for r in range(args.repeat)]
         waits = redelivery(os.path.join(tmp, "kills"), args.kills)
+        wakes = {kind: wake_ups(os.path.join(tmp, kind), args.wakes, kind == "aio") for kind in ("get", "aio")}
     puts, gets, leases = (statistics.median(x) for x in zip(*single))
     ratio = statistics.median(lease / get for _, get, lease in single)
     print(f"DurableQueue, {args.items:,} items of 100 bytes, sync=False, median of {args.repeat}")
@@ -164,6 +216,12 @@ def main() -> None:
         f"\nA SIGKILLed holder's lease delivered to a live consumer, {len(waits)} kills: "
         f"median {statistics.median(waits):.3f} s, worst {max(waits):.3f} s (target <= 1 s)"
     )
+    for kind, name in (("get", "a blocking get()"), ("aio", "an awaiting aio get()")):
+        ms = sorted(1000 * w for w in wakes[kind])
+        print(
+            f"A put in another process to {name} waiting for it, {len(ms)} puts: "
+            f"median {statistics.median(ms):.1f} ms, worst {ms[-1]:.1f} ms"
+        )
 
 
 if __name__ == "__main__":
