@@ -111,6 +111,8 @@ static int read_head(PyObject *log, PyObject *serializer, PyObject *pending, PyO
     Py_XDECREF(pyflags);
     r = *item != NULL; /* (does not decode: Python's dead letter) */
     if (r) *seq = Py_NewRef(PyTuple_GET_ITEM(head, 0));
+    else if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception))
+        r = -1; /* (KeyboardInterrupt, SystemExit: raised, as in Python) */
 leave:
     if (r == 0) PyErr_Clear();
     Py_XDECREF(data);
@@ -221,20 +223,23 @@ static PyObject *get(PyObject *self, PyObject *q) {
     return item;
 }
 
-/* _expiry(lease_timeout) into *expiry (wall-clock ns, 0 for none): 1, 0 Python's (not a float
- * or an int), -1 error. */
-static int lease_expiry(PyObject *qdict, uint64_t *expiry) {
+/* The queue's lease_timeout in *seconds (-1: none): 1, 0 Python's (not a float or an int), -1 error. */
+static int lease_seconds(PyObject *qdict, double *seconds) {
     PyObject *timeout = dict_get(qdict, s_lease_timeout);
+    *seconds = -1;
     if (timeout == NULL) return 0;
-    *expiry = 0;
     if (timeout == Py_None) return 1;
     if (!PyFloat_CheckExact(timeout) && !PyLong_CheckExact(timeout)) return 0;
-    double seconds = PyFloat_AsDouble(timeout);
-    if (seconds == -1.0 && PyErr_Occurred()) return -1;
+    *seconds = PyFloat_AsDouble(timeout);
+    return *seconds == -1.0 && PyErr_Occurred() ? -1 : 1;
+}
+
+/* _expiry(seconds): the wall-clock ns a lease taken now for `seconds` expires; 0: never. */
+static uint64_t lease_expiry(double seconds) {
+    if (seconds < 0) return 0;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    *expiry = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec + (uint64_t)(long long)(seconds * 1e9);
-    return 1;
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec + (uint64_t)(long long)(seconds * 1e9);
 }
 
 /* lease(q, Lease): q.lease() when an item is ready, as _take(lease=True) -> _lend does it;
@@ -251,8 +256,9 @@ static PyObject *lease(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     if (r > 0) {
         PyObject *log = Py_NewRef(p.log), *lent = dict_get(p.qdict, s_lent);
         uint64_t expiry = 0;
+        double seconds;
         Appender a;
-        r = lent != NULL && PySet_CheckExact(lent) ? lease_expiry(p.qdict, &expiry) : 0;
+        r = lent != NULL && PySet_CheckExact(lent) ? lease_seconds(p.qdict, &seconds) : 0;
         if (r > 0) r = append_begin(&a, log);
         if (r > 0) {
             r = head_is_oldest(p.held, p.leases, p.pending);
@@ -264,6 +270,7 @@ static PyObject *lease(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
                 unsigned long long token = holder != NULL ? PyLong_AsUnsignedLongLong(holder) : 0;
                 r = holder == NULL || PyErr_Occurred() ? -1 : 1;
                 if (r > 0) {
+                    expiry = lease_expiry(seconds); /* (holding the lock, caught up: as _lend) */
                     unsigned char value[20]; /* format.LEASE: <QQI holder, expiry, delivery */
                     for (int i = 0; i < 8; i++) {
                         value[i] = (unsigned char)(token >> (8 * i));

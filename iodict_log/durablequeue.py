@@ -50,7 +50,9 @@ has judged that no held item is back first; its ack only a current lease.
 After ``os.fork()`` the child replaces the queue's mutex and conditions:
 another thread of the parent may have held the mutex at the fork, and no
 thread of the child would ever release it. It also forgets the leases this
-object took in the parent: they stay the parent's (holders.py).
+object took in the parent: they stay the parent's (holders.py), so closing the
+child's copy does not hand them back (a Lease object the child inherited may
+still be acked there: an ack checks that the lease is current, not who calls).
 """
 
 from __future__ import annotations

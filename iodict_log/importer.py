@@ -47,16 +47,18 @@ from typing import Any, Callable, Iterator, NamedTuple
 
 from . import fileops
 from .durablequeue import DurableQueue
-from .format import FLAG_PICKLE, OP_SET, compress_value
+from .format import FLAG_PICKLE, MAX_SEQ, OP_SET, compress_value
 from .iodict import IODict
 from .log import Entry, Log
 from .manifest import MANIFEST_NAME
+from .segment import parse_segment_name
 from .serialize import Serializer, encode_canonical_key
 
 BATCH_KEYS = 1000  # keys per batch written
 BATCH_BYTES = 4 * 2**20  # stored bytes per batch written, at most (one value may be larger)
 KEEP_BYTES = 256 * 2**20  # values kept in memory from the scan, at most; the others are read a second time
 _DOUBLE = struct.Struct(">d")  # iodict's user.birthtime
+_LAST_BIRTHTIME = MAX_SEQ / 1e9 - 1  # (seconds: a record's birthtime is ns below 2**63, the year 2262)
 _EMPTY_KEY_NAME = hashlib.sha3_224(b"").hexdigest()  # xattr mode's file for the key "" (never given user.key)
 
 
@@ -147,6 +149,14 @@ def _birthtime(fd: int) -> float:
     return getattr(stat, "st_birthtime", stat.st_ctime)
 
 
+def _is_store(path: str) -> bool:
+    """Whether ``path`` is an iodict_log store: its CURRENT and a segment beside it (in
+    plain mode a file named CURRENT is just the key "CURRENT")."""
+    return os.path.lexists(os.path.join(path, MANIFEST_NAME)) and any(
+        parse_segment_name(name) is not None for name in os.listdir(path)
+    )
+
+
 def _scan(old: str, skipped: list[Skipped]) -> tuple[str, list[_Entry]]:
     """The mode and the readable keys of an iodict directory, oldest first; each file is
     opened once, its value kept while KEEP_BYTES allow (the rest are read again in order)."""
@@ -190,6 +200,9 @@ def _scan(old: str, skipped: list[Skipped]) -> tuple[str, list[_Entry]]:
             entry.key = ""
         else:
             skipped.append(Skipped(entry.path, "orphan: a value without a key (no user.key xattr)"))
+            continue
+        if not 0 <= entry.birthtime <= _LAST_BIRTHTIME:  # (NaN fails it too)
+            skipped.append(Skipped(entry.path, f"its birthtime is not a time a record can hold: {entry.birthtime!r}"))
             continue
         entries.append(entry)
     entries.sort(key=lambda entry: entry.birthtime)  # (stable: ties keep the listing's order, as iodict)
@@ -346,7 +359,7 @@ def import_iodict(
     old_path, new_path = fileops.store_path(old), fileops.store_path(new)
     if not os.path.isdir(old_path):
         raise ValueError(f"{old_path}: no such directory")
-    if os.path.lexists(os.path.join(old_path, MANIFEST_NAME)):
+    if _is_store(old_path):
         raise ValueError(f"{old_path}: is an iodict_log store already, not an iodict directory")
     if os.path.lexists(new_path) and not (os.path.isdir(new_path) and not os.listdir(new_path)):
         raise ValueError(f"{new_path}: exists; the import writes a new store (a new or empty directory)")

@@ -330,3 +330,25 @@ def test_the_command_shows_a_progress_bar_on_a_terminal(tmp_path, xattrs):
     os.close(primary)
     assert result.returncode == 0, shown
     assert "import-iodict [" in shown and "100.0%" in shown
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e300, -5.0])
+def test_a_birthtime_no_record_can_hold_is_skipped_and_listed(tmp_path, xattrs, bad):
+    # A damaged user.birthtime used to abort the whole import (a traceback, or exit 2).
+    write_old(tmp_path / "old", {f"k{i}": i for i in range(5)})
+    victim = tmp_path / "old" / iodict.IODict(str(tmp_path / "old"))._encoder("k2")
+    os.setxattr(victim, "user.birthtime", struct.pack(">d", bad))
+    summary = import_iodict(tmp_path / "old", tmp_path / "new")
+    assert [(s.path, s.reason.split(":")[0]) for s in summary.skipped] == [
+        (str(victim), "its birthtime is not a time a record can hold")
+    ]
+    with IODict(tmp_path / "new", serializer="pickle") as new:
+        assert dict(new) == {"k0": 0, "k1": 1, "k3": 3, "k4": 4}
+
+
+def test_a_plain_mode_key_named_current_is_a_key_not_a_store(tmp_path, no_xattrs):
+    write_old(tmp_path / "old", {"CURRENT": "a key", "other": 1})
+    summary = import_iodict(tmp_path / "old", tmp_path / "new")
+    assert (summary.imported, summary.skipped, summary.mode) == (2, [], "plain")
+    with IODict(tmp_path / "new", serializer="pickle") as new:
+        assert new["CURRENT"] == "a key" and new["other"] == 1

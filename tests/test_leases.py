@@ -278,3 +278,56 @@ def test_a_lease_does_not_pickle_it_belongs_to_its_process(store_path):
                 attempt(lease)
         lease.ack()
         assert q.stats()["leased"] == 0 and q.qsize() == 0
+
+
+def test_a_lease_runs_from_when_it_is_taken_not_from_the_wait_for_the_lock(store_path):
+    # Another handle holds the write lock for longer than lease_timeout while lease() waits
+    # for it: the lease handed out must still have its whole timeout (no second delivery).
+    import threading
+
+    q = opened(store_path, lease_timeout=0.2)
+    other = opened(store_path)
+    q.put("x")
+    holding, done = threading.Event(), threading.Event()
+    holder = threading.Thread(target=lambda: other._write(lambda log: (holding.set(), done.wait(10))))
+    holder.start()
+    try:
+        holding.wait(10)
+        threading.Timer(0.5, done.set).start()  # (the wait to outlast: longer than lease_timeout)
+        lease = q.lease()
+        left = (q._leases.held[lease.id].until - time.time_ns()) / 1e9
+        assert 0.1 < left <= 0.2
+        with pytest.raises(queue.Empty):
+            other.lease(block=False)  # (not expired: not delivered again)
+        lease.ack()
+    finally:
+        done.set()
+        holder.join()
+        other.close()
+        q.close()
+
+
+class Interrupting:
+    """An item whose first unpickling is interrupted (a Ctrl-C landing inside it)."""
+
+    unpickled = 0
+
+    def __setstate__(self, state: dict) -> None:
+        Interrupting.unpickled += 1
+        if Interrupting.unpickled == 1:
+            raise KeyboardInterrupt
+        self.__dict__.update(state)
+
+
+@pytest.mark.parametrize("call", ["get", "lease"])
+def test_an_interrupt_while_an_item_is_decoded_is_raised_and_the_item_stays(store_path, call):
+    with DurableQueue(store_path) as q:
+        item = Interrupting()
+        item.n = 1
+        q.put(item)
+        Interrupting.unpickled = 0
+        with pytest.raises(KeyboardInterrupt):
+            getattr(q, call)()
+        assert q.qsize() == 1 and Interrupting.unpickled == 1
+        got = getattr(q, call)()
+        assert (got if call == "get" else got.item).n == 1 and Interrupting.unpickled == 2
