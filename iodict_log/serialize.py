@@ -130,17 +130,16 @@ def _pack(obj: Any) -> bytes:
 def unpack(data: bytes) -> Any:
     """The one msgpack object in ``data`` with tuples (at most MAX_TUPLE_DEPTH deep) its only
     extension decoded, else CorruptionError: what keys hold (decode_key, hint files)."""
-    return _unpack(data, _KEY_HOOKS[0])
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_KEY_HOOKS[0])
+    except _DECODE_ERRORS as exc:
+        raise CorruptionError(f"msgpack does not decode: {type(exc).__name__}: {exc}") from None
 
 
 def unpack_value(data: bytes) -> Any:
     """The one msgpack value in ``data``, every extension type of valuetypes decoded, else CorruptionError."""
-    return _unpack(data, _VALUE_HOOKS[0])
-
-
-def _unpack(data: bytes, ext_hook: Callable[[int, bytes], Any]) -> Any:
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=ext_hook)
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_VALUE_HOOKS[0])
     except _DECODE_ERRORS as exc:
         raise CorruptionError(f"msgpack does not decode: {type(exc).__name__}: {exc}") from None
 
