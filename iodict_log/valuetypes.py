@@ -38,8 +38,8 @@ EXT_FRACTION = 25
 EXT_BIGINT = 26
 
 # Containers: their payload is the msgpack array of their members.
-CONTAINER_CODES = {tuple: EXT_TUPLE, set: EXT_SET, frozenset: EXT_FROZENSET}
-CONTAINER_TYPES = {code: kind for kind, code in CONTAINER_CODES.items()}
+CONTAINER_CODES: dict[type, int] = {tuple: EXT_TUPLE, set: EXT_SET, frozenset: EXT_FROZENSET}
+CONTAINER_TYPES: dict[int, type] = {code: kind for kind, code in CONTAINER_CODES.items()}
 
 _DATE = struct.Struct("<HBB")  # year, month, day
 _TIME = struct.Struct("<BBBIB")  # hour, minute, second, microsecond, fold
@@ -107,13 +107,14 @@ def _zone(data: bytes, at: int) -> dt.timezone | None:
 
 
 def _decode_datetime(data: bytes) -> dt.datetime:
-    *fields, fold = _DATETIME.unpack_from(data)
-    return dt.datetime(*fields, tzinfo=_zone(data, _DATETIME.size), fold=fold)
+    year, month, day, hour, minute, second, microsecond, fold = _DATETIME.unpack_from(data)
+    zone = _zone(data, _DATETIME.size)
+    return dt.datetime(year, month, day, hour, minute, second, microsecond, zone, fold=fold)
 
 
 def _decode_time(data: bytes) -> dt.time:
-    *fields, fold = _TIME.unpack_from(data)
-    return dt.time(*fields, tzinfo=_zone(data, _TIME.size), fold=fold)
+    hour, minute, second, microsecond, fold = _TIME.unpack_from(data)
+    return dt.time(hour, minute, second, microsecond, _zone(data, _TIME.size), fold=fold)
 
 
 def _decode_timedelta(data: bytes) -> dt.timedelta:
