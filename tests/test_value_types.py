@@ -248,6 +248,16 @@ def test_a_named_fixed_offset_keeps_its_offset_not_its_name():
     assert back.utcoffset() == dt.timedelta(hours=1) and back.tzname() == "UTC+01:00"
 
 
+def test_a_fraction_with_terms_beyond_the_bound_is_refused_with_type_error():
+    # (decoding normalises with a gcd, quadratic in the digits: the bound keeps it cheap)
+    big = 2 ** (8 * valuetypes.MAX_FRACTION_BYTES - 1) - 1  # (the largest term that fits)
+    for value in (Fraction(big, 3), Fraction(1, big), Fraction(-big, big - 2)):
+        assert exact(round_trip(value), value)
+    for value in (Fraction(big + 1, 3), Fraction(1, big + 2), Fraction(-(big + 1), 1)):
+        with pytest.raises(TypeError, match="serializer='pickle'"):
+            MSGPACK.dumps([value])
+
+
 def test_sets_count_as_tuples_towards_the_nesting_limit():
     value = frozenset()  # (one level)
     for _ in range(MAX_TUPLE_DEPTH - 1):
@@ -339,6 +349,8 @@ HOSTILE = {
     "fraction negative denominator": (valuetypes.EXT_FRACTION, struct.pack("<I", 1) + b"\x01\xff"),
     "fraction no denominator": (valuetypes.EXT_FRACTION, struct.pack("<I", 1) + b"\x01"),
     "fraction length beyond": (valuetypes.EXT_FRACTION, struct.pack("<I", 2**32 - 1) + b"\x01\x01"),
+    "fraction terms too long": (valuetypes.EXT_FRACTION, struct.pack("<I", 5000) + b"\x07" * 5000 + b"\x03"),
+    "fraction denominator too long": (valuetypes.EXT_FRACTION, struct.pack("<I", 1) + b"\x07" + b"\x03" * 5000),
     "set of a map": (valuetypes.EXT_SET, msgpack.packb({"a": 1})),
     "set of a str": (valuetypes.EXT_SET, msgpack.packb("abc")),
     "set with a list member": (valuetypes.EXT_SET, msgpack.packb([[1]])),
