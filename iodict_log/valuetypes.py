@@ -56,7 +56,7 @@ _MICROSECOND = dt.timedelta(microseconds=1)
 
 
 def _int_bytes(value: int) -> bytes:
-    """Two's complement, little-endian, as few bytes as hold the sign."""
+    """Two's complement, little-endian, in (bit_length + 8) // 8 bytes: always room for the sign."""
     return value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
 
 
