@@ -542,8 +542,8 @@ def test_an_older_iodict_log_refuses_a_store_with_the_new_types(old_package, tmp
     assert {name: Path(path, name).read_bytes() for name in os.listdir(path) if name != "LOCK"} == before
 
 
-def test_a_store_an_older_iodict_log_wrote_reads_the_same_and_takes_the_new_types(old_package, tmp_path):
-    path = str(tmp_path / "store")
+def old_store(old_package, path: str) -> None:
+    """A store written by the older iodict_log: CURRENT and segment in version 1."""
     result = run_old(
         old_package,
         f"import iodict_log\nd = iodict_log.IODict({path!r})\n"
@@ -551,19 +551,32 @@ def test_a_store_an_older_iodict_log_wrote_reads_the_same_and_takes_the_new_type
     )
     assert result.returncode == 0, result.stderr
     assert file_version(os.path.join(path, MANIFEST_NAME)) == 1
+
+
+def test_a_store_an_older_iodict_log_wrote_reads_the_same_and_takes_the_new_types(old_package, tmp_path):
+    path = str(tmp_path / "store")
+    old_store(old_package, path)
     with iodict_log.IODict(path) as d:
         assert exact(dict(d), {"t": (1, [2]), "big": 2**64 - 1})
         d["s"] = {1, 2}
         assert exact(d["s"], {1, 2})
-    # Until CURRENT is rewritten in version 2 an older reader would take the set for a
-    # msgpack.ExtType: upgrade_manifest, before a writer's first append, closes that.
-    assert upgrade_manifest(path) is True
-    assert upgrade_manifest(path) is False
+    upgrade_manifest(path)  # (what a writer is to do before its first append: FORMAT.md, version 2)
     assert file_version(os.path.join(path, MANIFEST_NAME)) == 2
     result = run_old(old_package, OLD_OPEN.format(old=str(old_package), kind="IODict", path=path, read="dict(d)"))
     assert result.stdout.startswith("FormatVersionError"), result.stdout + result.stderr
     with iodict_log.IODict(path) as d:
         assert exact(dict(d), {"t": (1, [2]), "big": 2**64 - 1, "s": {1, 2}})
+
+
+def test_upgrade_manifest_rewrites_an_older_current_once_with_the_same_contents(old_package, tmp_path):
+    path = str(tmp_path / "store")
+    old_store(old_package, path)
+    before = Path(path, MANIFEST_NAME).read_bytes()
+    assert upgrade_manifest(path) is True
+    after = Path(path, MANIFEST_NAME).read_bytes()
+    assert after[8:10] == b"\x02\x00" and after[10:-4] == before[10:-4]  # (only the version and CRC differ)
+    assert upgrade_manifest(path) is False
+    assert Path(path, MANIFEST_NAME).read_bytes() == after
 
 
 def test_upgrade_manifest_of_a_directory_with_no_store_does_nothing(tmp_path):
