@@ -12,6 +12,7 @@ import random
 import struct
 import subprocess
 import sys
+import tempfile
 import uuid
 from decimal import Decimal
 from fractions import Fraction
@@ -445,6 +446,21 @@ def test_an_iodict_stores_every_type_and_gives_it_back_after_reopen(store_path):
         assert [exact(r.value, SAMPLE[r.key]) for r in d.records() if r.key in SAMPLE] == [True] * len(SAMPLE)
         d.compact()
         assert all(exact(d[key], value) for key, value in SAMPLE.items())
+
+
+@settings(max_examples=40, deadline=None)
+@given(values=st.lists(VALUES, min_size=1, max_size=6))
+def test_random_values_round_trip_through_a_store_and_its_reopening(values):
+    # (the native build's set, update and get hand these to the Serializer: its C packs scalars only)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "store")
+        with iodict_log.IODict(path) as d:
+            for i, value in enumerate(values):
+                d[i] = value
+            d.update({-1 - i: value for i, value in enumerate(values)})
+            assert all(exact(d[i], value) and exact(d[-1 - i], value) for i, value in enumerate(values))
+        with iodict_log.IODict(path) as d:
+            assert all(exact(d[i], value) and exact(d[-1 - i], value) for i, value in enumerate(values))
 
 
 def test_a_durable_queue_stores_every_type(store_path):
