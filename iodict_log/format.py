@@ -32,7 +32,11 @@ import lz4.block
 from .errors import CorruptionError, FormatVersionError
 from .native import core
 
-FORMAT_VERSION = 1
+# 2: values may hold the extension types of valuetypes.py (sets, datetimes, ...), which
+# a version-1 reader would hand out as msgpack.ExtType; the layout is version 1's, so
+# version 1 files are read as they are (docs/FORMAT.md, "Changing the format").
+FORMAT_VERSION = 2
+READ_VERSIONS = frozenset({1, 2})
 
 # --- segment header --------------------------------------------------------
 
@@ -58,7 +62,7 @@ def decode_segment_header(data: bytes) -> tuple[int, int]:
     if len(data) < SEGMENT_HEADER_SIZE or not data.startswith(SEGMENT_MAGIC):
         raise CorruptionError("not an iodict_log segment (bad magic)")
     _, version, kind, _, salt, crc = SEGMENT_HEADER.unpack_from(data)
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise FormatVersionError(version)
     if zlib.crc32(data[:16]) != crc:
         raise CorruptionError("segment header checksum mismatch")
@@ -535,7 +539,7 @@ def decode_manifest(data: bytes) -> Manifest:
     if not data.startswith(MANIFEST_MAGIC) or len(data) < MANIFEST_HEAD.size + COUNT.size:
         raise CorruptionError("not an iodict_log manifest (bad magic or too short)")
     _, version, kind, generation, seq_floor, bt_floor, count = MANIFEST_HEAD.unpack_from(data)
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise FormatVersionError(version)
     size = MANIFEST_HEAD.size + count * MANIFEST_NUMBER.size
     if len(data) != size + COUNT.size or zlib.crc32(data[:size]) != COUNT.unpack_from(data, size)[0]:
@@ -601,7 +605,7 @@ def _decode_snapshot(data: bytes, magic: bytes, cover: struct.Struct) -> tuple |
     _, version, _, salt, last_seq, last_birthtime, count = HINT_HEAD.unpack_from(data)
     start = HINT_HEAD.size + count * cover.size
     end = len(data) - COUNT.size
-    if version != FORMAT_VERSION or start > end:
+    if version not in READ_VERSIONS or start > end:
         return None
     if zlib.crc32(memoryview(data)[:end]) != COUNT.unpack_from(data, end)[0]:
         return None

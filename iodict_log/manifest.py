@@ -16,6 +16,8 @@ import os
 from .errors import CorruptionError, FormatVersionError
 from .fileops import read_file, replace_file
 from .format import (
+    FORMAT_VERSION,
+    MANIFEST_HEAD,
     MAX_SEQ,
     STORE_DICT,
     STORE_QUEUE,
@@ -69,3 +71,19 @@ def _beyond_limits(m: Manifest) -> str | None:
 
 def write_manifest(directory: str, manifest: Manifest) -> None:
     replace_file(os.path.join(directory, MANIFEST_NAME), encode_manifest(manifest))
+
+
+def upgrade_manifest(directory: str) -> bool:
+    """Rewrite CURRENT in this version's format if an older one wrote it; whether it did.
+
+    For a writer, with the store's file lock held, before its first append: once
+    it holds values only this version writes (valuetypes.py), an older reader
+    refuses the store (FormatVersionError) instead of misreading them. The
+    contents stay as they are, so other processes see no change of CURRENT.
+    """
+    manifest = read_manifest(directory)
+    path = os.path.join(directory, MANIFEST_NAME)
+    if manifest is None or MANIFEST_HEAD.unpack_from(read_file(path, max_bytes=_MAX_BYTES))[1] == FORMAT_VERSION:
+        return False
+    write_manifest(directory, manifest)
+    return True

@@ -2,16 +2,20 @@
 
 msgpack with two twists: tuples are an extension type so they come back as
 tuples (lists stay lists), and ``strict_types`` so subclasses (IntEnum, str
-subclasses, ...) are refused instead of silently losing their type. The one
-type msgpack changes anyway: bytearray and memoryview are stored as binary
-and come back as bytes. Keys are
+subclasses, ...) are refused instead of silently losing their type. Values may
+also be sets, frozensets, datetimes, dates, times, timedeltas, Decimals, UUIDs,
+complex numbers, Fractions and ints beyond 64 bits, each an extension type of
+its own (valuetypes.py) that decodes without running code. The one type msgpack
+changes anyway: bytearray and memoryview are stored as binary and come back as
+bytes. Keys are
 restricted to str, bytes, int and tuples of these, and brought to one canonical
 form (canonical_key), so keys equal in a dict always encode to equal bytes.
 
-Nesting is bounded both ways (docs/DESIGN.md, "Keys and values"). Each tuple
-level is a nested pack or unpack with a large C stack frame, so tuples nest at
-most MAX_TUPLE_DEPTH deep (MAX_KEY_DEPTH in a key); lists, dicts and tuples
-together at most MAX_DEPTH deep, so any reader may walk a value recursively.
+Nesting is bounded both ways (docs/DESIGN.md, "Keys and values"). Each tuple,
+set or frozenset level is a nested pack or unpack with a large C stack frame, so
+they nest at most MAX_TUPLE_DEPTH deep (tuples MAX_KEY_DEPTH in a key); lists,
+dicts, tuples and sets together at most MAX_DEPTH deep, so any reader may walk a
+value recursively.
 Encoding refuses more with TypeError; decoding counts tuple levels as it goes
 (it can never exhaust the C stack) and raises CorruptionError for anything the
 encoder could not have produced from a storable key or value: decode_key
@@ -28,51 +32,67 @@ from typing import Any, Callable
 
 import msgpack
 
+from . import valuetypes
 from .errors import CorruptionError, IODictLogError
 from .format import COMPRESS_MIN, FLAG_LZ4, FLAG_PICKLE, compress_value, lz4_bound, stored_value
+from .valuetypes import CONTAINER_CODES, CONTAINER_TYPES, ENCODERS, EXT_TUPLE
 
-EXT_TUPLE = 1
-MAX_TUPLE_DEPTH = 32  # tuples nested in a value, at most (each level costs ~40 kB of C stack to decode)
-MAX_DEPTH = 100  # lists, dicts and tuples nested in a value, at most
+MAX_TUPLE_DEPTH = 32  # tuples and sets nested in a value, at most (each level costs ~40 kB of C stack to decode)
+MAX_DEPTH = 100  # lists, dicts, tuples and sets nested in a value, at most
 MAX_KEY_DEPTH = 16  # tuples nested in a key, at most
 
 
 _OPTIONS = {"use_bin_type": True, "strict_types": True}
 _local = threading.local()  # Packers per thread: a Packer is not thread-safe
-_NESTED = frozenset({list, dict, tuple})
+_NESTED = frozenset({list, dict, tuple, set, frozenset})
 # What a damaged or forged msgpack can raise: FormatError, StackError, ExtraData
-# and UnicodeDecodeError are ValueErrors; TypeError is an unhashable map key.
+# and UnicodeDecodeError are ValueErrors; TypeError is an unhashable map key or set member.
 CONTAINER_BYTES = 4  # decoding a block beyond lz4_bound allows one container per this many bytes
 _DECODE_ERRORS = (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException)
+UNSUPPORTED = "serializer='pickle' stores any picklable object (only for files you trust)"
 
 
-def _tuple_default(depth: int) -> Callable[[Any], msgpack.ExtType]:
-    """The Packer ``default`` for tuples at nesting ``depth``: one function per depth, so no state."""
+def _ext_default(depth: int) -> Callable[[Any], msgpack.ExtType]:
+    """The Packer ``default`` at tuple nesting ``depth``: one function per depth, so no state.
+    Tuples, sets and frozensets pack their members with the next depth's Packer; the
+    other types msgpack lacks are valuetypes' leaves; anything else is a TypeError."""
 
     def default(obj: Any) -> msgpack.ExtType:
-        if type(obj) is tuple:
+        kind = type(obj)
+        code = CONTAINER_CODES.get(kind)
+        if code is not None:
             if depth >= MAX_TUPLE_DEPTH:
-                raise TypeError(f"tuples may nest at most {MAX_TUPLE_DEPTH} deep in a value")
+                raise TypeError(f"tuples may nest at most {MAX_TUPLE_DEPTH} deep in a value (sets count as tuples)")
             # The ExtType is built as the tuple it is: its checking __new__ costs more than the pack.
-            return tuple.__new__(msgpack.ExtType, (EXT_TUPLE, _packer(depth + 1).pack(list(obj))))
-        raise TypeError(f"cannot serialize {type(obj).__name__!r} object with msgpack")
+            return tuple.__new__(msgpack.ExtType, (code, _packer(depth + 1).pack(list(obj))))
+        leaf = ENCODERS.get(kind)
+        if leaf is not None:
+            return tuple.__new__(msgpack.ExtType, (leaf[0], leaf[1](obj)))
+        raise TypeError(f"cannot serialize {kind.__name__!r} object with msgpack; {UNSUPPORTED}")
 
     return default
 
 
-def _tuple_hooks(**options: Any) -> list[Callable[[int, bytes], Any]]:
-    """The Unpacker ``ext_hook`` for each tuple nesting depth: each decodes a tuple's
-    members with the next depth's, so the C recursion of nested unpacks is bounded.
+def _ext_hooks(containers: dict[int, type], leaves: bool, **options: Any) -> list[Callable[[int, bytes], Any]]:
+    """The Unpacker ``ext_hook`` for each tuple nesting depth: each decodes a tuple's (or
+    set's) members with the next depth's, so the C recursion of nested unpacks is bounded.
+    ``containers``: the ext codes decoded as containers, of which type; ``leaves``: whether
+    valuetypes' leaf codes are decoded too. Other codes come back as msgpack.ExtType.
     ``options`` go to every nested unpack too."""
     hooks: list[Callable[[int, bytes], Any]] = []
+    decoders = valuetypes.DECODERS if leaves else {}
 
     def at(depth: int) -> Callable[[int, bytes], Any]:
         def ext_hook(code: int, data: bytes) -> Any:
-            if code != EXT_TUPLE:
-                return msgpack.ExtType(code, data)
+            kind = containers.get(code)
+            if kind is None:
+                return valuetypes.decode(code, data) if code in decoders else msgpack.ExtType(code, data)
             if depth >= MAX_TUPLE_DEPTH:
                 raise CorruptionError(f"tuples nest more than {MAX_TUPLE_DEPTH} deep")
-            return tuple(msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=hooks[depth + 1], **options))
+            members = msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=hooks[depth + 1], **options)
+            if type(members) is not list:
+                raise CorruptionError(f"ext type {code} holds a {type(members).__name__}, not an array")
+            return kind(members)
 
         return ext_hook
 
@@ -80,8 +100,9 @@ def _tuple_hooks(**options: Any) -> list[Callable[[int, bytes], Any]]:
     return hooks
 
 
-_DEFAULTS = [_tuple_default(depth) for depth in range(MAX_TUPLE_DEPTH + 1)]
-_HOOKS = _tuple_hooks()
+_DEFAULTS = [_ext_default(depth) for depth in range(MAX_TUPLE_DEPTH + 1)]
+_KEY_HOOKS = _ext_hooks({EXT_TUPLE: tuple}, leaves=False)  # (keys hold no other type)
+_VALUE_HOOKS = _ext_hooks(CONTAINER_TYPES, leaves=True)
 
 
 def _packer(depth: int) -> msgpack.Packer:
@@ -107,9 +128,18 @@ def _pack(obj: Any) -> bytes:
 
 
 def unpack(data: bytes) -> Any:
-    """The one msgpack object in ``data`` (tuples at most MAX_TUPLE_DEPTH deep), else CorruptionError."""
+    """The one msgpack object in ``data`` with tuples (at most MAX_TUPLE_DEPTH deep) its only
+    extension decoded, else CorruptionError: what keys hold (decode_key, hint files)."""
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_HOOKS[0])
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_KEY_HOOKS[0])
+    except _DECODE_ERRORS as exc:
+        raise CorruptionError(f"msgpack does not decode: {type(exc).__name__}: {exc}") from None
+
+
+def unpack_value(data: bytes) -> Any:
+    """The one msgpack value in ``data``, every extension type of valuetypes decoded, else CorruptionError."""
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_VALUE_HOOKS[0])
     except _DECODE_ERRORS as exc:
         raise CorruptionError(f"msgpack does not decode: {type(exc).__name__}: {exc}") from None
 
@@ -127,7 +157,7 @@ def _unpack_budgeted(data: bytes) -> Any:
             raise CorruptionError(f"a highly compressed value holds over one container per {CONTAINER_BYTES} bytes")
         return obj
 
-    hooks = _tuple_hooks(list_hook=count, object_hook=count)
+    hooks = _ext_hooks(CONTAINER_TYPES, leaves=True, list_hook=count, object_hook=count)
     try:
         return msgpack.unpackb(
             data, raw=False, strict_map_key=False, ext_hook=hooks[0], list_hook=count, object_hook=count
@@ -268,7 +298,7 @@ class Serializer:
             stored = data
         if flags & FLAG_PICKLE:
             return self.loads(flags, stored)
-        return unpack(stored)
+        return unpack_value(stored)
 
     def loads(self, flags: int, data: bytes) -> Any:
         if flags & FLAG_PICKLE:
@@ -278,14 +308,14 @@ class Serializer:
                     "serializer='pickle' to read it (only for files you trust)"
                 )
             return pickle.loads(data)
-        return unpack(data)
+        return unpack_value(data)
 
 
 def _msgpack_dumps(value: Any) -> bytes:
     try:
         data = _pack(value)
     except (OverflowError, ValueError, RecursionError) as exc:
-        raise TypeError(f"cannot serialize value with msgpack: {exc}") from None
+        raise TypeError(f"cannot serialize value with msgpack: {exc}; {UNSUPPORTED}") from None
     # Every level of nesting takes at least one byte, so only longer values need the walk.
     if len(data) > MAX_DEPTH and type(value) in _NESTED and _nests_deeper(value, MAX_DEPTH):
         raise TypeError(f"lists, dicts and tuples may nest at most {MAX_DEPTH} deep in a value")

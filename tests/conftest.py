@@ -33,6 +33,8 @@ PURE_TOO = (
     "test_leases.py",
     "test_lease_processes.py",
     "test_aio.py",
+    "test_value_types.py",
+    "test_iodict_script.py",
 )
 
 collect_ignore = [] if importlib.util.find_spec("iodict_log._native") else list(NATIVE_TESTS)

@@ -9,7 +9,7 @@ import pytest
 from helpers import SALT
 
 from iodict_log import CorruptionError, FormatVersionError, fileops
-from iodict_log.format import KIND_COMPACTED, KIND_LOG, SEGMENT_HEADER_SIZE, Manifest, encode_frame
+from iodict_log.format import FORMAT_VERSION, KIND_COMPACTED, KIND_LOG, SEGMENT_HEADER_SIZE, Manifest, encode_frame
 from iodict_log.manifest import MANIFEST_NAME, read_manifest, write_manifest
 from iodict_log.segment import Segment, parse_segment_name, segment_name
 
@@ -76,7 +76,7 @@ def test_open_rejects_a_foreign_file_and_a_newer_version(tmp_path):
         Segment.open(str(tmp_path), 1)
     Segment.create(str(tmp_path), 2, KIND_LOG, SALT).close()
     data = bytearray((tmp_path / segment_name(2)).read_bytes())
-    data[8] = 2  # version field
+    data[8] = FORMAT_VERSION + 1  # version field
     (tmp_path / segment_name(2)).write_bytes(bytes(data))
     with pytest.raises(FormatVersionError, match=segment_name(2)):
         Segment.open(str(tmp_path), 2)
