@@ -32,6 +32,7 @@ PURE_TOO = (
     "test_open_files.py",
     "test_leases.py",
     "test_lease_processes.py",
+    "test_readonly.py",
 )
 
 collect_ignore = [] if importlib.util.find_spec("iodict_log._native") else list(NATIVE_TESTS)
