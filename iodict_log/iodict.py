@@ -306,6 +306,7 @@ class IODict(LogHandle, MutableMapping):
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         """Set many items as one atomic batch: after a crash all or none are there."""
+        self._refuse_writes()  # (before ``other`` is consumed)
         if isinstance(other, Mapping):
             pairs = [(key, other[key]) for key in other]
         elif hasattr(other, "keys"):

@@ -323,7 +323,8 @@ class Log:
                 raise IODictLogError(
                     f"{path}: not an iodict_log store (no {MANIFEST_NAME}); opened read-only, so nothing was created"
                 )
-        os.makedirs(path, exist_ok=True)
+        else:
+            os.makedirs(path, exist_ok=True)
         manifest = read_manifest(path)  # raises FormatVersionError before anything is written
         if manifest is not None and self._kind:
             self._refuse_other_kind(manifest.kind)  # (likewise; an older store's kind is known only once read)
@@ -368,8 +369,9 @@ class Log:
         """(Re)build all state from the files.
 
         With the lock (opening) it may create the store and deletes leftovers.
-        Without it (a reload after another process compacted), a segment may be
-        deleted under it by yet another compaction: then it starts over.
+        Without it (a reload after another process compacted, or any load of a
+        read-only reader), a segment may be deleted under it by yet another
+        compaction: then it starts over.
         """
         while True:
             manifest = read_manifest(self.directory)
