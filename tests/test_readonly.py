@@ -499,3 +499,32 @@ def test_a_dead_holders_lease_comes_back_in_a_read_only_count_and_its_file_stays
         assert reader.stats()["leased"] == 0
         assert sorted(os.listdir(path / "holders")) == holders  # (a writer deletes it, not a reader)
         assert listing(path) == before
+
+
+@pytest.mark.parametrize("kind", ["dict", "queue"])
+def test_closing_writes_no_hint_or_checkpoint_where_a_writer_would(tmp_path, kind):
+    """A store a writer left without closing (no HINT, no CHECKPOINT, and enough records
+    for a writable close to leave one): a read-only close leaves none."""
+    path = tmp_path / kind
+    code = textwrap.dedent(
+        """
+        import os, sys
+        from iodict_log import DurableQueue, IODict
+        if sys.argv[2] == "dict":
+            IODict(sys.argv[1]).update((f"k{i}", i) for i in range(12_000))
+        else:
+            DurableQueue(sys.argv[1]).put_many([b"x" * 100] * 12_000)
+        os._exit(0)  # (no close: nothing cached)
+        """
+    )
+    subprocess.run([sys.executable, "-c", code, str(path), kind], check=True, timeout=60)
+    cache = "HINT" if kind == "dict" else "CHECKPOINT"
+    assert not (path / cache).exists()
+    before = listing(path)
+    opened = IODict if kind == "dict" else DurableQueue
+    with opened(path, readonly=True) as store:
+        assert (len(store) if kind == "dict" else store.qsize()) == 12_000
+    assert listing(path) == before
+    with opened(path):
+        pass
+    assert (path / cache).exists()  # (what a writable close does, and the read-only one did not)
