@@ -301,9 +301,8 @@ AS_NOBODY = textwrap.dedent(
 
 @pytest.fixture
 def unwritable(tmp_path):
-    """A directory owned by root, 0755, that uid 65534 can read but not write."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root, to drop to another uid")  # (the suite runs as root)
+    """A directory owned by root, 0755, that uid 65534 can read but not write. (The suite
+    runs as root, which may drop to another uid; the children's setuid fails otherwise.)"""
     base = Path(tempfile.mkdtemp(prefix="iodict-readonly-"))
     os.chmod(base, 0o755)
     yield base
@@ -311,7 +310,7 @@ def unwritable(tmp_path):
 
 
 @pytest.mark.parametrize("lock", ["lock", "no-lock"])
-def test_a_dict_in_a_directory_the_process_cannot_write(unwritable, tmp_path, lock, capsys):
+def test_a_dict_in_a_directory_the_process_cannot_write(unwritable, tmp_path, lock):
     path = unwritable / "d"
     expected = make_dict(path, 100)
     if lock == "no-lock":
@@ -466,9 +465,9 @@ def test_the_reading_commands_change_nothing_even_after_a_crash(tmp_path, comman
     make_dict(path, 60)
     crash_writer(path, "batch.half", "d.update({'t1': 1, 't2': 2})")  # (a torn tail stats once cut)
     before = listing(path)
-    assert cli_main([command, str(path)]) in (0, 1)
+    assert cli_main([command, str(path)]) == 0  # (half a batch is an append not finished: no damage)
     assert listing(path) == before
-    capsys.readouterr()
+    assert capsys.readouterr().err == ""
 
 
 def test_a_dead_holders_lease_comes_back_in_a_read_only_count_and_its_file_stays(tmp_path):
