@@ -8,6 +8,7 @@ from .errors import (
     IODictLogError,
     LeaseExpiredError,
     LockTimeoutError,
+    ReadOnlyError,
     StoreClosedError,
 )
 from .flushqueue import FlushQueue
@@ -24,6 +25,7 @@ __all__ = [
     "IODictLogError",
     "LeaseExpiredError",
     "LockTimeoutError",
+    "ReadOnlyError",
     "Record",
     "StoreClosedError",
 ]

@@ -8,7 +8,8 @@
  * deadline, no group commit or sync=True, no crash point armed, no faulty file
  * operations installed (tests/faultyfs.py), no roll due, nothing another
  * process changed (the change counter, or under flock the file size), not a
- * forked child with closed descriptors. In any other case it answers 0 having
+ * forked child with closed descriptors, not a read-only Log (which never takes
+ * the lock: its Python path raises ReadOnlyError). In any other case it answers 0 having
  * changed nothing, and the caller leaves the whole operation to Python, which
  * does the rare work and raises the errors.
  *
@@ -31,7 +32,7 @@
 
 /* Handed over by log.py at import (setup_log). */
 static PyObject *RLockType, *ReloadNeeded, *rlock_acquire, *rlock_release, *fileops_dict, *os_write, *os_ftruncate, *crashpoints_dict, *filelock_dict;
-static PyObject *s_forked, *s_sync_interval, *s_sync_always, *s_end, *s_segment_bytes, *s_last_seq,
+static PyObject *s_readonly, *s_forked, *s_sync_interval, *s_sync_always, *s_end, *s_segment_bytes, *s_last_seq,
     *s_last_birthtime, *s_segments, *s_file_lock, *s_changes, *s_fd, *s_lock_fd, *s_salt, *s_depth, *s_generation,
     *s_deadline, *s_mutex, *s_counter, *s_owner_died, *s_acquire, *s_release, *s_write, *s_ftruncate, *s_ARMED,
     *s_fork_generation, *s_view, *s_sealed_size, *s_refresh, *s_zero, *s_one;
@@ -398,7 +399,8 @@ int append_begin(Appender *a, PyObject *log) {
     a->ldict = ldict;
     long long generation, fork_generation, depth, mutex = 0, counter = 0, lock_fd = -1;
     /* (_sync_error is set only by a group commit: sync_interval None means none) */
-    if (dict_get(ldict, s_forked) != Py_False || dict_get(ldict, s_sync_interval) != Py_None ||
+    if (dict_get(ldict, s_readonly) != Py_False || dict_get(ldict, s_forked) != Py_False ||
+        dict_get(ldict, s_sync_interval) != Py_None ||
         dict_get(ldict, s_sync_always) != Py_False)
         goto python;
     PyObject *filelock = dict_get(ldict, s_file_lock), *segments = dict_get(ldict, s_segments);
@@ -576,7 +578,7 @@ PyMethodDef log_methods[] = {
 int log_init(PyObject *module) {
 #define INTERN(var, text) \
     if ((var = PyUnicode_InternFromString(text)) == NULL) return -1;
-    INTERN(s_forked, "_forked") INTERN(s_sync_interval, "sync_interval") INTERN(s_sync_always, "sync_always")
+    INTERN(s_readonly, "readonly") INTERN(s_forked, "_forked") INTERN(s_sync_interval, "sync_interval") INTERN(s_sync_always, "sync_always")
     INTERN(s_end, "_end") INTERN(s_segment_bytes, "segment_bytes")
     INTERN(s_last_seq, "last_seq") INTERN(s_last_birthtime, "last_birthtime") INTERN(s_segments, "_segments")
     INTERN(s_file_lock, "file_lock") INTERN(s_changes, "_changes") INTERN(s_fd, "fd") INTERN(s_lock_fd, "_fd")

@@ -335,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "stats",
         "counts and sizes of a store",
-        "Count the keys or queue items of a store and its live and dead bytes, from its segments.",
+        "Count the keys or queue items of a store and its live and dead bytes, from its segments.\n"
+        "Opens the store read-only: takes no lock and changes nothing.",
     )
     stats.add_argument("path", help="the store directory")
     stats.add_argument("--json", action="store_true", help="one JSON object instead of lines")
@@ -382,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
         "dump",
         "replay the log in order as JSON lines (see docs/OPERATIONS.md)",
         "Print every record in sequence order as one line of strict JSON (RFC 8259);\n"
-        "values JSON cannot carry are tagged as docs/OPERATIONS.md describes.",
+        "values JSON cannot carry are tagged as docs/OPERATIONS.md describes.\n"
+        "Opens the store read-only: takes no lock and changes nothing.",
         'exit status: 0 every record shown; 1 some record could not be shown (an "error"\n'
         "line) or damage was skipped (a warning); 2 bad arguments or not a store",
     )

@@ -116,6 +116,10 @@ class DurableQueue(LogHandle, queue.Queue):
     ``lease()`` hands an item out until it is acked: ``lease_timeout``
     (seconds) bounds how long a lease lasts without ``extend()``, and an item
     delivered ``max_deliveries`` times without an ack becomes a dead letter.
+
+    ``readonly=True`` opens without ever changing the directory (CONTRACT §12):
+    qsize, empty, stats and dead_letters follow other processes; put, put_many,
+    get, lease and retry_dead_letters (which consume or add) raise ReadOnlyError.
     """
 
     def __init__(
@@ -131,6 +135,7 @@ class DurableQueue(LogHandle, queue.Queue):
         max_open_segments: int = 32,
         lease_timeout: float | None = None,
         max_deliveries: int | None = None,
+        readonly: bool = False,
     ) -> None:
         check_options(sync, segment_bytes, max_open_segments)
         maxsize, semaphore = _maxsize_and_semaphore(maxsize, semaphore)
@@ -145,6 +150,7 @@ class DurableQueue(LogHandle, queue.Queue):
             "serializer": serializer,
             "segment_bytes": segment_bytes,
             "max_open_segments": max_open_segments,
+            "readonly": readonly,
         }
         super().__init__(maxsize)
         self.path = fileops.store_path(path)
@@ -152,7 +158,7 @@ class DurableQueue(LogHandle, queue.Queue):
         self._lock = make_lock(lock, self)
         self._serializer = Serializer(serializer)
         self._pending = PendingItems(self.path)
-        self._leases = LeasedItems(self._pending, Holders(self.path))
+        self._leases = LeasedItems(self._pending, Holders(self.path, readonly=readonly))
         self._held = self._leases.held  # (what the C core's get looks at: it runs only while empty)
         self._lent: set[tuple[int, int]] = set()  # (id, delivery) of the leases this object holds
         self._gotten = 0  # items this object handed out and task_done() has not matched yet
@@ -167,6 +173,7 @@ class DurableQueue(LogHandle, queue.Queue):
             checkpoints=True,
             kind="queue",
             max_open_segments=max_open_segments,
+            readonly=readonly,
         )
         _queues[id(self)] = self
 
@@ -405,6 +412,7 @@ class DurableQueue(LogHandle, queue.Queue):
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         """Put ``item``; with a maxsize, wait for room (or raise queue.Full)."""
+        self._refuse_writes()
         if (
             _put_one is not None
             and block
@@ -417,6 +425,7 @@ class DurableQueue(LogHandle, queue.Queue):
 
     def put_many(self, items: Iterable[Any], block: bool = True, timeout: float | None = None) -> None:
         """Put all ``items`` as one atomic batch: after a crash all of them are there or none."""
+        self._refuse_writes()
         deadline = self._deadline(block, timeout)
         encoded = [self._serializer.encode(item) for item in items]
         if not encoded:
@@ -435,6 +444,7 @@ class DurableQueue(LogHandle, queue.Queue):
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Remove and return the oldest item; wait for one (or raise queue.Empty)."""
+        self._refuse_writes()  # (a get consumes)
         if _get_one is not None and block and timeout is None:
             item = _get_one(self)
             if item is not NotImplemented:
@@ -448,6 +458,7 @@ class DurableQueue(LogHandle, queue.Queue):
         """Deliver the oldest item on lease, without consuming it; wait for one (or raise
         queue.Empty). ``ack()`` the Lease when done; until then the item comes back if
         it is released, this process dies, or ``lease_timeout`` passes."""
+        self._refuse_writes()
         if _lease_one is not None and block and timeout is None:
             lease = _lease_one(self, Lease)
             if lease is not NotImplemented:
@@ -529,6 +540,7 @@ class DurableQueue(LogHandle, queue.Queue):
         letter whose bytes fail their checksum meanwhile is dropped with a
         CorruptionWarning (counted), like a damaged item at the head.
         """
+        self._refuse_writes()
         count = self._write(self._retry)
         if count:
             self._announce_puts()
@@ -563,7 +575,9 @@ class DurableQueue(LogHandle, queue.Queue):
         """Hand back the leases this object holds (no one could ack them now), and leave a
         checkpoint of the queue's state, so that the next open need not replay the backlog.
         Best effort: skipped if the write lock is not free in CLOSE_WAIT (the leases then
-        come back when this process ends, or their lease_timeout passes)."""
+        come back when this process ends, or their lease_timeout passes). Nothing when read-only."""
+        if log.readonly:
+            return
         lock = log.file_lock
         lock.deadline = time.monotonic() + CLOSE_WAIT
         try:

@@ -34,6 +34,10 @@ class LockTimeoutError(IODictLogError, TimeoutError):
     process holds it: stopped, slow, or in a long repair)."""
 
 
+class ReadOnlyError(IODictLogError):
+    """A write was asked of a store opened with ``readonly=True``; nothing was changed."""
+
+
 class LeaseExpiredError(IODictLogError):
     """A lease was acked, released or extended after it came back (its lease_timeout passed,
     it was released or acked already, or its holder was judged dead); nothing was changed."""

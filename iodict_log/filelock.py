@@ -31,6 +31,12 @@ after the parent dies. So a child closes its copy of every flock descriptor at
 fork time (a fork hook) and opens its own description the first time it locks.
 Under the mutex protocol the descriptor is closed once the file is mapped.
 
+A read-only reader (``readonly=True``, docs/CONCURRENCY.md "Read-only readers")
+never takes the lock and never creates, initialises or writes LOCK: it maps an
+initialised LOCK read-only (PROT_READ) for its change counter, and without one
+(no LOCK, not readable, not laid out yet) ``changes()`` is NaN, so every
+catch-up looks at the file's end instead. Taking the lock raises ReadOnlyError.
+
 The lock file is opened as a regular file only, never through a link: a LOCK
 that is a dangling link must not create the file it points to.
 """
@@ -48,7 +54,7 @@ from typing import Any
 import portalocker
 
 from . import fileops
-from .errors import CorruptionError, IODictLogError, LockTimeoutError
+from .errors import CorruptionError, IODictLogError, LockTimeoutError, ReadOnlyError
 from .native import core
 
 if sys.platform != "win32":
@@ -313,10 +319,11 @@ class FileLock:
 
     ``mapped``: the path is a store's LOCK file, mapped, with its change counter
     and its protocol (the module docstring). A forked child never holds or
-    releases what its parent holds.
+    releases what its parent holds. ``readonly``: only the counter, read through
+    a read-only mapping if LOCK is there; the lock itself is never taken.
     """
 
-    def __init__(self, path: str, mapped: bool = False) -> None:
+    def __init__(self, path: str, mapped: bool = False, readonly: bool = False) -> None:
         self.path = path
         # A time.monotonic() by which taking the lock must succeed, or LockTimeoutError:
         # set around one call by whoever serialises this object's users (LogHandle).
@@ -333,10 +340,15 @@ class FileLock:
         self._count: Any = None  # (pure build) a ctypes u64 over the counter
         self._released = 0  # the counter value this object's last release produced
         self.protocol = "flock"
-        if mapped:
-            self._attach()
-        if not self._mutex:
-            self._open()
+        self.readonly = readonly
+        if readonly:
+            if mapped:
+                self._attach_readonly()
+        else:
+            if mapped:
+                self._attach()
+            if not self._mutex:
+                self._open()
         self._generation = _fork_generation
         _every_lock.add(self)
 
@@ -368,10 +380,35 @@ class FileLock:
         if protocol == PROTOCOL_MUTEX:
             self._mutex = address + MUTEX_OFFSET
 
-    def _map_file(self, fd: int) -> int:
+    def _attach_readonly(self) -> None:
+        """Map an initialised LOCK read-only, for its counter; without one, no counter."""
+        if _mmap is None:  # pragma: no cover - Windows: no counter
+            return
+        try:
+            fd = fileops.open_regular(self.path, os.O_RDONLY, opener=os.open)
+        except (OSError, CorruptionError):
+            return  # (missing, unreadable or not a file: every catch-up looks at the file's end)
+        try:
+            header = os.pread(fd, LOCK_HEADER.size, 0)
+            if (
+                len(header) < LOCK_HEADER.size
+                or header[:8] != LOCK_MAGIC
+                or LOCK_HEADER.unpack(header)[1] != LOCK_VERSION
+                or os.fstat(fd).st_size != LOCK_FILE_SIZE
+            ):
+                return  # (not laid out yet, or not one this version reads: no counter)
+            address = self._map_file(fd, writable=False)
+        finally:
+            os.close(fd)
+        self._map = address
+        self._counter = address + COUNTER_OFFSET
+        self._count = _U64.from_address(self._counter)
+        self.protocol = PROTOCOLS.get(LOCK_HEADER.unpack(header)[2], "flock")
+
+    def _map_file(self, fd: int, writable: bool = True) -> int:
         """Map the whole LOCK file, shared; its address. (Through libc, not the mmap
         module, which keeps a duplicate descriptor a forked child would inherit.)"""
-        prot = _mmap_module.PROT_READ | _mmap_module.PROT_WRITE
+        prot = _mmap_module.PROT_READ | (_mmap_module.PROT_WRITE if writable else 0)
         address = _mmap(None, LOCK_FILE_SIZE, prot, _mmap_module.MAP_SHARED, fd, 0)
         if address in (None, ctypes.c_void_p(-1).value):
             err = ctypes.get_errno()
@@ -445,7 +482,7 @@ class FileLock:
     def _check_fork(self) -> None:
         if self._generation != _fork_generation:
             # (The fork hook closed an inherited flock descriptor, which may hold the parent's lock.)
-            if not self._mutex:
+            if not self._mutex and not self.readonly:
                 self._open()
             self._generation = _fork_generation
             self._depth = 0
@@ -485,12 +522,17 @@ class FileLock:
                     raise self._mutex_error(exc) from exc
                 if taken:
                     self._taken(taken)
+            elif self.readonly:
+                raise self._refused()
             elif self.deadline is None:
                 _flock(self._fd, _EX)
             elif not self._lock_by(self.deadline):
                 raise LockTimeoutError(f"{self.path}: another process holds the lock")
         self._depth += 1
         return self
+
+    def _refused(self) -> ReadOnlyError:
+        return ReadOnlyError(f"{self.path}: the store is open read-only; its write lock is never taken")
 
     def _taken(self, taken: int) -> None:
         """take_mutex said 1 (from a holder that died) or 2 (not by the deadline)."""
@@ -536,6 +578,8 @@ class FileLock:
         if timeout is None:
             self.__enter__()
             return True
+        if self.readonly:
+            raise self._refused()
         self._check_fork()
         if self._depth == 0:
             if self._mutex:
@@ -553,6 +597,8 @@ class FileLock:
 
     def try_acquire(self) -> bool:
         """Take the lock if nobody holds it; whether it was taken."""
+        if self.readonly:
+            raise self._refused()
         self._check_fork()
         if self._depth == 0:
             if self._mutex:

@@ -91,8 +91,11 @@ def holder_name(token: int) -> str:
 class Holders:
     """One store's holders as this process sees them: its own token, and who lives."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, readonly: bool = False) -> None:
         self.directory = os.path.join(directory, HOLDERS_DIR)
+        # A read-only reader only judges: it tries a shared lock through a read-only
+        # descriptor (the holder's exclusive one refuses it just the same) and deletes nothing.
+        self.readonly = readonly
         self._alive_until: dict[int, float] = {}  # token -> time.monotonic() it is believed alive until
         self._key: tuple[int, int] | None = None  # the directory's (device, inode), once it exists
 
@@ -154,7 +157,8 @@ class Holders:
         if (info.st_dev, info.st_ino) in _mine.files:
             return True  # ours: never opened here, as closing it would drop our lock
         try:
-            fd = os.open(path, os.O_RDWR | fileops.NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+            mode = os.O_RDONLY if self.readonly else os.O_RDWR
+            fd = os.open(path, mode | fileops.NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             self._alive_until.pop(token, None)
             return False
@@ -162,12 +166,14 @@ class Holders:
             return True  # (not ours to judge: no access. The lease_timeout, if any, still holds)
         try:
             try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.lockf(fd, (fcntl.LOCK_SH if self.readonly else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             except OSError as exc:
                 if exc.errno not in _BUSY:
                     return True
                 self._alive_until[token] = now + CHECK_EVERY
                 return True
+            if self.readonly:
+                return False  # (its file stays for a writer to delete)
             try:
                 os.unlink(path)  # dead: its file goes (we hold its lock, so no one else judges it now)
             except OSError:

@@ -4,7 +4,9 @@
 each record a reader would refuse (a key or a msgpack value that does not
 decode, a TAKE naming no record), with its file and offset; a damaged or
 missing CURRENT is damage too. It takes no lock and changes nothing, so it is
-safe while applications use the store.
+safe while applications use the store. ``stats``, ``dump`` and the dead-letter
+listing open the store read-only (``open_log``: Log(readonly=True)), so none of
+the tool's reading commands changes a byte, even on a store it cannot write.
 
 Every segment is read one at a time (files over 64 MiB are memory-mapped, not
 read), so memory stays bounded by about one segment; no legitimate record lies
@@ -377,7 +379,7 @@ class Census:
 
     def __init__(self, path: str) -> None:
         self.keys = KeyIndex(decode_key)
-        self.items = LeasedItems(PendingItems(), Holders(path))
+        self.items = LeasedItems(PendingItems(), Holders(path, readonly=True))  # (judges, deletes nothing)
 
     def attach(self, log: Any) -> None:
         self.items.attach(log)  # (a long backlog is read back from the log)
@@ -396,9 +398,10 @@ class Census:
 
 
 def open_log(path: str, census: Census) -> Log:
-    """Open an existing store (never create one) with ``census`` as its consumer."""
+    """Open an existing store read-only (never create or change anything) with ``census``
+    as its consumer."""
     require_store(path)
-    return Log(path, census, sync=False, segment_bytes=64 * 2**20)
+    return Log(path, census, sync=False, segment_bytes=64 * 2**20, readonly=True)
 
 
 MAX_DUMP_DEPTH = 1000  # containers nested in one value that dump shows; deeper is an error record

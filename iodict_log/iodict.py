@@ -59,6 +59,10 @@ class IODict(LogHandle, MutableMapping):
     can hold (``1.5``, ``None``) is simply missing for lookups (KeyError, False,
     the default) and a TypeError for writes; an unhashable one is a TypeError,
     as in a dict. Internally keys are index keys (index.index_key).
+
+    ``readonly=True`` opens without ever changing the directory (CONTRACT §12):
+    it follows other processes' writes, and every write method raises
+    ReadOnlyError, changing nothing.
     """
 
     def __init__(
@@ -75,6 +79,7 @@ class IODict(LogHandle, MutableMapping):
         compact_min_bytes: int = 2**20,
         lock_timeout: float | None = None,
         max_open_segments: int = 32,
+        readonly: bool = False,
     ) -> None:
         check_options(sync, segment_bytes, max_open_segments)
         if compression not in ("lz4", None):
@@ -93,6 +98,7 @@ class IODict(LogHandle, MutableMapping):
             "compression": compression,
             "segment_bytes": segment_bytes,
             "max_open_segments": max_open_segments,
+            "readonly": readonly,
         }
         self._serializer = Serializer(serializer)
         self._lock = make_lock(lock, self)
@@ -116,6 +122,7 @@ class IODict(LogHandle, MutableMapping):
             hints=True,
             kind="dict",
             max_open_segments=max_open_segments,
+            readonly=readonly,
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -299,6 +306,7 @@ class IODict(LogHandle, MutableMapping):
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         """Set many items as one atomic batch: after a crash all or none are there."""
+        self._refuse_writes()  # (before ``other`` is consumed)
         if isinstance(other, Mapping):
             pairs = [(key, other[key]) for key in other]
         elif hasattr(other, "keys"):
@@ -404,6 +412,7 @@ class IODict(LogHandle, MutableMapping):
         already running (here or in another process) to finish first.
         ``progress(done, total)``, if given, is called as keys are copied.
         """
+        self._refuse_writes()  # (before COMPACT.LOCK, which taking would create)
         self._catch_up()  # (StoreClosedError before waiting for anything)
         lock = compaction.compaction_lock(self.path)
         try:
@@ -518,8 +527,8 @@ class IODict(LogHandle, MutableMapping):
 
     def _before_close(self, log: Log) -> None:
         """Write a hint file if worth it. Best effort: skipped while another process
-        compacts (which writes one too)."""
-        if not log.wants_hint():
+        compacts (which writes one too); never for a read-only store."""
+        if log.readonly or not log.wants_hint():
             return
         try:
             lock = compaction.compaction_lock(self.path)

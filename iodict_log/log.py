@@ -44,6 +44,26 @@ parent's logs at once (a fork hook), and on first use opens its own on the
 same segments: a child never keeps the parent's segments (or, filelock.py,
 its write lock) past the fork.
 
+Read-only readers (``readonly=True``; docs/CONCURRENCY.md "Read-only readers"
+tells the same story): a reader that never changes the directory. It never
+takes the write lock and never creates anything (not LOCK, a segment, CURRENT,
+a hint or a checkpoint): it reads the change counter through a read-only
+mapping of LOCK when LOCK is there and laid out (else it looks at the file's
+end on every call), opens every segment O_RDONLY, and records no kind in
+CURRENT. Where a writer would take the lock, it does without: at bytes past the
+last whole frame it stops (a torn tail is not cut: it is ignored, as an append
+not yet finished is not yet seen; the next call looks again once the counter
+moves); at a SEAL it reads CURRENT without the lock (CURRENT is replaced
+atomically, after the SEAL): a prefix of it means a roll, followed; CURRENT
+still ending with the sealed segment means a roll (or a compaction's commit)
+not finished yet, so it stays before the SEAL and meets it again next call;
+anything else is a compaction, and it rebuilds from the files, starting over
+if a segment goes meanwhile (_load). A segment cut back (a repair) also
+reloads. Leftovers of interrupted steps stay where they are. Every write
+raises ReadOnlyError before anything happens (LogHandle._write, and the
+FileLock itself refuses to be taken); the C core's append_begin declines a
+read-only Log.
+
 Open files: each Log holds at most ``max_open_segments`` segment descriptors, the
 active segment's and a clock of the sealed ones most recently read; the others
 are parked and reopen by path on their next read (segment.py says how, and
@@ -66,7 +86,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 from . import crashpoints, filelock, fileops
 from .checkpoint import CHECKPOINT_MIN_BYTES, CHECKPOINT_NAME, CHECKPOINT_TMP_NAME, read_checkpoint, write_checkpoint
 from .compaction import SOURCE_FILES, Sources, Written, install, is_compaction_file
-from .errors import CorruptionError, CorruptionWarning, IODictLogError, StoreClosedError
+from .errors import CorruptionError, CorruptionWarning, IODictLogError, ReadOnlyError, StoreClosedError
 from .filelock import FileLock
 from .fileops import sync_directory
 from .format import (
@@ -210,7 +230,8 @@ class Log:
     The caller serialises calls (one thread at a time); the log serialises
     processes. ``consumer`` receives every committed data frame, in order.
     ``kind`` ("dict", "queue", or None to accept either, for the tools) is what
-    the store must hold; IODictLogError if it holds the other.
+    the store must hold; IODictLogError if it holds the other. ``readonly``: never
+    change the directory (the module docstring says how it keeps up without the lock).
     """
 
     def __init__(
@@ -224,10 +245,12 @@ class Log:
         checkpoints: bool = False,
         kind: str | None = None,
         max_open_segments: int = 32,
+        readonly: bool = False,
     ) -> None:
         if kind not in STORE_KINDS:
             raise ValueError(f"kind must be 'dict', 'queue' or None, not {kind!r}")
         self.directory = directory = fileops.store_path(directory)
+        self.readonly = bool(readonly)  # (exactly a bool: the C core's append_begin compares with False)
         self.segment_bytes = segment_bytes
         self.sync_interval: float | None = None if isinstance(sync, bool) else float(sync)
         self.sync_always = sync is True
@@ -261,11 +284,16 @@ class Log:
         if attach is not None:
             attach(self)
         self._check_directory()
-        self.file_lock = FileLock(os.path.join(directory, LOCK_NAME), mapped=True)  # around refresh() + append_*()
+        # Around refresh() + append_*(); a read-only reader's only reads the change counter.
+        self.file_lock = FileLock(os.path.join(directory, LOCK_NAME), mapped=True, readonly=readonly)
         # The LOCK file's change counter as of our last complete catch-up (refresh): while
         # it still reads the same, nobody changed anything since. -1: never caught up.
         self._changes: float = -1
         try:
+            if readonly:
+                self._load()
+                self._settle_kind()
+                return
             with self.file_lock:
                 # Create the store, or delete what interrupted steps left; then read it
                 # without the lock, so a big store opening does not hold up writers.
@@ -284,11 +312,19 @@ class Log:
     # --- opening ----------------------------------------------------------
 
     def _check_directory(self) -> None:
-        """Create the directory, or make sure it is a store this version can read."""
+        """Create the directory (not when read-only), or make sure it is a store this version can read."""
         path = self.directory
         if os.path.exists(path) and not os.path.isdir(path):
             raise NotADirectoryError(20, "not a directory (an iodict_log store is a directory)", path)
-        os.makedirs(path, exist_ok=True)
+        if self.readonly:
+            if not os.path.isdir(path):
+                raise FileNotFoundError(2, "no store here (a read-only opening creates nothing)", path)
+            if not os.path.exists(os.path.join(path, MANIFEST_NAME)):
+                raise IODictLogError(
+                    f"{path}: not an iodict_log store (no {MANIFEST_NAME}); opened read-only, so nothing was created"
+                )
+        else:
+            os.makedirs(path, exist_ok=True)
         manifest = read_manifest(path)  # raises FormatVersionError before anything is written
         if manifest is not None and self._kind:
             self._refuse_other_kind(manifest.kind)  # (likewise; an older store's kind is known only once read)
@@ -306,8 +342,8 @@ class Log:
         if not self._kind:
             return
         self._refuse_other_kind(self._manifest.kind or self._seen)
-        if self._manifest.kind:
-            return
+        if self._manifest.kind or self.readonly:
+            return  # (a read-only reader records nothing: writers record the kind)
         with self.file_lock:
             self.refresh()  # (what was appended since the scan counts too)
             manifest = read_manifest(self.directory)
@@ -333,8 +369,9 @@ class Log:
         """(Re)build all state from the files.
 
         With the lock (opening) it may create the store and deletes leftovers.
-        Without it (a reload after another process compacted), a segment may be
-        deleted under it by yet another compaction: then it starts over.
+        Without it (a reload after another process compacted, or any load of a
+        read-only reader), a segment may be deleted under it by yet another
+        compaction: then it starts over.
         """
         while True:
             manifest = read_manifest(self.directory)
@@ -367,7 +404,9 @@ class Log:
         numbers = manifest.segments
         for i, number in enumerate(numbers):
             self._segments.append(
-                Segment.open(self.directory, number, writable=i == len(numbers) - 1, files=self._files)
+                Segment.open(
+                    self.directory, number, writable=i == len(numbers) - 1, files=self._files, readonly=self.readonly
+                )
             )
         first, start = self._restore_hint() or self._restore_checkpoint() or (0, SEGMENT_HEADER_SIZE)
         if self.hinted_seq >= 0:
@@ -618,7 +657,9 @@ class Log:
         active = self._segments[-1]
         assert active is not None  # (the last segment is never dropped)
         try:
-            self._segments[-1] = Segment.open(self.directory, active.number, writable=True, files=self._files)
+            self._segments[-1] = Segment.open(
+                self.directory, active.number, writable=True, files=self._files, readonly=self.readonly
+            )
         except CorruptionError:
             self._load()
 
@@ -638,13 +679,21 @@ class Log:
             active = self._active
             size = active.size()
             if size < self._end:  # cut back behind our back (repair): start over
+                if self.readonly:
+                    self._load()  # (without the lock: it starts over if a segment goes meanwhile)
+                    return
                 with self.file_lock:
                     self._load()
                 return
             sealed = self._scan(len(self._segments) - 1, active.read_from(self._end))
             if sealed:  # (_end stays before the SEAL, so until it is followed every refresh meets it again)
-                with self.file_lock:
-                    reload = self._follow_seal()
+                if self.readonly:
+                    reload = self._follow_seal()  # (CURRENT read without the lock: replaced atomically)
+                    if reload is None:
+                        return  # a roll not finished yet: stay before the SEAL, meet it again next call
+                else:
+                    with self.file_lock:
+                        reload = self._follow_seal()
                 if reload:
                     if defer_reload and self.file_lock.depth == 1:
                         raise ReloadNeeded
@@ -652,6 +701,8 @@ class Log:
                 continue
             if active.size() == self._end:
                 return
+            if self.readonly:
+                return  # an append in progress or a torn tail: not yet seen, or ignored
             if not self.file_lock.held:
                 # An append in progress, or torn by a crash: wait for the writer, then look again.
                 with self.file_lock:
@@ -706,9 +757,11 @@ class Log:
         self._end = start
         self._scan(slot, self._live(slot).read_from(start), complete=True)
 
-    def _follow_seal(self) -> bool:
+    def _follow_seal(self) -> bool | None:
         """The last segment is sealed: move on to the next one; True if the index
-        must be rebuilt instead (by _load, best without the lock). Needs the lock."""
+        must be rebuilt instead (by _load, best without the lock). Needs the lock,
+        but for a read-only reader, which cannot finish a roll: None then, if CURRENT
+        still ends with the sealed segment (the roller is in its step 2 or died there)."""
         manifest = read_manifest(self.directory)
         listed = manifest.segments if manifest else ()
         kept = self._forget_unlisted(listed)
@@ -718,6 +771,8 @@ class Log:
         if lost_place is not None and lost_place(self._first_live):
             return True  # a queue consumer deleted segments this process had yet to read back
         if listed == kept:
+            if self.readonly:
+                return None
             self._roll_after_seal()  # the roller died after sealing
             return False
         assert manifest is not None  # (it lists more segments than this process keeps)
@@ -733,7 +788,9 @@ class Log:
         previous.seal()  # (no longer the last)
         for number in listed[known:]:
             self._segments.append(
-                Segment.open(self.directory, number, writable=number == listed[-1], files=self._files)
+                Segment.open(
+                    self.directory, number, writable=number == listed[-1], files=self._files, readonly=self.readonly
+                )
             )
         for slot in range(first_new, len(self._segments) - 1):
             self._scan_complete(slot)  # sealed in the meantime: read whole
@@ -1265,7 +1322,7 @@ class Log:
     def close(self) -> None:
         """Close the files; with group commit, fsync first (its error propagates)."""
         try:
-            if self.sync_interval is not None and self._segments and not self._forked:
+            if self.sync_interval is not None and self._segments and not self._forked and not self.readonly:
                 self.sync()
         finally:
             self._release_files()
@@ -1404,6 +1461,15 @@ class LogHandle:
             finally:
                 log.file_lock.deadline = None
 
+    def _refuse_writes(self) -> None:
+        """ReadOnlyError if opened read-only (StoreClosedError once closed): a write
+        method's first step, before it encodes, waits or takes any lock."""
+        if self._open_log().readonly:
+            raise self._read_only()
+
+    def _read_only(self) -> ReadOnlyError:
+        return ReadOnlyError(f"{self.path}: this {type(self).__name__} is open read-only; nothing was changed")
+
     def _catch_up(self) -> None:
         """Apply what other processes appended, without the write lock (StoreClosedError once closed)."""
         with self._lock:
@@ -1411,9 +1477,12 @@ class LogHandle:
 
     def _write(self, fn: Callable[..., T], *args: Any, deadline: float | None = None) -> T:
         """Run fn(log, *args) holding the file lock, on up-to-date state. With a
-        ``deadline`` (time.monotonic()), waiting for the lock past it raises LockTimeoutError."""
+        ``deadline`` (time.monotonic()), waiting for the lock past it raises LockTimeoutError.
+        ReadOnlyError, before anything, on a store opened read-only."""
         with self._lock:
             log = self._log or self._open_log()  # (StoreClosedError once closed)
+            if log.readonly:
+                raise self._read_only()
             if deadline is None and self.lock_timeout is not None:
                 deadline = time.monotonic() + self.lock_timeout
             log.file_lock.deadline = deadline

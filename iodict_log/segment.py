@@ -96,11 +96,19 @@ class Segment:
         return cls(number, path, fd, kind, salt, files)
 
     @classmethod
-    def open(cls, directory: str, number: int, writable: bool = False, files: OpenSegments | None = None) -> Segment:
-        """Open a segment; one that is not ``writable`` is sealed and joins ``files``' clock."""
+    def open(
+        cls,
+        directory: str,
+        number: int,
+        writable: bool = False,
+        files: OpenSegments | None = None,
+        readonly: bool = False,
+    ) -> Segment:
+        """Open a segment; one that is not ``writable`` is sealed and joins ``files``' clock.
+        ``readonly``: a last segment too is opened for reading only (a read-only reader's)."""
         path = os.path.join(directory, segment_name(number))
         try:
-            fd = fileops.open_regular(path, (os.O_RDWR | os.O_APPEND) if writable else os.O_RDONLY)
+            fd = fileops.open_regular(path, (os.O_RDWR | os.O_APPEND) if writable and not readonly else os.O_RDONLY)
         except FileNotFoundError:
             raise SegmentGone(f"{path}: segment listed in the manifest is missing") from None
         try:

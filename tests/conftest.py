@@ -35,6 +35,7 @@ PURE_TOO = (
     "test_aio.py",
     "test_value_types.py",
     "test_iodict_script.py",
+    "test_readonly.py",
 )
 
 collect_ignore = [] if importlib.util.find_spec("iodict_log._native") else list(NATIVE_TESTS)
