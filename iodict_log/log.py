@@ -127,7 +127,7 @@ from .index import (
     pack_location,
     unpack_location,
 )
-from .manifest import MANIFEST_NAME, MAX_SEGMENTS, read_manifest, write_manifest
+from .manifest import MANIFEST_NAME, MAX_SEGMENTS, read_manifest, upgrade_manifest, write_manifest
 from .native import core
 from .segment import (
     MAX_NUMBER,
@@ -301,6 +301,8 @@ class Log:
                 if manifest is None:
                     self._load()
                 else:
+                    with contextlib.suppress(OSError):  # (best effort: a full disk lets the next open do it)
+                        upgrade_manifest(directory)  # an older version's CURRENT: this one's, so it refuses the store
                     self._remove_leftovers(manifest.segments)
             if not self._segments:
                 self._load()

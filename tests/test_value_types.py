@@ -598,3 +598,22 @@ def test_upgrade_manifest_rewrites_an_older_current_once_with_the_same_contents(
 def test_upgrade_manifest_of_a_directory_with_no_store_does_nothing(tmp_path):
     assert upgrade_manifest(str(tmp_path)) is False
     assert os.listdir(tmp_path) == []
+
+
+def test_a_version_1_store_opened_for_writing_is_refused_by_an_older_version_from_then_on(old_package, tmp_path):
+    # An older version writes the store (version 1); this one opens it to write: CURRENT is
+    # version 2 from that open on, so the older one refuses it and never misreads a new type.
+    path = str(tmp_path / "store")
+    made = run_old(old_package, f"import iodict_log\nd = iodict_log.IODict({path!r})\nd['old'] = 1\nd.close()\n")
+    assert made.returncode == 0, made.stderr
+    assert file_version(os.path.join(path, MANIFEST_NAME)) == 1
+    with iodict_log.IODict(path, readonly=True) as d:
+        assert dict(d) == {"old": 1}
+    assert file_version(os.path.join(path, MANIFEST_NAME)) == 1  # (read-only: nothing changed)
+    with iodict_log.IODict(path) as d:
+        assert file_version(os.path.join(path, MANIFEST_NAME)) == 2
+        d["new"] = {1, 2}
+    result = run_old(old_package, OLD_OPEN.format(old=str(old_package), kind="IODict", path=path, read="dict(d)"))
+    assert result.stdout.startswith("FormatVersionError"), result.stdout + result.stderr
+    with iodict_log.IODict(path) as d:
+        assert dict(d) == {"old": 1, "new": {1, 2}}
