@@ -149,6 +149,7 @@ HINT_AFTER_RECORDS = 10_000
 # Rescanning a record costs about this many times what moving one index entry does.
 _RESCAN_COST = 10
 READ_CHUNK = 2**18  # bytes read_frames() reads at a time
+READ_TRIES = 3  # a read that finds its segment gone (compacted meanwhile) catches up and tries again
 MIN_CHUNK = 2**14  # the least it reads at a time, however few PUTs are wanted
 _REPLAY_BATCH = 16384  # compacted records an iterator reads back at a time, segment by segment
 T = TypeVar("T")
@@ -1455,11 +1456,17 @@ class LogHandle:
             log.file_lock.deadline = deadline
             try:
                 log.refresh()
-                try:
-                    return fn(log, *args)
-                except SegmentGone:  # deleted since the catch-up (a compaction): catch up, once more
-                    log.refresh()
-                    return fn(log, *args)
+                for tries in range(READ_TRIES, 0, -1):
+                    try:
+                        return fn(log, *args)
+                    except SegmentGone:  # deleted since the catch-up, by a compaction: catch up, and again
+                        if tries == 1:
+                            raise
+                        # Look at the files, not the change counter: a compaction deletes the old
+                        # segments while it holds the lock, before the counter moves.
+                        log._changes = -1
+                        log.refresh()
+                raise AssertionError("unreachable")
             finally:
                 log.file_lock.deadline = None
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import struct
 import uuid
-from decimal import Decimal
+from decimal import Context, Decimal, localcontext
 from fractions import Fraction
 from typing import Any, Callable
 
@@ -99,11 +99,21 @@ ENCODERS: dict[type, tuple[int, Callable[[Any], bytes]]] = {
     dt.date: (EXT_DATE, lambda v: _DATE.pack(v.year, v.month, v.day)),
     dt.time: (EXT_TIME, _encode_time),
     dt.timedelta: (EXT_TIMEDELTA, lambda v: _TIMEDELTA.pack(v.days, v.seconds, v.microseconds)),
-    Decimal: (EXT_DECIMAL, lambda v: str(v).encode("ascii")),
+    Decimal: (EXT_DECIMAL, lambda v: _decimal_text(v).encode("ascii")),
     uuid.UUID: (EXT_UUID, lambda v: v.bytes),
     complex: (EXT_COMPLEX, lambda v: _COMPLEX.pack(v.real, v.imag)),
     Fraction: (EXT_FRACTION, _encode_fraction),
 }
+
+
+_DECIMAL_CONTEXT = Context(capitals=1)  # (how a Decimal is written: 1E+2, whatever the thread's context)
+
+
+def _decimal_text(value: Decimal) -> str:
+    """str(value) as written in a store: str() follows the thread's decimal context
+    (``capitals=0`` writes 1e+2), the stored text must not."""
+    with localcontext(_DECIMAL_CONTEXT):
+        return str(value)
 
 
 def _zone(data: bytes, at: int) -> dt.timezone | None:
@@ -133,7 +143,7 @@ def _decode_timedelta(data: bytes) -> dt.timedelta:
 def _decode_decimal(data: bytes) -> Decimal:
     text = data.decode("ascii")
     value = Decimal(text)  # (exact whatever the context; a context not trapping bad input gives NaN ...)
-    if str(value) != text:  # (... which this refuses, as it does spaces, '_' and other spellings)
+    if _decimal_text(value) != text:  # (... which this refuses, as it does spaces, '_' and other spellings)
         raise ValueError(f"{text[:40]!r} is not how a Decimal is written")
     return value
 

@@ -414,3 +414,37 @@ def test_a_store_whose_creation_died_before_current_is_created_anew(tmp_path):
     d["k"] = 1
     assert dict(d) == {"k": 1}
     d.close()
+
+
+def test_a_read_meeting_a_segment_a_compaction_deleted_while_it_holds_the_lock_catches_up(tmp_path, monkeypatch):
+    # Another object compacts. The reader caught up after the compaction's roll, and reads
+    # while the commit holds the lock, the old segments deleted: the change counter has not
+    # moved yet, so the reader, its segment files parked, must look at the files (it used
+    # to retry on the counter alone and raise SegmentGone, a CorruptionError). Read-only,
+    # so that it may read in the compactor's thread, which holds the lock (LogHandle._read
+    # is the same for a writable reader, whose catch-up would wait for the lock instead).
+    from iodict_log import crashpoints
+
+    path = str(tmp_path / "s")
+    with IODict(path, segment_bytes=SMALL, auto_compact=False) as d:
+        written = fill(d, 300)
+    reader = IODict(path, max_open_segments=2, readonly=True)
+    compactor = IODict(path, segment_bytes=SMALL, auto_compact=False)
+    seen = {}
+
+    def at(point: str) -> None:  # (the crash points, as hooks in this process)
+        if point == "compaction.copied":
+            reader.stats()  # (caught up: the roll that began the compaction)
+        elif point == "compaction.unlinked":
+            seen["items"] = dict(reader.items())
+            seen["gets"] = {k: reader[k] for k in written}
+
+    monkeypatch.setattr(crashpoints, "ARMED", True)
+    monkeypatch.setattr(crashpoints, "reached", at)
+    try:
+        assert reader.stats()["segments"] > 5  # (more than it keeps open)
+        compactor.compact()
+        assert seen == {"items": written, "gets": written}
+    finally:
+        compactor.close()
+        reader.close()

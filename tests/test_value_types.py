@@ -617,3 +617,19 @@ def test_a_version_1_store_opened_for_writing_is_refused_by_an_older_version_fro
     assert result.stdout.startswith("FormatVersionError"), result.stdout + result.stderr
     with iodict_log.IODict(path) as d:
         assert dict(d) == {"old": 1, "new": {1, 2}}
+
+
+def test_decimals_are_written_and_read_alike_whatever_the_threads_decimal_context(store_path):
+    # str(Decimal) follows the context (capitals=0 writes 1e+2): the stored text must not,
+    # or values written under one context read as damage under the other.
+    import decimal
+
+    values = {"price": Decimal("1E+2"), "rate": Decimal("2.5E-10"), "plain": Decimal("-0.00")}
+    with decimal.localcontext(decimal.Context(capitals=0)), iodict_log.IODict(store_path) as d:
+        d.update(values)
+        assert {k: d[k] for k in values} == values
+    with iodict_log.IODict(store_path) as d:
+        got = {k: d[k] for k in values}
+        assert got == values and [str(v) for v in got.values()] == ["1E+2", "2.5E-10", "-0.00"]
+    with decimal.localcontext(decimal.Context(capitals=0)), iodict_log.IODict(store_path) as d:
+        assert {k: d[k] for k in values} == values and d.stats()["corrupt_records"] == 0
