@@ -1116,7 +1116,9 @@ class Log:
             found = _read_value(self, loc)
             if found is not None:
                 return found
-        segment = self._live((loc >> SLOT_SHIFT) & SLOT_MASK)  # (unpack_location, inlined: every get)
+        segment = self._segments[(loc >> SLOT_SHIFT) & SLOT_MASK]  # (unpack_location, inlined: every get)
+        if segment is None:  # (dropped: a queue consumer's reclaim this process has yet to apply)
+            raise SegmentGone(f"{self.directory}: the segment of slot {(loc >> SLOT_SHIFT) & SLOT_MASK} was dropped")
         offset = (loc >> OFFSET_SHIFT) & OFFSET_MASK
         if segment.fd < 0 and _read_value is not None:
             segment.reopen()  # parked, and no mapping covers the record: the core maps it whole now
@@ -1456,19 +1458,26 @@ class LogHandle:
             log.file_lock.deadline = deadline
             try:
                 log.refresh()
-                for tries in range(READ_TRIES, 0, -1):
-                    try:
-                        return fn(log, *args)
-                    except SegmentGone:  # deleted since the catch-up, by a compaction: catch up, and again
-                        if tries == 1:
-                            raise
-                        # Look at the files, not the change counter: a compaction deletes the old
-                        # segments while it holds the lock, before the counter moves.
-                        log._changes = -1
-                        log.refresh()
-                raise AssertionError("unreachable")
+                try:
+                    return fn(log, *args)
+                except SegmentGone:  # deleted since the catch-up, by a compaction
+                    return self._read_again(log, fn, args)
             finally:
                 log.file_lock.deadline = None
+
+    def _read_again(self, log: Log, fn: Callable[..., T], args: tuple) -> T:
+        """_read's fn, after a SegmentGone: catch up and try again, up to READ_TRIES times.
+        It looks at the files, not the change counter: a compaction deletes the old segments
+        while it holds the lock, before the counter moves."""
+        for tries in range(READ_TRIES - 1, 0, -1):
+            log._changes = -1
+            log.refresh()
+            try:
+                return fn(log, *args)
+            except SegmentGone:
+                if tries == 1:
+                    raise
+        raise AssertionError("unreachable")  # (READ_TRIES >= 2)
 
     def _refuse_writes(self) -> None:
         """ReadOnlyError if opened read-only (StoreClosedError once closed): a write
