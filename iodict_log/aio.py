@@ -63,8 +63,11 @@ class DurableQueue:
 
     def put_nowait(self, item: Any) -> None:
         """Put ``item`` now, or raise asyncio.QueueFull (no room, or the write lock busy)."""
+        self._put_now([item])
+
+    def _put_now(self, batch: list[Any]) -> None:
         try:
-            self.sync.put(item, block=False)
+            self.sync.put_many(batch, block=False)  # (what put(block=False) does too)
         except queue.Full:
             raise asyncio.QueueFull from None
         self._wake()
@@ -76,15 +79,7 @@ class DurableQueue:
     async def put_many(self, items: Iterable[Any]) -> None:
         """Put all ``items`` as one atomic batch, waiting on the loop for room."""
         batch = list(items)
-
-        def attempt() -> None:
-            try:
-                self.sync.put_many(batch, block=False)
-            except queue.Full:
-                raise asyncio.QueueFull from None
-            self._wake()
-
-        await self._until(attempt, asyncio.QueueFull)
+        await self._until(lambda: self._put_now(batch), asyncio.QueueFull)
 
     def get_nowait(self) -> Any:
         """Remove and return the oldest item, or raise asyncio.QueueEmpty."""

@@ -57,7 +57,6 @@ still be acked there: an ack checks that the lease is current, not who calls).
 
 from __future__ import annotations
 
-import functools
 import os
 import queue
 import threading
@@ -177,18 +176,15 @@ class DurableQueue(LogHandle, queue.Queue):
         )
         _queues[id(self)] = self
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        """Pickle as "reopen this path with these options", so a queue can be passed to a
-        spawned process or a pool. The other process gets its own object: not this one's
-        lock or semaphore (it makes its own), leases or unfinished-task count."""
-        self._open_log()  # (StoreClosedError: a closed queue is not reopened elsewhere)
-        options = dict(
+    def _reopen_options(self) -> dict[str, Any]:
+        """LogHandle.__reduce__'s options. The other process gets its own object: not this
+        one's lock or semaphore (it makes its own), leases or unfinished-task count."""
+        return dict(
             self._options,
             maxsize=self.maxsize,
             lease_timeout=self.lease_timeout,
             max_deliveries=self.max_deliveries,
         )
-        return (functools.partial(type(self), **options), (self.path,))
 
     # --- plumbing ---------------------------------------------------------------
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 import time
@@ -125,19 +124,15 @@ class IODict(LogHandle, MutableMapping):
             readonly=readonly,
         )
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        """Pickle as "reopen this path with these options", so a store can be passed to a
-        spawned process or a pool (and copy.copy() opens a second handle). The other
-        process makes its own lock: a lock passed here is not carried."""
-        self._open_log()  # (StoreClosedError: a closed store is not reopened elsewhere)
-        options = dict(
+    def _reopen_options(self) -> dict[str, Any]:
+        """LogHandle.__reduce__'s options: the current ones (a lock passed here is not carried)."""
+        return dict(
             self._options,
             auto_compact=self.auto_compact,
             compact_ratio=self.compact_ratio,
             compact_min_bytes=self.compact_min_bytes,
             lock_timeout=self.lock_timeout,
         )
-        return (functools.partial(type(self), **options), (self.path,))
 
     # --- plumbing -------------------------------------------------------------
 

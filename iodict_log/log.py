@@ -75,6 +75,7 @@ read without the lock catches up and tries once more (LogHandle._read).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -1441,6 +1442,16 @@ class LogHandle:
     # Seconds any call may wait for the store's write lock (IODict's lock_timeout), else
     # LockTimeoutError; None waits as long as it takes. A call's own deadline comes first.
     lock_timeout: float | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as "reopen this path with these options", so a store can be passed to a
+        spawned process or a pool (and copy.copy() opens a second handle)."""
+        self._open_log()  # (StoreClosedError: a closed store is not reopened elsewhere)
+        return (functools.partial(type(self), **self._reopen_options()), (self.path,))
+
+    def _reopen_options(self) -> dict[str, Any]:
+        """The options a pickle reopens the store with (a subclass's)."""
+        raise NotImplementedError
 
     def _open_log(self) -> Log:
         log = self._log

@@ -309,6 +309,17 @@ def unwritable(tmp_path):
     shutil.rmtree(base)
 
 
+def cli_changes_nothing(child, path, deadline: float) -> None:
+    """The unprivileged child runs stats, verify and dump (each exit 0), then ends; the store
+    is as it was before."""
+    before = listing(path)
+    child.send("cli\n")
+    assert next_line(child, deadline) == "cli 0 0 0"
+    child.proc.stdin.close()
+    assert child.proc.wait(timeout=30) == 0, child.describe()
+    assert listing(path) == before
+
+
 @pytest.mark.parametrize("lock", ["lock", "no-lock"])
 def test_a_dict_in_a_directory_the_process_cannot_write(unwritable, tmp_path, lock):
     path = unwritable / "d"
@@ -340,12 +351,7 @@ def test_a_dict_in_a_directory_the_process_cannot_write(unwritable, tmp_path, lo
             assert int(next_line(child, deadline).split()[0]) == len(expected) - 50
         if lock == "no-lock":
             os.unlink(path / "LOCK")  # (the writer made one; the reader never needs it)
-        before = listing(path)
-        child.send("cli\n")
-        assert next_line(child, deadline) == "cli 0 0 0"
-        child.proc.stdin.close()
-        assert child.proc.wait(timeout=30) == 0, child.describe()
-    assert listing(path) == before
+        cli_changes_nothing(child, path, deadline)
 
 
 def test_a_queue_in_a_directory_the_process_cannot_write(unwritable, tmp_path):
@@ -367,12 +373,7 @@ def test_a_queue_in_a_directory_the_process_cannot_write(unwritable, tmp_path):
             child.send("look\n")
             assert int(next_line(child, deadline).split()[0]) == 49
             lease.ack()
-        before = listing(path)
-        child.send("cli\n")
-        assert next_line(child, deadline) == "cli 0 0 0"
-        child.proc.stdin.close()
-        assert child.proc.wait(timeout=30) == 0, child.describe()
-    assert listing(path) == before
+        cli_changes_nothing(child, path, deadline)
 
 
 # --- following a writer in another process ------------------------------------------
