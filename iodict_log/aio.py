@@ -17,6 +17,13 @@ an item is taken only by a try that returns it.
 
 A ``Lease`` is the blocking API's: its ``ack()``, ``release()`` and
 ``extend()`` are one append each, run on the loop's thread like a try.
+
+``follow(store, start)`` follows as ``records(start, follow=True)`` does
+(streams.py: snapshots, then looks at the log with pauses from 1 ms up to
+10 ms, each look one read of LOCK's change counter while nothing changed),
+with the pauses slept on the loop. Reading a snapshot is synchronous file I/O
+on the loop's thread, one segment chunk at a time; it gives the loop a turn
+every FOLLOW_TURN records.
 """
 
 from __future__ import annotations
@@ -24,14 +31,18 @@ from __future__ import annotations
 import asyncio
 import os
 import queue
-from typing import Any, Callable, Iterable, TypeVar
+import time
+from typing import Any, AsyncIterator, Callable, Iterable, TypeVar
 
 from .durablequeue import MAX_POLL, Lease
 from .durablequeue import DurableQueue as _BlockingQueue
+from .streams import Followable, Record, check_start, check_timeout, pauses
 
 T = TypeVar("T")
 
-__all__ = ["DurableQueue"]
+__all__ = ["DurableQueue", "follow"]
+
+FOLLOW_TURN = 256  # records a follower yields before it gives the loop a turn
 
 
 class DurableQueue:
@@ -145,3 +156,29 @@ class DurableQueue:
                 await asyncio.wait_for(put_here.wait(), delay)
             except asyncio.TimeoutError:
                 delay = min(delay * 2, MAX_POLL)
+
+
+async def follow(
+    store: Followable | DurableQueue, start: int = 0, *, timeout: float | None = None
+) -> AsyncIterator[Record]:
+    """``async for record in follow(store, start)``: what ``store.records(start, follow=True,
+    timeout=timeout)`` yields, waiting on the loop (the module docstring). ``store`` is an
+    IODict, a DurableQueue, or this module's DurableQueue."""
+    source: Followable = store.sync if isinstance(store, DurableQueue) else store
+    next_seq = check_start(start)
+    timeout = check_timeout(timeout)
+    quiet_since = time.monotonic()
+    while True:
+        last, records = source._snapshot(next_seq)
+        for count, record in enumerate(records, 1):
+            yield record
+            quiet_since = time.monotonic()
+            if count % FOLLOW_TURN == 0:
+                await asyncio.sleep(0)
+        next_seq = max(next_seq, last + 1)
+        for pause in pauses(quiet_since, timeout):
+            if source._last_seq() >= next_seq:
+                break
+            await asyncio.sleep(pause)
+        else:
+            return

@@ -15,16 +15,18 @@ import sys
 import tempfile
 import time
 import warnings
-from typing import Any, Callable, Iterable, NoReturn, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, NoReturn, Sequence, TypeVar
 
 from . import __version__, native
 from .durablequeue import DurableQueue
 from .errors import CorruptionError, CorruptionWarning, IODictLogError
 from .fileops import store_path
+from .format import Frame
 from .importer import import_iodict
 from .inspection import Census, dump_line, open_log, require_store, shown_value, verify
 from .iodict import IODict
 from .repair import repair
+from .streams import follow
 
 T = TypeVar("T")
 
@@ -239,6 +241,26 @@ def _dump(args: argparse.Namespace) -> int:
     return 1 if refused or args.warned else 0
 
 
+def _tail(args: argparse.Namespace) -> int:
+    if args.start < 0:
+        raise _UsageError("--start must be 0 or more")
+    log = open_log(args.path, Census(args.path))
+
+    def last_seq() -> int:
+        log.refresh()
+        return log.last_seq
+
+    def snapshot(start: int) -> tuple[int, Iterator[Frame]]:
+        return last_seq(), log.frames(start)
+
+    try:
+        for frame in follow(snapshot, last_seq, args.start, None):
+            print(dump_line(frame)[0], flush=True)
+    finally:
+        log.close()
+    return 0  # (not reached: it ends with Ctrl-C, main's KeyboardInterrupt)
+
+
 def _dead_letters(args: argparse.Namespace) -> int:
     if args.retry:
         require_store(args.path)
@@ -391,6 +413,18 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("path", help="the store directory")
     dump.add_argument("--start", type=int, default=0, metavar="SEQ", help="first sequence number to show")
     dump.set_defaults(run=_dump)
+
+    tail = _command(
+        sub,
+        "tail",
+        "print records as JSON lines as they are written, until interrupted",
+        "Print every record from --start on as dump does, then each new one as any\n"
+        "process writes it (within ~10 ms), until Ctrl-C. Opens the store read-only.",
+        "exit status: 130 interrupted; 2 bad arguments or not a store",
+    )
+    tail.add_argument("path", help="the store directory")
+    tail.add_argument("--start", type=int, default=0, metavar="SEQ", help="first sequence number to show")
+    tail.set_defaults(run=_tail)
 
     dead = _command(
         sub,

@@ -208,6 +208,13 @@ def _checked_header(buf: bytes, pos: int, salt: int) -> tuple | None:
     return fields
 
 
+def header_seq(buf: bytes, pos: int, salt: int) -> int | None:
+    """The seq in the frame header at ``pos`` if its checksum holds, else None: enough to
+    seek by (the seq is under the header checksum), without reading the frame's data."""
+    fields = _checked_header(buf, pos, salt)
+    return None if fields is None else fields[7]
+
+
 def _checked_frame(buf: bytes, pos: int, salt: int) -> tuple | None:
     """The header fields of the frame at ``pos`` if it is whole and both checksums
     match, else None (decode_frame's checks, without building the Frame)."""

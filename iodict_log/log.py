@@ -92,6 +92,7 @@ from .filelock import FileLock
 from .fileops import sync_directory
 from .format import (
     CHECKPOINT_TAIL,
+    HEADER_SIZE,
     KIND_COMPACTED,
     KIND_LOG,
     MAX_SEQ,
@@ -113,6 +114,7 @@ from .format import (
     encode_batch,
     encode_frame,
     frame_value,
+    header_seq,
 )
 from .hintfile import HINT_NAME, HINT_TMP_NAME, publish_hint, read_hint, stage_hint
 from .holders import HOLDERS_DIR
@@ -1217,6 +1219,9 @@ class Log:
         it), it goes on from CURRENT as it is then, at the first seq not yet yielded
         and up to the snapshot's last: it skips what that compaction dropped, as an
         iterator made after it would, and never yields a record twice or out of order.
+        It seeks: segments wholly before ``start_seq`` are passed over by their first
+        frame's seq, so the first record comes as soon from the end of a long log as
+        from its start.
         """
         numbers = [s.number for s in self._segments if s is not None]
         return _frames(self.directory, numbers, self._end, start_seq, self.last_seq)
@@ -1386,14 +1391,29 @@ def _frames_of(
 
     # Compacted segments hold their frames in birthtime order: sort them all by seq,
     # remembering only where each frame is, then read them back a batch at a time.
-    compacted = []
-    log_slots = []
+    # Seek: a log segment whose first seq is <= start_seq holds everything from start_seq
+    # that lies before the next such segment, and every segment before it (compacted ones
+    # included: they hold older records) lies wholly before start_seq, so it is not read.
+    kinds: list[int] = []
+    first = 0
     for slot in range(len(numbers)):
         segment = Segment.open(directory, numbers[slot])  # (SegmentGone if it is not there)
         try:
-            if segment.kind != KIND_COMPACTED:
-                log_slots.append(slot)  # (read below, once its turn comes)
-                continue
+            kinds.append(segment.kind)
+            if start_seq and segment.kind != KIND_COMPACTED:
+                seq = _first_seq(segment)
+                if seq is not None and seq <= start_seq:
+                    first = slot
+        finally:
+            segment.close()
+    compacted = []
+    log_slots = []
+    for slot in range(first, len(numbers)):
+        if kinds[slot] != KIND_COMPACTED:
+            log_slots.append(slot)  # (read below, once its turn comes)
+            continue
+        segment = Segment.open(directory, numbers[slot])
+        try:
             frames = scan(segment, slot)
         finally:
             segment.close()
@@ -1427,6 +1447,11 @@ def _frames_of(
             segment.close()
         yield from (f for f in frames if f.op != OP_SEAL and start_seq <= f.seq <= last_seq)
         resume[0] = max(resume[0], frames.last_seq + 1)
+
+
+def _first_seq(segment: Segment) -> int | None:
+    """The seq of the segment's first frame, from its header (None: no whole header there)."""
+    return header_seq(os.pread(segment.fd, HEADER_SIZE, SEGMENT_HEADER_SIZE), 0, segment.salt)
 
 
 class LogHandle:

@@ -27,6 +27,7 @@ PURE_TOO = (
     "test_queue.py",
     "test_queue_processes.py",
     "test_queue_hardening.py",
+    "test_streams.py",
     "test_native_lock.py",
     "test_backlog.py",
     "test_open_files.py",
