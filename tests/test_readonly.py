@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -469,6 +470,27 @@ def test_the_reading_commands_change_nothing_even_after_a_crash(tmp_path, comman
     assert cli_main([command, str(path)]) == 0  # (half a batch is an append not finished: no damage)
     assert listing(path) == before
     assert capsys.readouterr().err == ""
+
+
+def test_tail_follows_a_crashed_store_and_changes_nothing(tmp_path):
+    path = tmp_path / "d"
+    make_dict(path, 60)
+    crash_writer(path, "batch.half", "d.update({'t1': 1, 't2': 2})")
+    before = listing(path)
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "iodict_log", "tail", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = [tail.stdout.readline() for _ in range(60)]  # (the torn batch is not shown: not committed)
+        assert all('"op": "set"' in line for line in lines)
+    finally:
+        tail.send_signal(signal.SIGINT)
+        _, err = tail.communicate(timeout=30)
+    assert tail.returncode == 130 and err == "iodict-log tail: interrupted\n"
+    assert listing(path) == before
 
 
 def test_a_dead_holders_lease_comes_back_in_a_read_only_count_and_its_file_stays(tmp_path):
