@@ -1391,29 +1391,14 @@ def _frames_of(
 
     # Compacted segments hold their frames in birthtime order: sort them all by seq,
     # remembering only where each frame is, then read them back a batch at a time.
-    # Seek: a log segment whose first seq is <= start_seq holds everything from start_seq
-    # that lies before the next such segment, and every segment before it (compacted ones
-    # included: they hold older records) lies wholly before start_seq, so it is not read.
-    kinds: list[int] = []
-    first = 0
-    for slot in range(len(numbers)):
-        segment = Segment.open(directory, numbers[slot])  # (SegmentGone if it is not there)
-        try:
-            kinds.append(segment.kind)
-            if start_seq and segment.kind != KIND_COMPACTED:
-                seq = _first_seq(segment)
-                if seq is not None and seq <= start_seq:
-                    first = slot
-        finally:
-            segment.close()
     compacted = []
     log_slots = []
-    for slot in range(first, len(numbers)):
-        if kinds[slot] != KIND_COMPACTED:
-            log_slots.append(slot)  # (read below, once its turn comes)
-            continue
-        segment = Segment.open(directory, numbers[slot])
+    for slot in range(_seek(directory, numbers, start_seq) if start_seq else 0, len(numbers)):
+        segment = Segment.open(directory, numbers[slot])  # (SegmentGone if it is not there)
         try:
+            if segment.kind != KIND_COMPACTED:
+                log_slots.append(slot)  # (read below, once its turn comes)
+                continue
             frames = scan(segment, slot)
         finally:
             segment.close()
@@ -1447,6 +1432,39 @@ def _frames_of(
             segment.close()
         yield from (f for f in frames if f.op != OP_SEAL and start_seq <= f.seq <= last_seq)
         resume[0] = max(resume[0], frames.last_seq + 1)
+
+
+def _seek(directory: str, numbers: list[int], start_seq: int) -> int:
+    """The slot to read from for ``start_seq``: the last log segment whose first seq is <=
+    start_seq, before which every record is older; 0 if there is none.
+
+    CURRENT lists compacted segments first, then log segments in seq order, so "compacted,
+    or a log segment beginning at or before start_seq" holds for a prefix of the list: a
+    binary search finds its end, opening O(log n) segments. A log segment whose first
+    header does not read counts as beginning after: the search ends earlier, so the
+    iterator reads more, never less.
+    """
+    kinds: dict[int, int] = {}
+
+    def before(slot: int) -> bool:
+        segment = Segment.open(directory, numbers[slot])
+        try:
+            kinds[slot] = segment.kind
+            if segment.kind == KIND_COMPACTED:
+                return True
+            seq = _first_seq(segment)
+            return seq is not None and seq <= start_seq
+        finally:
+            segment.close()
+
+    low, high = 0, len(numbers)
+    while low < high:
+        middle = (low + high) // 2
+        if before(middle):
+            low = middle + 1
+        else:
+            high = middle
+    return low - 1 if low and kinds[low - 1] != KIND_COMPACTED else 0
 
 
 def _first_seq(segment: Segment) -> int | None:
