@@ -36,7 +36,8 @@ from typing import Any, AsyncIterator, Callable, Iterable, TypeVar
 
 from .durablequeue import MAX_POLL, Lease
 from .durablequeue import DurableQueue as _BlockingQueue
-from .streams import Followable, Record, check_start, check_timeout, pauses
+from .log import LogHandle
+from .streams import Record, check_start, check_timeout, pauses
 
 T = TypeVar("T")
 
@@ -159,12 +160,12 @@ class DurableQueue:
 
 
 async def follow(
-    store: Followable | DurableQueue, start: int = 0, *, timeout: float | None = None
+    store: LogHandle | DurableQueue, start: int = 0, *, timeout: float | None = None
 ) -> AsyncIterator[Record]:
     """``async for record in follow(store, start)``: what ``store.records(start, follow=True,
     timeout=timeout)`` yields, waiting on the loop (the module docstring). ``store`` is an
     IODict, a DurableQueue, or this module's DurableQueue."""
-    source: Followable = store.sync if isinstance(store, DurableQueue) else store
+    source: LogHandle = store.sync if isinstance(store, DurableQueue) else store
     next_seq = check_start(start)
     timeout = check_timeout(timeout)
     quiet_since = time.monotonic()

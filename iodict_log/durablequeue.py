@@ -65,7 +65,7 @@ import warnings
 import weakref
 from typing import Any, Callable, Iterable, Iterator
 
-from . import fileops, streams
+from . import fileops
 from .errors import CorruptionError, CorruptionWarning, IODictLogError, LeaseExpiredError
 from .format import FLAG_BATCH, FLAG_PICKLE, LEASE, OP_DEAD, OP_LEASE, OP_PUT, OP_RELEASE, OP_TAKE, RELEASE, SEQ
 from .holders import Holders
@@ -75,7 +75,7 @@ from .native import core
 from .objectlock import make_lock
 from .pending import DeadLetter, PendingItems
 from .serialize import Serializer
-from .streams import Record, check_start, check_timeout
+from .streams import Record
 
 MAX_POLL = 0.05  # seconds between looks at the log while blocked
 CLOSE_WAIT = 0.5  # seconds close() waits for the write lock to leave a checkpoint
@@ -591,27 +591,14 @@ class DurableQueue(LogHandle, queue.Queue):
         finally:
             lock.deadline = None
 
-    def records(self, start: int = 0, *, follow: bool = False, timeout: float | None = None) -> Iterator[Record]:
-        """Every put still on disk, in sequence order, from seq ``start``, as
-        ``Record(seq, birthtime, "put", None, item)``, consumed or not; with ``follow``,
-        then each new put as any process makes it (streams.py), until ``timeout`` seconds
-        pass without one (None: never). It consumes nothing."""
-        start = check_start(start)
-        timeout = check_timeout(timeout)
-        if follow:
-            return streams.follow(self._snapshot, self._last_seq, start, timeout)
-        return self._snapshot(start)[1]
-
     def _snapshot(self, start: int) -> tuple[int, Iterator[Record]]:
-        """The log's last seq now, and the puts up to it from seq ``start``."""
+        """records(): the log's last seq now, and the puts up to it from seq ``start``, as
+        ``Record(seq, birthtime, "put", None, item)``, consumed or not (it consumes nothing)."""
         last, frames = self._read(lambda log: (log.last_seq, log.frames(start)))
         decode = self._serializer.decode
         return last, (
             Record(f.seq, f.birthtime_ns / 1e9, "put", None, decode(f.flags, f.value)) for f in frames if f.op == OP_PUT
         )
-
-    def _last_seq(self) -> int:
-        return self._read(lambda log: log.last_seq)
 
     def stats(self) -> dict:
         """items and ready (ready for delivery), leased (out on lease), delayed (released with a

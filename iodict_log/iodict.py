@@ -10,7 +10,7 @@ from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, Mu
 from itertools import islice
 from typing import Any, Callable, NamedTuple, TypeVar
 
-from . import compaction, crashpoints, fileops, streams
+from . import compaction, crashpoints, fileops
 from .errors import IODictLogError, StoreClosedError
 from .format import KIND_COMPACTED, OP_DELETE, OP_SET, Frame, Hint, compress_value, encode_batch
 from .hintfile import publish_hint, stage_hint
@@ -19,7 +19,7 @@ from .log import Entry, Log, LogHandle, check_options
 from .native import core
 from .objectlock import make_lock
 from .serialize import Serializer, canonical_key, decode_key, encode_canonical_key
-from .streams import Record, check_start, check_timeout
+from .streams import Record
 
 _MISSING = object()
 _ABSENT = object()  # looked up in place of a key no store can hold: never found
@@ -347,25 +347,12 @@ class IODict(LogHandle, MutableMapping):
             raise KeyError(key)
         return location_birthtime(loc) / 1e9
 
-    def records(self, start: int = 0, *, follow: bool = False, timeout: float | None = None) -> Iterator[Record]:
-        """Every set and delete still in the log, in sequence order, from seq ``start``; with
-        ``follow``, then each new one as any process writes it (streams.py), until ``timeout``
-        seconds pass without one (None: never)."""
-        start = check_start(start)
-        timeout = check_timeout(timeout)
-        if follow:
-            return streams.follow(self._snapshot, self._last_seq, start, timeout)
-        return self._snapshot(start)[1]
-
     def _snapshot(self, start: int) -> tuple[int, Iterator[Record]]:
-        """The log's last seq now, and the records up to it from seq ``start``."""
+        """records(): the log's last seq now, and the sets and deletes up to it from seq ``start``."""
         last, frames = self._read(lambda log: (log.last_seq, log.frames(start)))
         if _records is not None:
             return last, self._records_of(frames)
         return last, (self._record(frame) for frame in frames if frame.op in (OP_SET, OP_DELETE))
-
-    def _last_seq(self) -> int:
-        return self._read(lambda log: log.last_seq)
 
     def _records_of(self, frames: Iterator[Frame]) -> Iterator[Record]:
         """What records() yields, made by the C core a chunk of frames at a time."""

@@ -84,7 +84,7 @@ import weakref
 import zlib
 from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
-from . import crashpoints, filelock, fileops
+from . import crashpoints, filelock, fileops, streams
 from .checkpoint import CHECKPOINT_MIN_BYTES, CHECKPOINT_NAME, CHECKPOINT_TMP_NAME, read_checkpoint, write_checkpoint
 from .compaction import SOURCE_FILES, Sources, Written, install, is_compaction_file
 from .errors import CorruptionError, CorruptionWarning, IODictLogError, ReadOnlyError, StoreClosedError
@@ -144,6 +144,7 @@ from .segment import (
     parse_segment_name,
     segment_name,
 )
+from .streams import Record, check_start, check_timeout
 
 LOCK_NAME = "LOCK"
 # A clean close writes a hint file once this many records lie past the last one:
@@ -1518,6 +1519,23 @@ class LogHandle:
                     return self._read_again(log, fn, args)
             finally:
                 log.file_lock.deadline = None
+
+    def records(self, start: int = 0, *, follow: bool = False, timeout: float | None = None) -> Iterator[Record]:
+        """Every record still in the log (a dict's sets and deletes, a queue's puts), in
+        sequence order, from seq ``start``; with ``follow``, then each new one as any process
+        writes it (streams.py), until ``timeout`` seconds pass without one (None: never)."""
+        start = check_start(start)
+        timeout = check_timeout(timeout)
+        if follow:
+            return streams.follow(self._snapshot, self._last_seq, start, timeout)
+        return self._snapshot(start)[1]
+
+    def _snapshot(self, start: int) -> tuple[int, Iterator[Record]]:
+        """The log's last seq now, and the records up to it from seq ``start`` (each store's own)."""
+        raise NotImplementedError
+
+    def _last_seq(self) -> int:
+        return self._read(lambda log: log.last_seq)
 
     def _read_again(self, log: Log, fn: Callable[..., T], args: tuple) -> T:
         """_read's fn, after a SegmentGone: catch up and try again, up to READ_TRIES times.

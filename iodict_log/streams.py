@@ -24,7 +24,7 @@ follower behind a compaction reads the records that survived it.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterator, NamedTuple, Protocol, TypeVar
+from typing import Any, Callable, Iterator, NamedTuple, TypeVar
 
 MIN_POLL = 0.001  # seconds: the first pause of a follower once it has caught up
 FOLLOW_POLL = 0.01  # seconds: the longest pause between two looks at the log
@@ -41,14 +41,6 @@ class Record(NamedTuple):
 
 
 T = TypeVar("T")
-
-
-class Followable(Protocol):
-    """A store a follower reads: IODict and DurableQueue."""
-
-    def _snapshot(self, start: int) -> tuple[int, Iterator[Record]]: ...
-
-    def _last_seq(self) -> int: ...
 
 
 def check_start(start: object) -> int:
